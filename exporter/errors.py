@@ -1,0 +1,98 @@
+"""Typed errors at the client boundary; everything above the client handles them by kind.
+
+No exception text ever carries a credential: messages are built from the endpoint template,
+the HTTP status and NICo's own error ``message``, never from request headers.
+"""
+
+from __future__ import annotations
+
+
+class NicoError(Exception):
+    """Base of every error the client raises.
+
+    Attributes:
+        endpoint: the endpoint template (``/rack/{id}/task``), never the filled-in URL.
+        status: the HTTP status code, or ``None`` for transport and payload errors.
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, endpoint: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.endpoint = endpoint
+        self.status = status
+
+
+class TransportError(NicoError):
+    """The request never produced a response: connection refused or reset, timeout."""
+
+    retryable = True
+
+
+class Unauthorized(NicoError):
+    """401: the token is missing, malformed, expired or rejected."""
+
+
+class Forbidden(NicoError):
+    """403: wrong role, or the site or org does not belong to the caller's provider."""
+
+
+class NotFound(NicoError):
+    """404 from NICo itself ("Task not found"), as opposed to a route the server lacks."""
+
+
+class RouteMissing(NotFound):
+    """404 or 405 from the HTTP router: this server does not have the route at all."""
+
+
+class BadRequest(NicoError):
+    """400: NICo rejected the request (missing ``siteId``, bad pagination, unknown site)."""
+
+
+class FlowDisabled(NicoError):
+    """412: the site has no NICo Flow, so it serves no racks, trays or tasks."""
+
+
+class RateLimited(NicoError):
+    """429: NICo's limiter (10 req/s per client IP, burst 30, no ``Retry-After``)."""
+
+    retryable = True
+
+
+class ServerError(NicoError):
+    """5xx: a workflow failed or timed out on the site (50 s cap), or the server broke."""
+
+    retryable = True
+
+
+class BadPayload(NicoError):
+    """The response could not be used: not JSON, truncated, or missing a required field.
+
+    Attributes:
+        reason: a short stable label for ``nico_exporter_parse_errors_total{reason}``.
+        field: the offending field path, when one is known.
+    """
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str = "",
+        reason: str = "invalid_json",
+        field: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint, status=status)
+        self.reason = reason
+        self.field = field
+
+
+class DeadlineExceeded(NicoError):
+    """Retries stopped because another attempt would overrun the caller's deadline."""
+
+
+class AuthError(NicoError):
+    """Credentials could not be obtained (token file unreadable, login refused)."""

@@ -1,0 +1,535 @@
+"""Pydantic models of NICo's REST payloads: the API boundary, shared with the simulator.
+
+Tolerant where the real server deviates from its spec (see ../shared/nico-api-notes.md):
+
+* ``report.version`` arrives as the integer ``1`` (code) or the string ``"1"`` (older spec text);
+* ``NVLSwitch`` (spec) and ``NVSwitch`` (code) are one component type, reported as ``NVSwitch``;
+* a status value we do not know becomes ``Unknown`` (task) or ``unknown`` (stage, step) and is
+  noted, not fatal;
+* optional fields may be missing or ``null``; timestamps come with or without fractions, and
+  Go's zero time means "not set";
+* a report of another version is dropped (the server itself omits reports that are not v1).
+
+Strict where the data is unusable: a task, rack, tray or site without a valid UUID ``id`` raises
+:class:`exporter.errors.BadPayload` naming the field and the endpoint.
+
+Every tolerated deviation is appended to a :class:`ParseNotes` passed in the validation context,
+so the caller can count it (``nico_exporter_parse_errors_total{reason}``) without failing the poll.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from exporter.errors import BadPayload
+
+
+class TaskStatus(StrEnum):
+    """``Task.status``; ``Succeeded``, ``Failed`` and ``Terminated`` are terminal."""
+
+    UNKNOWN = "Unknown"
+    PENDING = "Pending"
+    WAITING = "Waiting"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    TERMINATED = "Terminated"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        return self in ACTIVE_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TERMINATED})
+ACTIVE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.WAITING, TaskStatus.RUNNING})
+
+
+class ReportStatus(StrEnum):
+    """``TaskReportV1Status`` of a stage or step (lowercase on the wire)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UNKNOWN = "unknown"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (ReportStatus.COMPLETED, ReportStatus.FAILED, ReportStatus.SKIPPED)
+
+
+class ComponentType(StrEnum):
+    """Component types as Flow writes them (``devicetypes.ComponentTypeToString``)."""
+
+    COMPUTE = "Compute"
+    NVSWITCH = "NVSwitch"
+    POWERSHELF = "PowerShelf"
+    TORSWITCH = "ToRSwitch"
+    UMS = "UMS"
+    CDU = "CDU"
+    UNKNOWN = "Unknown"
+
+
+# Lower-cased spellings seen on the wire, mapped to the one name we report. Covers Flow's
+# names, the spec's ``NVLSwitch`` and the spec's lowercase tray enum (``compute|switch|powershelf``),
+# and rack components' ``TORSwitch`` / ``ComponentTypeCompute`` style.
+_COMPONENT_ALIASES: dict[str, ComponentType] = {
+    "compute": ComponentType.COMPUTE,
+    "nvswitch": ComponentType.NVSWITCH,
+    "nvlswitch": ComponentType.NVSWITCH,
+    "switch": ComponentType.NVSWITCH,
+    "powershelf": ComponentType.POWERSHELF,
+    "torswitch": ComponentType.TORSWITCH,
+    "ums": ComponentType.UMS,
+    "cdu": ComponentType.CDU,
+    "unknown": ComponentType.UNKNOWN,
+}
+
+# Trays a GB200 NVL72 rack carries, by type: 18 compute, 9 NVSwitch, 8 power shelves.
+NVL72_TRAYS: dict[ComponentType, int] = {
+    ComponentType.COMPUTE: 18,
+    ComponentType.NVSWITCH: 9,
+    ComponentType.POWERSHELF: 8,
+}
+
+
+@dataclass
+class ParseNotes:
+    """Deviations tolerated while parsing one response: ``(reason, detail)`` pairs.
+
+    Passed as the pydantic validation context; the client turns each into a parse-error count.
+    """
+
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def note(self, reason: str, detail: str) -> None:
+        self.items.append((reason, detail))
+
+
+def _notes(info: ValidationInfo) -> ParseNotes | None:
+    ctx = info.context
+    if isinstance(ctx, ParseNotes):
+        return ctx
+    if isinstance(ctx, dict):
+        notes = ctx.get("notes")
+        if isinstance(notes, ParseNotes):
+            return notes
+    return None
+
+
+def normalize_component_type(raw: str) -> ComponentType | None:
+    """Map any wire spelling of a component type to its one name; ``None`` if unknown."""
+    key = raw.strip().lower()
+    if key.startswith("componenttype"):
+        key = key[len("componenttype") :]
+    return _COMPONENT_ALIASES.get(key)
+
+
+def canonical_uuid(value: Any) -> str:
+    """Return ``value`` as a lowercase hyphenated UUID string, or raise ``ValueError``."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError("must be a UUID string")
+    return str(uuid.UUID(value))
+
+
+def _timestamp(value: Any) -> Any:
+    """Empty strings and Go's zero time mean "not set"; naive times are UTC."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.startswith("0001-01-01"):
+        return None
+    return value
+
+
+Uuid = Annotated[str, BeforeValidator(canonical_uuid)]
+Timestamp = Annotated[datetime | None, BeforeValidator(_timestamp)]
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class _Model(BaseModel):
+    # Unknown fields are ignored: the server adds fields between releases.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
+class _Timestamped(_Model):
+    @field_validator("*", mode="after")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        return _as_utc(value) if isinstance(value, datetime) else value
+
+
+def _status_value(enum: type[StrEnum], unknown: StrEnum, value: Any, info: ValidationInfo) -> Any:
+    if value is None:
+        return unknown
+    if isinstance(value, str):
+        for member in enum:
+            if member.value.lower() == value.lower():
+                return member
+    notes = _notes(info)
+    if notes is not None:
+        notes.note("unknown_status", f"{info.field_name}={value!r}")
+    return unknown
+
+
+class ReportStep(_Timestamped):
+    """``TaskReportV1Step``: one rule sequence step (one component type) inside a stage."""
+
+    component_type: ComponentType = Field(alias="componentType")
+    status: ReportStatus
+    total_components: int = Field(default=0, alias="totalComponents")
+    started_at: Timestamp = Field(default=None, alias="startedAt")
+    finished_at: Timestamp = Field(default=None, alias="finishedAt")
+    error: str | None = None
+
+    @field_validator("component_type", mode="before")
+    @classmethod
+    def _component(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            value = ""
+        normalized = normalize_component_type(str(value))
+        if normalized is None:
+            notes = _notes(info)
+            if notes is not None:
+                notes.note("unknown_component_type", repr(value))
+            return ComponentType.UNKNOWN
+        return normalized
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status(cls, value: Any, info: ValidationInfo) -> Any:
+        return _status_value(ReportStatus, ReportStatus.UNKNOWN, value, info)
+
+    @field_validator("total_components", mode="before")
+    @classmethod
+    def _total(cls, value: Any) -> Any:
+        return 0 if value is None else value
+
+
+class ReportStage(_Timestamped):
+    """``TaskReportV1Stage``: one rule stage, its steps run in parallel."""
+
+    number: int = Field(ge=1)
+    status: ReportStatus
+    steps: tuple[ReportStep, ...] = ()
+    started_at: Timestamp = Field(default=None, alias="startedAt")
+    finished_at: Timestamp = Field(default=None, alias="finishedAt")
+    error: str | None = None
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status(cls, value: Any, info: ValidationInfo) -> Any:
+        return _status_value(ReportStatus, ReportStatus.UNKNOWN, value, info)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _steps(cls, value: Any) -> Any:
+        return () if value is None else value
+
+
+class TaskReport(_Model):
+    """``TaskReportV1``: the stage-by-stage execution report of a task."""
+
+    version: int
+    stages: tuple[ReportStage, ...] = ()
+    error: str | None = None
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any, info: ValidationInfo) -> Any:
+        # The code writes the integer 1; older spec text says the string "1".
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages(cls, value: Any) -> Any:
+        return () if value is None else value
+
+
+class Task(_Timestamped):
+    """A NICo task as the REST API returns it (no rack, tray, site or operation fields)."""
+
+    id: Uuid
+    status: TaskStatus = TaskStatus.UNKNOWN
+    description: str = ""
+    message: str | None = None
+    rule_id: str | None = Field(default=None, alias="ruleId")
+    created: Timestamp = None
+    started: Timestamp = None
+    updated: Timestamp = None
+    finished: Timestamp = None
+    report: TaskReport | None = None
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status(cls, value: Any, info: ValidationInfo) -> Any:
+        return _status_value(TaskStatus, TaskStatus.UNKNOWN, value, info)
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _description(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @field_validator("rule_id", mode="before")
+    @classmethod
+    def _rule_id(cls, value: Any, info: ValidationInfo) -> Any:
+        if value in (None, ""):
+            return None
+        try:
+            return canonical_uuid(value)
+        except ValueError:
+            notes = _notes(info)
+            if notes is not None:
+                notes.note("invalid_field", f"ruleId={value!r}")
+            return None
+
+    @field_validator("report", mode="before")
+    @classmethod
+    def _report(cls, value: Any, info: ValidationInfo) -> Any:
+        """Keep a v1 report; drop (and note) one we cannot read rather than the whole task."""
+        if value is None:
+            return None
+        notes = _notes(info)
+        if not isinstance(value, dict):
+            if notes is not None:
+                notes.note("invalid_report", f"report is {type(value).__name__}")
+            return None
+        version = value.get("version")
+        if str(version).strip() != "1":
+            if notes is not None:
+                notes.note("unsupported_report_version", f"version={version!r}")
+            return None
+        try:
+            return TaskReport.model_validate(value, context=info.context)
+        except ValidationError as exc:
+            if notes is not None:
+                notes.note("invalid_report", _first_error(exc))
+            return None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+class SiteCapabilities(_Model):
+    flow: bool = False
+
+
+class Site(_Timestamped):
+    """A NICo site; only those with ``capabilities.flow`` serve tasks."""
+
+    id: Uuid
+    name: str = ""
+    org: str | None = None
+    is_online: bool | None = Field(default=None, alias="isOnline")
+    status: str | None = None
+    capabilities: SiteCapabilities | None = None
+
+    @property
+    def flow_enabled(self) -> bool:
+        return self.capabilities is not None and self.capabilities.flow
+
+
+class Rack(_Model):
+    """A rack. The API gives it no ``siteId``: the caller knows the site from its query."""
+
+    id: Uuid
+    name: str = ""
+    manufacturer: str | None = None
+    model: str | None = None
+    serial_number: str | None = Field(default=None, alias="serialNumber")
+
+
+class TrayPosition(_Model):
+    slot_id: int | None = Field(default=None, alias="slotId")
+    tray_idx: int | None = Field(default=None, alias="trayIdx")
+    host_id: int | None = Field(default=None, alias="hostId")
+
+
+class Tray(_Model):
+    """A tray (compute tray, NVSwitch tray, power shelf) of a rack."""
+
+    id: Uuid
+    rack_id: str | None = Field(default=None, alias="rackId")
+    component_id: str | None = Field(default=None, alias="componentId")
+    type: ComponentType = ComponentType.UNKNOWN
+    name: str = ""
+    position: TrayPosition | None = None
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return ComponentType.UNKNOWN
+        normalized = normalize_component_type(str(value))
+        if normalized is None:
+            notes = _notes(info)
+            if notes is not None:
+                notes.note("unknown_component_type", repr(value))
+            return ComponentType.UNKNOWN
+        return normalized
+
+    @field_validator("rack_id", mode="before")
+    @classmethod
+    def _rack_id(cls, value: Any) -> Any:
+        return None if value in (None, "") else canonical_uuid(value)
+
+
+class APIError(_Model):
+    """NICo's error body: ``{"source": "nico", "message": ..., "data": ...}``."""
+
+    source: str | None = None
+    message: str = ""
+    data: Any = None
+
+
+class Pagination(_Model):
+    """The ``X-Pagination`` response header (compact JSON; ``orderBy`` always present)."""
+
+    page_number: int = Field(alias="pageNumber", ge=1)
+    page_size: int = Field(alias="pageSize", ge=1)
+    total: int = Field(ge=0)
+    order_by: str | None = Field(default=None, alias="orderBy")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_header(cls, value: Any) -> Any:
+        if isinstance(value, (str, bytes)):
+            return json.loads(value)
+        return value
+
+
+class LoginResponse(_Model):
+    """``APITokenResponse`` of ``POST /auth/login`` and ``POST /auth/refresh``."""
+
+    access_token: str = Field(alias="accessToken", min_length=1)
+    refresh_token: str | None = Field(default=None, alias="refreshToken")
+    expires_in: float = Field(default=300.0, alias="expiresIn")
+    token_type: str | None = Field(default=None, alias="tokenType")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err["loc"]) or "<root>"
+    return f"{loc}: {err['msg']}"
+
+
+def parse_item(model: type[M], item: Any, *, endpoint: str, notes: ParseNotes | None = None) -> M:
+    """Validate one object; on failure raise :class:`BadPayload` naming field and endpoint."""
+    try:
+        return model.model_validate(item, context=notes)
+    except ValidationError as exc:
+        ident = item.get("id") if isinstance(item, dict) else None
+        raise BadPayload(
+            f"invalid {model.__name__} from {endpoint}: {_first_error(exc)}"
+            + (f" (id={ident!r})" if ident is not None else ""),
+            endpoint=endpoint,
+            reason=f"invalid_{model.__name__.lower()}",
+            field=_first_error(exc).split(":", 1)[0],
+        ) from None
+
+
+def parse_list(
+    model: type[M], body: Any, *, endpoint: str, notes: ParseNotes
+) -> tuple[list[M], list[BadPayload]]:
+    """Validate a bare JSON array item by item: good items are kept, bad ones returned as errors.
+
+    One malformed task must not hide the rest of the rack's tasks.
+    """
+    if not isinstance(body, list):
+        raise BadPayload(
+            f"expected a JSON array from {endpoint}, got {type(body).__name__}",
+            endpoint=endpoint,
+            reason="not_a_list",
+        )
+    good: list[M] = []
+    bad: list[BadPayload] = []
+    for item in body:
+        try:
+            good.append(parse_item(model, item, endpoint=endpoint, notes=notes))
+        except BadPayload as exc:
+            bad.append(exc)
+    return good, bad
+
+
+def dedupe_by_id(items: Iterable[M], seen: set[str]) -> list[M]:
+    """Items whose ``id`` is not in ``seen`` (which is updated): lists repeat ids across pages."""
+    out: list[M] = []
+    for item in items:
+        ident = getattr(item, "id", None)
+        if isinstance(ident, str):
+            if ident in seen:
+                continue
+            seen.add(ident)
+        out.append(item)
+    return out
+
+
+def format_timestamp(value: datetime, *, fraction: bool = False) -> str:
+    """RFC 3339 in UTC with ``Z``, as Go marshals ``time.Time`` (fractions only when asked)."""
+    value = value.astimezone(UTC)
+    if fraction and value.microsecond:
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0") + "Z"
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+__all__: Sequence[str] = (
+    "ACTIVE_STATUSES",
+    "NVL72_TRAYS",
+    "TERMINAL_STATUSES",
+    "APIError",
+    "ComponentType",
+    "LoginResponse",
+    "Pagination",
+    "ParseNotes",
+    "Rack",
+    "ReportStage",
+    "ReportStatus",
+    "ReportStep",
+    "Site",
+    "Task",
+    "TaskReport",
+    "TaskStatus",
+    "Tray",
+    "canonical_uuid",
+    "dedupe_by_id",
+    "format_timestamp",
+    "normalize_component_type",
+    "parse_item",
+    "parse_list",
+)
