@@ -1,0 +1,192 @@
+"""Bearer-token sources for the NICo API: a static token, a token file, or NICo's own login.
+
+The token is a credential: it is kept in one attribute, sent only in the ``Authorization``
+header, and never formatted into a log line, an exception, a metric or a span. ``repr()`` of
+every class here hides it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+from pydantic import ValidationError
+
+from exporter.errors import AuthError
+from exporter.models import APIError, LoginResponse
+
+
+class TokenSource(Protocol):
+    """Where the client gets its bearer token from."""
+
+    async def token(self, http: httpx.AsyncClient) -> str | None:
+        """The token to send now, or ``None`` to send no ``Authorization`` header."""
+
+    def invalidate(self, token: str | None) -> None:
+        """The server answered 401 to ``token``: do not hand it out again without a fresh look."""
+
+
+class NoToken:
+    """Send no credentials (a simulator started without auth)."""
+
+    async def token(self, http: httpx.AsyncClient) -> str | None:
+        return None
+
+    def invalidate(self, token: str | None) -> None:
+        return None
+
+
+class StaticToken:
+    """A fixed token, e.g. from ``NICO_TOKEN``; a 401 cannot be cured by re-reading it."""
+
+    def __init__(self, token: str) -> None:
+        token = token.strip()
+        if not token:
+            raise AuthError("the API token is empty")
+        self._token = token
+
+    def __repr__(self) -> str:
+        return "StaticToken(<redacted>)"
+
+    async def token(self, http: httpx.AsyncClient) -> str | None:
+        return self._token
+
+    def invalidate(self, token: str | None) -> None:
+        return None
+
+
+class TokenFile:
+    """A token kept in a file that something else rotates (a Kubernetes projected secret).
+
+    The file is re-read when its inode, size or mtime changes (one ``stat`` per request, no
+    read) and after a 401, so a rotated token is picked up without a restart.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._token: str | None = None
+        self._signature: tuple[int, int, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"TokenFile({str(self.path)!r})"
+
+    def _read(self) -> str:
+        try:
+            st = self.path.stat()
+            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if self._token is not None and signature == self._signature:
+                return self._token
+            text = self.path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise AuthError(f"cannot read token file {self.path}: {exc.strerror or exc}") from None
+        if not text:
+            raise AuthError(f"token file {self.path} is empty")
+        self._token, self._signature = text, signature
+        return text
+
+    async def token(self, http: httpx.AsyncClient) -> str | None:
+        return self._read()
+
+    def invalidate(self, token: str | None) -> None:
+        # Forget the signature so the next request reads the file again even if its stat
+        # looks unchanged (some volume drivers keep mtime across atomic swaps).
+        self._signature = None
+        self._token = None
+
+
+class ClientCredentials:
+    """NICo's built-in Keycloak login: ``POST /auth/login {clientId, clientSecret}``.
+
+    The access token is refreshed with ``POST /auth/refresh {refreshToken}`` before it expires
+    (at 80 % of ``expiresIn``, and at least 30 s early); if the refresh is refused the client
+    logs in again. One login or refresh runs at a time, however many requests wait for it.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_request: Callable[[str, int | None, float], None] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if not client_id or not client_secret:
+            raise AuthError("client_id and client_secret must both be set")
+        self._base = base_url.rstrip("/")
+        self._client_id = client_id
+        self._secret = client_secret
+        self._clock = clock
+        self._on_request = on_request
+        self._timeout = timeout
+        self._access: str | None = None
+        self._refresh: str | None = None
+        self._refresh_at = 0.0
+        self._expires_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"ClientCredentials(client_id={self._client_id!r}, secret=<redacted>)"
+
+    async def token(self, http: httpx.AsyncClient) -> str | None:
+        if self._access is not None and self._clock() < self._refresh_at:
+            return self._access
+        async with self._lock:
+            now = self._clock()
+            if self._access is not None and now < self._refresh_at:
+                return self._access
+            if self._refresh is not None:
+                try:
+                    await self._call(http, "/auth/refresh", {"refreshToken": self._refresh})
+                    return self._access
+                except AuthError:
+                    # A refused refresh token is normal after a long outage: log in afresh.
+                    self._refresh = None
+            await self._call(http, "/auth/login", {"clientId": self._client_id, "clientSecret": self._secret})
+            return self._access
+
+    def invalidate(self, token: str | None) -> None:
+        if token is not None and token == self._access:
+            self._access = None
+            self._refresh_at = 0.0
+
+    async def _call(self, http: httpx.AsyncClient, path: str, body: dict[str, str]) -> None:
+        started = time.perf_counter()
+        status: int | None = None
+        try:
+            resp = await http.post(self._base + path, json=body, timeout=self._timeout)
+            status = resp.status_code
+        except httpx.HTTPError as exc:
+            raise AuthError(f"{path} failed: {type(exc).__name__}", endpoint=path) from None
+        finally:
+            if self._on_request is not None:
+                self._on_request(path, status, time.perf_counter() - started)
+        if resp.status_code != 200:
+            raise AuthError(
+                f"{path} refused with HTTP {resp.status_code}: {_server_message(resp)}",
+                endpoint=path,
+                status=resp.status_code,
+            )
+        try:
+            parsed = LoginResponse.model_validate_json(resp.content)
+        except ValidationError:
+            raise AuthError(f"{path} returned an unreadable token response", endpoint=path) from None
+        now = self._clock()
+        lifetime = max(parsed.expires_in, 1.0)
+        self._access = parsed.access_token
+        self._refresh = parsed.refresh_token or self._refresh
+        self._expires_at = now + lifetime
+        self._refresh_at = now + min(lifetime * 0.8, max(lifetime - 30.0, lifetime * 0.5))
+
+
+def _server_message(resp: httpx.Response) -> str:
+    try:
+        return APIError.model_validate_json(resp.content).message[:200] or "(no message)"
+    except ValidationError:
+        return "(no NICo error body)"

@@ -1,0 +1,661 @@
+"""Async client for NICo's task API (``/v2/org/{org}/nico/...``) on httpx.
+
+Every call runs a Temporal workflow on the site, so requests are expensive: the client keeps
+them under a global token bucket and a concurrency cap, retries only what can succeed on a
+second try (429, 5xx, transport errors, truncated bodies) with exponential backoff and full
+jitter, and never retries past the caller's ``deadline`` so a poll cannot overrun its interval.
+
+The transport is injectable (``httpx.ASGITransport`` runs the simulator in-process). A hook sees
+every request's endpoint template, status code and duration, and every tolerated parse
+deviation, for the exporter's self-metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from exporter import __version__
+from exporter.auth import NoToken, TokenSource
+from exporter.errors import (
+    BadPayload,
+    BadRequest,
+    DeadlineExceeded,
+    FlowDisabled,
+    Forbidden,
+    NicoError,
+    NotFound,
+    RateLimited,
+    RouteMissing,
+    ServerError,
+    TransportError,
+    Unauthorized,
+)
+from exporter.models import (
+    APIError,
+    Pagination,
+    ParseNotes,
+    Rack,
+    Site,
+    Task,
+    Tray,
+    dedupe_by_id,
+    parse_item,
+    parse_list,
+)
+from exporter.ratelimit import Priority, TokenBucket
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_PAGE_SIZE = 100
+# A listing without a usable X-Pagination header stops at a short page; this bounds a server
+# that keeps sending full pages.
+MAX_PAGES_WITHOUT_TOTAL = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEvent:
+    """One HTTP attempt, for ``nico_exporter_api_requests_total`` and the duration histogram.
+
+    ``code`` is the HTTP status as a string, or the transport failure kind (``timeout``,
+    ``connection``) when no response arrived. ``endpoint`` is the route template.
+    """
+
+    endpoint: str
+    method: str
+    code: str
+    duration_s: float
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParseEvent:
+    """A payload problem survived: a bad item skipped, or a deviation tolerated."""
+
+    endpoint: str
+    reason: str
+    detail: str
+
+
+@dataclass
+class ClientHooks:
+    """Observers of the client's traffic; each defaults to doing nothing."""
+
+    on_request: Callable[[RequestEvent], None] | None = None
+    on_parse_error: Callable[[ParseEvent], None] | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: attempt *n* waits ``U(0, min(cap, base*2**(n-1)))``."""
+
+    max_attempts: int = 4
+    base_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        ceiling = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass
+class Listing(Generic[M]):
+    """The result of paging through one list endpoint.
+
+    ``total`` is the server's last ``X-Pagination.total`` (``None`` if it never sent a usable
+    one). ``complete`` says every page was fetched; pages of a changing, unordered set can still
+    skip items, which is why the poller reconciles. ``rejected`` counts items dropped as invalid.
+    """
+
+    items: list[M]
+    total: int | None
+    pages: int
+    complete: bool
+    rejected: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class _Response:
+    status: int
+    body: Any
+    headers: httpx.Headers
+    notes: ParseNotes = field(default_factory=ParseNotes)
+
+
+_TASK_LIST = TypeAdapter(list[Task])
+
+
+class NicoClient:
+    """The NICo REST API, as the exporter needs it.
+
+    Args:
+        base_url: the REST server, e.g. ``https://nico-rest-api.nico.svc.cluster.local``.
+        org: the org in every path.
+        auth: where the bearer token comes from.
+        transport: an httpx transport (``ASGITransport`` for the in-process simulator).
+        timeout_s: per-request timeout; NICo itself gives up on a workflow after 50 s.
+        max_requests_per_second, burst: the global token bucket (``<= 0`` disables it).
+        max_concurrency: requests in flight at once.
+        retry: the retry policy for retryable failures.
+        hooks: observers for self-metrics.
+        api_name, route_version: NICo's ``api.name`` and ``api.route.version`` settings.
+        verify: TLS verification (``True``, ``False`` or an ``ssl.SSLContext``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        org: str,
+        *,
+        auth: TokenSource | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout_s: float = 30.0,
+        max_requests_per_second: float = 10.0,
+        burst: int = 30,
+        max_concurrency: int = 8,
+        retry: RetryPolicy | None = None,
+        hooks: ClientHooks | None = None,
+        api_name: str = "nico",
+        route_version: str = "v2",
+        verify: bool | ssl.SSLContext = True,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.org = org
+        self.auth: TokenSource = auth or NoToken()
+        self.timeout_s = timeout_s
+        self.limiter = TokenBucket(max_requests_per_second, burst)
+        self.retry = retry or RetryPolicy()
+        self.hooks = hooks or ClientHooks()
+        self._prefix = f"/{route_version}/org/{org}/{api_name}"
+        self._concurrency = asyncio.Semaphore(max(1, max_concurrency))
+        self._rng = rng or random.Random()
+        self._legacy_task_routes = False
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            transport=transport,
+            verify=verify,
+            timeout=timeout_s,
+            headers={"User-Agent": f"nico-task-exporter/{__version__}", "Accept": "application/json"},
+            limits=httpx.Limits(
+                max_connections=max(1, max_concurrency), max_keepalive_connections=max(1, max_concurrency)
+            ),
+        )
+
+    def __repr__(self) -> str:
+        return f"NicoClient({self.base_url!r}, org={self.org!r})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> NicoClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    async def list_sites(
+        self, *, flow_enabled: bool = True, deadline: float | None = None, priority: int = Priority.DISCOVERY
+    ) -> Listing[Site]:
+        """Every site, by default only those with NICo Flow (the only ones with tasks)."""
+        params: dict[str, Any] = {"isFlowEnabled": "true"} if flow_enabled else {}
+        return await self._paged(Site, "/site", "/site", params, priority=priority, deadline=deadline)
+
+    async def list_racks(
+        self, site_id: str, *, deadline: float | None = None, priority: int = Priority.DISCOVERY
+    ) -> Listing[Rack]:
+        """The racks of one site (racks carry no ``siteId``: the caller keeps it)."""
+        return await self._paged(
+            Rack, "/rack", "/rack", {"siteId": site_id}, priority=priority, deadline=deadline
+        )
+
+    async def list_trays(
+        self,
+        site_id: str,
+        *,
+        rack_id: str | None = None,
+        deadline: float | None = None,
+        priority: int = Priority.DISCOVERY,
+    ) -> Listing[Tray]:
+        """The trays of a site, or of one rack; one paged listing per site covers every rack."""
+        params: dict[str, Any] = {"siteId": site_id}
+        if rack_id is not None:
+            params["rackId"] = rack_id
+        return await self._paged(Tray, "/tray", "/tray", params, priority=priority, deadline=deadline)
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    async def list_rack_tasks(
+        self,
+        site_id: str,
+        rack_id: str,
+        *,
+        active_only: bool = True,
+        include_report: bool = True,
+        deadline: float | None = None,
+        priority: int = Priority.ACTIVE_POLL,
+    ) -> Listing[Task]:
+        """Every task of a rack, including tasks started from its trays' endpoints."""
+        return await self._paged(
+            Task,
+            "/rack/{id}/task",
+            f"/rack/{rack_id}/task",
+            _task_params(site_id, active_only, include_report),
+            priority=priority,
+            deadline=deadline,
+        )
+
+    async def list_tray_tasks(
+        self,
+        site_id: str,
+        tray_id: str,
+        *,
+        active_only: bool = True,
+        include_report: bool = False,
+        deadline: float | None = None,
+        priority: int = Priority.TRAY_ATTRIBUTION,
+    ) -> Listing[Task]:
+        """The tasks that target one tray (by tray UUID, not ``componentId``)."""
+        return await self._paged(
+            Task,
+            "/tray/{id}/task",
+            f"/tray/{tray_id}/task",
+            _task_params(site_id, active_only, include_report),
+            priority=priority,
+            deadline=deadline,
+        )
+
+    async def count_rack_tasks(
+        self,
+        site_id: str,
+        rack_id: str,
+        *,
+        active_only: bool = False,
+        deadline: float | None = None,
+        priority: int = Priority.RECONCILIATION,
+    ) -> int:
+        """``X-Pagination.total`` of a rack's task list, from a one-item page (a cheap probe)."""
+        params = _task_params(site_id, active_only, include_report=False)
+        params["pageSize"] = 1
+        resp = await self._request(
+            "GET",
+            "/rack/{id}/task",
+            f"/rack/{rack_id}/task",
+            params=params,
+            priority=priority,
+            deadline=deadline,
+        )
+        pagination = self._pagination(resp, "/rack/{id}/task")
+        if pagination is None:
+            raise BadPayload(
+                "no usable X-Pagination header on /rack/{id}/task",
+                endpoint="/rack/{id}/task",
+                reason="bad_pagination",
+            )
+        return pagination.total
+
+    async def get_task(
+        self,
+        site_id: str,
+        task_id: str,
+        *,
+        deadline: float | None = None,
+        priority: int = Priority.FINAL_FETCH,
+    ) -> Task:
+        """One task with its report (``/task/{id}``; ``/rack/task/{id}`` on servers that lack it).
+
+        Falls back to the legacy route only when the server does not have the new one (a
+        router 404/405), never on NICo's own "Task not found".
+        """
+        resp = await self._task_call("GET", task_id, "", {"siteId": site_id}, None, priority, deadline)
+        return self._one(Task, resp, "/task/{id}")
+
+    async def cancel_task(
+        self,
+        site_id: str,
+        task_id: str,
+        *,
+        deadline: float | None = None,
+        priority: int = Priority.FINAL_FETCH,
+    ) -> Task:
+        """Ask NICo to terminate a task (202; idempotent; refused for Succeeded and Failed)."""
+        resp = await self._task_call(
+            "POST", task_id, "/cancel", None, {"siteId": site_id}, priority, deadline
+        )
+        return self._one(Task, resp, "/task/{id}/cancel")
+
+    async def _task_call(
+        self,
+        method: str,
+        task_id: str,
+        suffix: str,
+        params: dict[str, Any] | None,
+        body: dict[str, Any] | None,
+        priority: int,
+        deadline: float | None,
+    ) -> _Response:
+        if not self._legacy_task_routes:
+            try:
+                return await self._request(
+                    method,
+                    "/task/{id}" + suffix,
+                    f"/task/{task_id}{suffix}",
+                    params=params,
+                    json_body=body,
+                    priority=priority,
+                    deadline=deadline,
+                    # Retrying a write could terminate twice; cancel is idempotent, but keep
+                    # retries to reads.
+                    retry=method == "GET",
+                )
+            except RouteMissing:
+                log.warning(
+                    "route /task/{id} missing on this server, using legacy /rack/task/{id}",
+                    extra={"endpoint": "/task/{id}" + suffix},
+                )
+                self._legacy_task_routes = True
+        return await self._request(
+            method,
+            "/rack/task/{id}" + suffix,
+            f"/rack/task/{task_id}{suffix}",
+            params=params,
+            json_body=body,
+            priority=priority,
+            deadline=deadline,
+            retry=method == "GET",
+        )
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _paged(
+        self,
+        model: type[M],
+        endpoint: str,
+        path: str,
+        params: dict[str, Any],
+        *,
+        priority: int,
+        deadline: float | None,
+    ) -> Listing[M]:
+        """Follow ``X-Pagination.total`` at ``pageSize=100``, dropping ids repeated across pages."""
+        seen: set[str] = set()
+        items: list[M] = []
+        total: int | None = None
+        rejected = duplicates = 0
+        page = 1
+        while True:
+            resp = await self._request(
+                "GET",
+                endpoint,
+                path,
+                params={**params, "pageNumber": page, "pageSize": MAX_PAGE_SIZE},
+                priority=priority,
+                deadline=deadline,
+            )
+            good, bad = self._parse_page(model, resp, endpoint)
+            rejected += len(bad)
+            fresh = dedupe_by_id(good, seen)
+            duplicates += len(good) - len(fresh)
+            items.extend(fresh)
+            pagination = self._pagination(resp, endpoint)
+            raw_count = len(resp.body) if isinstance(resp.body, list) else 0
+            if pagination is not None:
+                total = pagination.total
+                last_page = max(1, math.ceil(total / MAX_PAGE_SIZE))
+                if page >= last_page or raw_count == 0:
+                    return Listing(items, total, page, True, rejected, duplicates)
+            elif raw_count < MAX_PAGE_SIZE or page >= MAX_PAGES_WITHOUT_TOTAL:
+                return Listing(items, total, page, raw_count < MAX_PAGE_SIZE, rejected, duplicates)
+            page += 1
+
+    def _parse_page(self, model: type[M], resp: _Response, endpoint: str) -> tuple[list[M], list[BadPayload]]:
+        good: list[M]
+        bad: list[BadPayload]
+        if model is Task and isinstance(resp.body, list):
+            # Fast path: validate the whole page at once; fall back to item by item so one
+            # malformed task costs only itself.
+            try:
+                good = _TASK_LIST.validate_python(resp.body, context=resp.notes)  # type: ignore[assignment]
+                bad = []
+            except ValidationError:
+                resp.notes = ParseNotes()
+                good, bad = parse_list(model, resp.body, endpoint=endpoint, notes=resp.notes)
+        else:
+            good, bad = parse_list(model, resp.body, endpoint=endpoint, notes=resp.notes)
+        for err in bad:
+            self._parse_error(endpoint, err.reason, err.message)
+        self._flush_notes(resp, endpoint)
+        return good, bad
+
+    def _one(self, model: type[M], resp: _Response, endpoint: str) -> M:
+        try:
+            return parse_item(model, resp.body, endpoint=endpoint, notes=resp.notes)
+        except BadPayload as err:
+            self._parse_error(endpoint, err.reason, err.message)
+            raise
+        finally:
+            self._flush_notes(resp, endpoint)
+
+    def _pagination(self, resp: _Response, endpoint: str) -> Pagination | None:
+        raw = resp.headers.get("X-Pagination")
+        if raw is None:
+            self._parse_error(endpoint, "bad_pagination", "X-Pagination header missing")
+            return None
+        try:
+            return Pagination.model_validate(raw)
+        except (ValidationError, ValueError):
+            self._parse_error(endpoint, "bad_pagination", f"unreadable X-Pagination: {raw[:80]!r}")
+            return None
+
+    def _flush_notes(self, resp: _Response, endpoint: str) -> None:
+        for reason, detail in resp.notes.items:
+            self._parse_error(endpoint, reason, detail)
+        resp.notes.items.clear()
+
+    def _parse_error(self, endpoint: str, reason: str, detail: str) -> None:
+        log.warning("payload problem survived: %s", detail, extra={"endpoint": endpoint, "reason": reason})
+        if self.hooks.on_parse_error is not None:
+            self.hooks.on_parse_error(ParseEvent(endpoint, reason, detail))
+
+    def _emit(self, endpoint: str, method: str, code: str, started: float, attempt: int) -> None:
+        if self.hooks.on_request is not None:
+            self.hooks.on_request(
+                RequestEvent(endpoint, method, code, time.perf_counter() - started, attempt)
+            )
+
+    async def _request(
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: dict[str, Any] | None = None,
+        priority: int = Priority.ACTIVE_POLL,
+        deadline: float | None = None,
+        retry: bool = True,
+    ) -> _Response:
+        """One logical call: rate limit, auth, retries with backoff, error mapping, JSON decode."""
+        attempt = 0
+        reauthenticated = False
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(
+                    method, endpoint, path, params, json_body, priority, deadline, attempt
+                )
+            except Unauthorized:
+                # One fresh look at the credentials (a rotated file, an expired login), then give up.
+                if reauthenticated:
+                    raise
+                reauthenticated = True
+                attempt -= 1
+                continue
+            except NicoError as err:
+                if not (retry and err.retryable) or attempt >= self.retry.max_attempts:
+                    raise
+                pause = self.retry.delay(attempt, self._rng)
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    raise
+                log.debug(
+                    "retrying after %s (attempt %d, %.2fs)",
+                    type(err).__name__,
+                    attempt,
+                    pause,
+                    extra={"endpoint": endpoint},
+                )
+                await asyncio.sleep(pause)
+
+    async def _attempt(
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        params: dict[str, Any] | None,
+        json_body: dict[str, Any] | None,
+        priority: int,
+        deadline: float | None,
+        attempt: int,
+    ) -> _Response:
+        timeout = self.timeout_s
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                raise DeadlineExceeded(f"deadline passed before calling {endpoint}", endpoint=endpoint)
+            try:
+                await asyncio.wait_for(self.limiter.acquire(priority), timeout)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"rate-limit budget exhausted before the deadline for {endpoint}", endpoint=endpoint
+                ) from None
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise DeadlineExceeded(f"deadline passed before calling {endpoint}", endpoint=endpoint)
+            timeout = min(timeout, self.timeout_s)
+        else:
+            await self.limiter.acquire(priority)
+        async with self._concurrency:
+            token = await self.auth.token(self._http)
+            headers = {"Authorization": f"Bearer {token}"} if token else None
+            started = time.perf_counter()
+            try:
+                resp = await self._http.request(
+                    method,
+                    self._prefix + path,
+                    params=_query(params),
+                    json=json_body,
+                    headers=headers,
+                    timeout=timeout,
+                )
+            except httpx.TimeoutException:
+                self._emit(endpoint, method, "timeout", started, attempt)
+                raise TransportError(
+                    f"{method} {endpoint} timed out after {timeout:.1f}s", endpoint=endpoint
+                ) from None
+            except httpx.HTTPError as exc:
+                self._emit(endpoint, method, "connection", started, attempt)
+                raise TransportError(
+                    f"{method} {endpoint} failed: {type(exc).__name__}", endpoint=endpoint
+                ) from None
+            self._emit(endpoint, method, str(resp.status_code), started, attempt)
+        status = resp.status_code
+        if 200 <= status < 300:
+            return _Response(status, _decode(resp, endpoint), resp.headers)
+        if status == 401:
+            self.auth.invalidate(token)
+        raise _error_for(resp, endpoint)
+
+
+def _task_params(site_id: str, active_only: bool, include_report: bool) -> dict[str, Any]:
+    return {
+        "siteId": site_id,
+        "activeOnly": "true" if active_only else "false",
+        "includeReport": "true" if include_report else "false",
+    }
+
+
+def _query(params: dict[str, Any] | None) -> dict[str, str] | None:
+    if params is None:
+        return None
+    return {k: str(v) for k, v in params.items()}
+
+
+def _decode(resp: httpx.Response, endpoint: str) -> Any:
+    content = resp.content
+    if not content:
+        raise BadPayload(
+            f"empty body from {endpoint}", endpoint=endpoint, reason="empty_body", status=resp.status_code
+        )
+    try:
+        return json.loads(content)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        truncated = isinstance(exc, json.JSONDecodeError) and (
+            exc.pos >= len(exc.doc.rstrip()) - 1 or exc.msg.startswith("Unterminated")
+        )
+        reason = "truncated_json" if truncated else "invalid_json"
+        raise BadPayload(
+            f"{endpoint} returned {reason.replace('_', ' ')} ({len(content)} bytes)",
+            endpoint=endpoint,
+            reason=reason,
+            status=resp.status_code,
+        ) from None
+
+
+def _error_for(resp: httpx.Response, endpoint: str) -> NicoError:
+    """Map an HTTP error response to a typed exception carrying NICo's message."""
+    status = resp.status_code
+    nico_body: APIError | None = None
+    try:
+        nico_body = APIError.model_validate_json(resp.content)
+    except ValidationError:
+        nico_body = None
+    is_nico = nico_body is not None and nico_body.source is not None
+    message = (nico_body.message if nico_body is not None else "") or resp.reason_phrase or "no message"
+    text = f"{resp.request.method} {endpoint}: HTTP {status}: {message[:300]}"
+    kind: type[NicoError]
+    if status == 401:
+        kind = Unauthorized
+    elif status == 403:
+        kind = Forbidden
+    elif status in (404, 405):
+        # NICo's own 404s carry {"source": "nico"}; a router's "Not Found" does not.
+        kind = NotFound if (status == 404 and is_nico) else RouteMissing
+    elif status == 412:
+        kind = FlowDisabled
+    elif status == 429:
+        kind = RateLimited
+    elif status == 501:
+        kind = NicoError
+    elif status >= 500:
+        kind = ServerError
+    elif 400 <= status < 500:
+        kind = BadRequest
+    else:
+        kind = NicoError
+    return kind(text, endpoint=endpoint, status=status)
+
+
+__all__: Sequence[str] = (
+    "ClientHooks",
+    "Listing",
+    "NicoClient",
+    "ParseEvent",
+    "RequestEvent",
+    "RetryPolicy",
+)

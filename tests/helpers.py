@@ -1,0 +1,86 @@
+"""Small builders for NICo payloads and a recording mock server, shared by the unit tests."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from exporter.client import ClientHooks, NicoClient, ParseEvent, RequestEvent, RetryPolicy
+
+SITE = "11111111-1111-4111-8111-111111111111"
+RACK = "22222222-2222-4222-8222-222222222222"
+ORG = "acme"
+NICO_404 = {"source": "nico", "message": "Task not found", "data": None}
+
+
+def task(status: str = "Running", **fields: Any) -> dict[str, Any]:
+    """A task as NICo writes it; ``fields`` override or add keys."""
+    out: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "status": status,
+        "description": "API power on Rack",
+        "message": "",
+        "ruleId": None,
+        "created": "2026-06-08T18:00:00.123456Z",
+        "started": None,
+        "updated": "2026-06-08T18:00:01.5Z",
+        "finished": None,
+    }
+    out.update(fields)
+    return out
+
+
+def page(items: list[dict[str, Any]], total: int, number: int = 1, size: int = 100) -> httpx.Response:
+    header = json.dumps(
+        {"pageNumber": number, "pageSize": size, "total": total, "orderBy": None}, separators=(",", ":")
+    )
+    return httpx.Response(200, json=items, headers={"X-Pagination": header})
+
+
+def nico_error(status: int, message: str) -> httpx.Response:
+    return httpx.Response(status, json={"source": "nico", "message": message, "data": None})
+
+
+Handler = (
+    Callable[[httpx.Request], httpx.Response]
+    | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+)
+
+
+@dataclass
+class Recorder:
+    """Collects what the client's hooks report."""
+
+    requests: list[RequestEvent] = field(default_factory=list)
+    parse_errors: list[ParseEvent] = field(default_factory=list)
+
+    def hooks(self) -> ClientHooks:
+        return ClientHooks(on_request=self.requests.append, on_parse_error=self.parse_errors.append)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [e.reason for e in self.parse_errors]
+
+
+def make_client(
+    handler: Handler,
+    *,
+    recorder: Recorder | None = None,
+    attempts: int = 3,
+    **kwargs: Any,
+) -> NicoClient:
+    """A client on an ``httpx.MockTransport`` with fast retries and no rate limit."""
+    kwargs.setdefault("max_requests_per_second", 0)
+    kwargs.setdefault("retry", RetryPolicy(max_attempts=attempts, base_delay_s=0.001, max_delay_s=0.002))
+    kwargs.setdefault("transport", httpx.MockTransport(handler))
+    return NicoClient(
+        "http://nico.test",
+        ORG,
+        hooks=(recorder or Recorder()).hooks(),
+        **kwargs,
+    )
