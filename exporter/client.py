@@ -61,9 +61,9 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 MAX_PAGE_SIZE = 100
-# A listing without a usable X-Pagination header stops at a short page; this bounds a server
-# that keeps sending full pages.
-MAX_PAGES_WITHOUT_TOTAL = 200
+# Every page is a Temporal workflow on the site: a listing never fetches more than this many
+# (50,000 tasks), whatever total the server claims.
+MAX_PAGES = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +100,10 @@ class ClientHooks:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter: attempt *n* waits ``U(0, min(cap, base*2**(n-1)))``."""
+    """Exponential backoff with jitter: attempt *n* waits ``U(d/2, d)``, ``d = min(cap, base*2**(n-1))``.
+
+    Half the delay is fixed so retries spread out but never hammer the server back-to-back.
+    """
 
     max_attempts: int = 4
     base_delay_s: float = 0.5
@@ -173,6 +176,7 @@ class NicoClient:
         route_version: str = "v2",
         verify: bool | ssl.SSLContext = True,
         rng: random.Random | None = None,
+        max_pages: int = MAX_PAGES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.org = org
@@ -185,6 +189,7 @@ class NicoClient:
         self._concurrency = asyncio.Semaphore(max(1, max_concurrency))
         self._rng = rng or random.Random()
         self._legacy_task_routes = False
+        self.max_pages = max_pages
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             transport=transport,
@@ -417,11 +422,26 @@ class NicoClient:
             raw_count = len(resp.body) if isinstance(resp.body, list) else 0
             if pagination is not None:
                 total = pagination.total
-                last_page = max(1, math.ceil(total / MAX_PAGE_SIZE))
-                if page >= last_page or raw_count == 0:
+                # The server's own page size decides the offsets, whatever we asked for.
+                size = min(pagination.page_size, MAX_PAGE_SIZE)
+                if page >= max(1, math.ceil(total / size)):
                     return Listing(items, total, page, True, rejected, duplicates)
-            elif raw_count < MAX_PAGE_SIZE or page >= MAX_PAGES_WITHOUT_TOTAL:
-                return Listing(items, total, page, raw_count < MAX_PAGE_SIZE, rejected, duplicates)
+                if raw_count == 0:
+                    # The set shrank while we paged: what we have is all there is, but not proof.
+                    return Listing(items, total, page, False, rejected, duplicates)
+            elif raw_count < MAX_PAGE_SIZE:
+                return Listing(items, total, page, True, rejected, duplicates)
+            if (good and not fresh) or page >= self.max_pages:
+                # A page of nothing but repeats means the server ignores pageNumber; the page
+                # cap bounds a runaway total. Either way, each further page is a Temporal workflow.
+                log.warning(
+                    "stopped paging after %d pages (total=%s, repeats=%s)",
+                    page,
+                    total,
+                    bool(good and not fresh),
+                    extra={"endpoint": endpoint},
+                )
+                return Listing(items, total, page, False, rejected, duplicates)
             page += 1
 
     def _parse_page(self, model: type[M], resp: _Response, endpoint: str) -> tuple[list[M], list[BadPayload]]:
@@ -437,9 +457,13 @@ class NicoClient:
                 resp.notes = ParseNotes()
                 good, bad = parse_list(model, resp.body, endpoint=endpoint, notes=resp.notes)
         else:
-            good, bad = parse_list(model, resp.body, endpoint=endpoint, notes=resp.notes)
-        for err in bad:
-            self._parse_error(endpoint, err.reason, err.message)
+            try:
+                good, bad = parse_list(model, resp.body, endpoint=endpoint, notes=resp.notes)
+            except BadPayload as err:
+                self._parse_error(endpoint, err.reason, err.message)
+                raise
+        for rejected in bad:
+            self._parse_error(endpoint, rejected.reason, rejected.message)
         self._flush_notes(resp, endpoint)
         return good, bad
 
@@ -576,10 +600,15 @@ class NicoClient:
             self._emit(endpoint, method, str(resp.status_code), started, attempt)
         status = resp.status_code
         if 200 <= status < 300:
-            return _Response(status, _decode(resp, endpoint), resp.headers)
+            try:
+                body = _decode(resp, endpoint)
+            except BadPayload as err:
+                self._parse_error(endpoint, err.reason, err.message)
+                raise
+            return _Response(status, body, resp.headers)
         if status == 401:
             self.auth.invalidate(token)
-        raise _error_for(resp, endpoint)
+        raise _error_for(resp, endpoint, token)
 
 
 def _task_params(site_id: str, active_only: bool, include_report: bool) -> dict[str, Any]:
@@ -604,11 +633,17 @@ def _decode(resp: httpx.Response, endpoint: str) -> Any:
         )
     try:
         return json.loads(content)
+    except RecursionError:
+        raise BadPayload(
+            f"{endpoint} returned JSON nested too deeply ({len(content)} bytes)",
+            endpoint=endpoint,
+            reason="invalid_json",
+            status=resp.status_code,
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        truncated = isinstance(exc, json.JSONDecodeError) and (
-            exc.pos >= len(exc.doc.rstrip()) - 1 or exc.msg.startswith("Unterminated")
+        reason = (
+            "truncated_json" if isinstance(exc, json.JSONDecodeError) and _cut_short(exc) else "invalid_json"
         )
-        reason = "truncated_json" if truncated else "invalid_json"
         raise BadPayload(
             f"{endpoint} returned {reason.replace('_', ' ')} ({len(content)} bytes)",
             endpoint=endpoint,
@@ -617,7 +652,16 @@ def _decode(resp: httpx.Response, endpoint: str) -> Any:
         ) from None
 
 
-def _error_for(resp: httpx.Response, endpoint: str) -> NicoError:
+def _cut_short(exc: json.JSONDecodeError) -> bool:
+    """Whether the document ends early (a body cut in transit) rather than being malformed."""
+    rest = exc.doc[exc.pos :].rstrip()
+    if not rest or exc.msg.startswith("Unterminated"):
+        return True
+    # Cut inside a literal: ``"finished": nul`` fails at the literal's start.
+    return any(lit.startswith(rest) for lit in ("true", "false", "null"))
+
+
+def _error_for(resp: httpx.Response, endpoint: str, token: str | None = None) -> NicoError:
     """Map an HTTP error response to a typed exception carrying NICo's message."""
     status = resp.status_code
     nico_body: APIError | None = None
@@ -627,6 +671,9 @@ def _error_for(resp: httpx.Response, endpoint: str) -> NicoError:
         nico_body = None
     is_nico = nico_body is not None and nico_body.source is not None
     message = (nico_body.message if nico_body is not None else "") or resp.reason_phrase or "no message"
+    if token:
+        # A proxy or a buggy server could echo the credential back: it must not reach our logs.
+        message = message.replace(token, "<redacted>")
     text = f"{resp.request.method} {endpoint}: HTTP {status}: {message[:300]}"
     kind: type[NicoError]
     if status == 401:

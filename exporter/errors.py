@@ -66,6 +66,9 @@ class ServerError(NicoError):
     retryable = True
 
 
+RETRYABLE_PAYLOAD_REASONS = frozenset({"truncated_json", "empty_body"})
+
+
 class BadPayload(NicoError):
     """The response could not be used: not JSON, truncated, or missing a required field.
 
@@ -73,8 +76,6 @@ class BadPayload(NicoError):
         reason: a short stable label for ``nico_exporter_parse_errors_total{reason}``.
         field: the offending field path, when one is known.
     """
-
-    retryable = True
 
     def __init__(
         self,
@@ -88,6 +89,8 @@ class BadPayload(NicoError):
         super().__init__(message, endpoint=endpoint, status=status)
         self.reason = reason
         self.field = field
+        # A body cut short in transit may arrive whole next time; a malformed one will not.
+        self.retryable = reason in RETRYABLE_PAYLOAD_REASONS
 
 
 class DeadlineExceeded(NicoError):

@@ -215,9 +215,7 @@ class ReportStep(_Timestamped):
     @field_validator("component_type", mode="before")
     @classmethod
     def _component(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None:
-            value = ""
-        normalized = normalize_component_type(str(value))
+        normalized = None if value is None else normalize_component_type(str(value))
         if normalized is None:
             notes = _notes(info)
             if notes is not None:
@@ -480,10 +478,14 @@ def parse_list(
     good: list[M] = []
     bad: list[BadPayload] = []
     for item in body:
+        # A rejected item's own deviations are not counted: the rejection already is.
+        item_notes = ParseNotes()
         try:
-            good.append(parse_item(model, item, endpoint=endpoint, notes=notes))
+            good.append(parse_item(model, item, endpoint=endpoint, notes=item_notes))
         except BadPayload as exc:
             bad.append(exc)
+            continue
+        notes.items.extend(item_notes.items)
     return good, bad
 
 
