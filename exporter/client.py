@@ -19,6 +19,7 @@ import math
 import random
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -51,6 +52,7 @@ from exporter.models import (
     Task,
     Tray,
     dedupe_by_id,
+    parse_each,
     parse_item,
     parse_list,
 )
@@ -142,6 +144,14 @@ class _Response:
 _TASK_LIST = TypeAdapter(list[Task])
 
 
+def _task_fingerprint(raw: Any) -> tuple[str | None, int]:
+    """``(id, hash of the whole raw object)``: equal hashes mean the same task version."""
+    if not isinstance(raw, dict):
+        return None, 0
+    ident = raw.get("id")
+    return (ident.lower() if isinstance(ident, str) else None), hash(repr(raw))
+
+
 class NicoClient:
     """The NICo REST API, as the exporter needs it.
 
@@ -177,6 +187,7 @@ class NicoClient:
         verify: bool | ssl.SSLContext = True,
         rng: random.Random | None = None,
         max_pages: int = MAX_PAGES,
+        task_cache_size: int = 50_000,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.org = org
@@ -190,6 +201,8 @@ class NicoClient:
         self._rng = rng or random.Random()
         self._legacy_task_routes = False
         self.max_pages = max_pages
+        self.task_cache_size = task_cache_size
+        self._parsed_tasks: OrderedDict[str, tuple[int, Task]] = OrderedDict()
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             transport=transport,
@@ -447,25 +460,59 @@ class NicoClient:
     def _parse_page(self, model: type[M], resp: _Response, endpoint: str) -> tuple[list[M], list[BadPayload]]:
         good: list[M]
         bad: list[BadPayload]
-        if model is Task and isinstance(resp.body, list):
-            # Fast path: validate the whole page at once; fall back to item by item so one
-            # malformed task costs only itself.
-            try:
-                good = _TASK_LIST.validate_python(resp.body, context=resp.notes)  # type: ignore[assignment]
-                bad = []
-            except ValidationError:
-                resp.notes = ParseNotes()
+        try:
+            if model is Task and isinstance(resp.body, list):
+                good, bad = self._parse_tasks(resp.body, endpoint, resp.notes)  # type: ignore[assignment]
+            else:
                 good, bad = parse_list(model, resp.body, endpoint=endpoint, notes=resp.notes)
-        else:
-            try:
-                good, bad = parse_list(model, resp.body, endpoint=endpoint, notes=resp.notes)
-            except BadPayload as err:
-                self._parse_error(endpoint, err.reason, err.message)
-                raise
+        except BadPayload as err:
+            self._parse_error(endpoint, err.reason, err.message)
+            raise
         for rejected in bad:
             self._parse_error(endpoint, rejected.reason, rejected.message)
         self._flush_notes(resp, endpoint)
         return good, bad
+
+    def _parse_tasks(
+        self, body: list[Any], endpoint: str, notes: ParseNotes
+    ) -> tuple[list[Task], list[BadPayload]]:
+        """Validate a page of tasks, each version of a task once.
+
+        Listings repeat unchanged tasks poll after poll; a task whose raw object is identical
+        to the one last parsed for its id is taken from the cache (its deviations were counted
+        then). New versions are validated as one batch, falling back to one by one so a
+        malformed task costs only itself.
+        """
+        cache = self._parsed_tasks
+        slots: list[Task | None] = []
+        fresh: list[tuple[int, Any, int]] = []
+        for raw in body:
+            ident, fingerprint = _task_fingerprint(raw)
+            entry = cache.get(ident) if ident is not None else None
+            if entry is not None and entry[0] == fingerprint:
+                cache.move_to_end(entry[1].id)
+                slots.append(entry[1])
+            else:
+                fresh.append((len(slots), raw, fingerprint))
+                slots.append(None)
+        bad: list[BadPayload] = []
+        if fresh:
+            raws = [raw for _, raw, _ in fresh]
+            try:
+                results: list[Task | BadPayload] = list(_TASK_LIST.validate_python(raws, context=notes))
+            except ValidationError:
+                notes.items.clear()
+                results = list(parse_each(Task, raws, endpoint=endpoint, notes=notes))
+            for (slot, _, fingerprint), result in zip(fresh, results, strict=True):
+                if isinstance(result, BadPayload):
+                    bad.append(result)
+                    continue
+                cache[result.id] = (fingerprint, result)
+                cache.move_to_end(result.id)
+                slots[slot] = result
+            while len(cache) > self.task_cache_size:
+                cache.popitem(last=False)
+        return [task for task in slots if task is not None], bad
 
     def _one(self, model: type[M], resp: _Response, endpoint: str) -> M:
         try:

@@ -20,8 +20,9 @@ so the caller can count it (``nico_exporter_parse_errors_total{reason}``) withou
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -34,6 +35,8 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
@@ -147,34 +150,37 @@ def normalize_component_type(raw: str) -> ComponentType | None:
     return _COMPONENT_ALIASES.get(key)
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def canonical_uuid(value: Any) -> str:
     """Return ``value`` as a lowercase hyphenated UUID string, or raise ``ValueError``."""
+    if isinstance(value, str):
+        # Fast path: what NICo sends. Everything else goes through uuid.UUID's parser.
+        if len(value) == 36 and _CANONICAL_UUID.fullmatch(value):
+            return value
+        return str(uuid.UUID(value))
     if isinstance(value, uuid.UUID):
         return str(value)
-    if not isinstance(value, str):
-        raise ValueError("must be a UUID string")
-    return str(uuid.UUID(value))
+    raise ValueError("must be a UUID string")
 
 
-def _timestamp(value: Any) -> Any:
-    """Empty strings and Go's zero time mean "not set"; naive times are UTC."""
+def _timestamp(value: Any, handler: ValidatorFunctionWrapHandler) -> datetime | None:
+    """Empty strings and Go's zero time mean "not set"; naive times are UTC; all become UTC."""
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.startswith("0001-01-01"):
+    parsed: datetime = handler(value)
+    if parsed.year == 1:
         return None
-    return value
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    if parsed.utcoffset():
+        return parsed.astimezone(UTC)
+    return parsed
 
 
 Uuid = Annotated[str, BeforeValidator(canonical_uuid)]
-Timestamp = Annotated[datetime | None, BeforeValidator(_timestamp)]
-
-
-def _as_utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+Timestamp = Annotated[datetime | None, WrapValidator(_timestamp)]
 
 
 class _Model(BaseModel):
@@ -182,27 +188,25 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
 
-class _Timestamped(_Model):
-    @field_validator("*", mode="after")
-    @classmethod
-    def _utc(cls, value: Any) -> Any:
-        return _as_utc(value) if isinstance(value, datetime) else value
+_BY_LOWER: dict[type[StrEnum], dict[str, StrEnum]] = {
+    enum: {member.value.lower(): member for member in enum} for enum in (TaskStatus, ReportStatus)
+}
 
 
 def _status_value(enum: type[StrEnum], unknown: StrEnum, value: Any, info: ValidationInfo) -> Any:
     if value is None:
         return unknown
     if isinstance(value, str):
-        for member in enum:
-            if member.value.lower() == value.lower():
-                return member
+        member = _BY_LOWER[enum].get(value) or _BY_LOWER[enum].get(value.lower())
+        if member is not None:
+            return member
     notes = _notes(info)
     if notes is not None:
         notes.note("unknown_status", f"{info.field_name}={value!r}")
     return unknown
 
 
-class ReportStep(_Timestamped):
+class ReportStep(_Model):
     """``TaskReportV1Step``: one rule sequence step (one component type) inside a stage."""
 
     component_type: ComponentType = Field(alias="componentType")
@@ -234,7 +238,7 @@ class ReportStep(_Timestamped):
         return 0 if value is None else value
 
 
-class ReportStage(_Timestamped):
+class ReportStage(_Model):
     """``TaskReportV1Stage``: one rule stage, its steps run in parallel."""
 
     number: int = Field(ge=1)
@@ -276,7 +280,7 @@ class TaskReport(_Model):
         return () if value is None else value
 
 
-class Task(_Timestamped):
+class Task(_Model):
     """A NICo task as the REST API returns it (no rack, tray, site or operation fields)."""
 
     id: Uuid
@@ -313,9 +317,9 @@ class Task(_Timestamped):
                 notes.note("invalid_field", f"ruleId={value!r}")
             return None
 
-    @field_validator("report", mode="before")
+    @field_validator("report", mode="wrap")
     @classmethod
-    def _report(cls, value: Any, info: ValidationInfo) -> Any:
+    def _report(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
         """Keep a v1 report; drop (and note) one we cannot read rather than the whole task."""
         if value is None:
             return None
@@ -330,7 +334,7 @@ class Task(_Timestamped):
                 notes.note("unsupported_report_version", f"version={version!r}")
             return None
         try:
-            return TaskReport.model_validate(value, context=info.context)
+            return handler(value)
         except ValidationError as exc:
             if notes is not None:
                 notes.note("invalid_report", _first_error(exc))
@@ -345,7 +349,7 @@ class SiteCapabilities(_Model):
     flow: bool = False
 
 
-class Site(_Timestamped):
+class Site(_Model):
     """A NICo site; only those with ``capabilities.flow`` serve tasks."""
 
     id: Uuid
@@ -462,6 +466,24 @@ def parse_item(model: type[M], item: Any, *, endpoint: str, notes: ParseNotes | 
         ) from None
 
 
+def parse_each(
+    model: type[M], items: Iterable[Any], *, endpoint: str, notes: ParseNotes
+) -> Iterator[M | BadPayload]:
+    """Validate items one by one, yielding each model or the error that rejected it, in order.
+
+    A rejected item's own deviations are not noted: the rejection already is.
+    """
+    for item in items:
+        item_notes = ParseNotes()
+        try:
+            parsed = parse_item(model, item, endpoint=endpoint, notes=item_notes)
+        except BadPayload as exc:
+            yield exc
+            continue
+        notes.items.extend(item_notes.items)
+        yield parsed
+
+
 def parse_list(
     model: type[M], body: Any, *, endpoint: str, notes: ParseNotes
 ) -> tuple[list[M], list[BadPayload]]:
@@ -477,15 +499,11 @@ def parse_list(
         )
     good: list[M] = []
     bad: list[BadPayload] = []
-    for item in body:
-        # A rejected item's own deviations are not counted: the rejection already is.
-        item_notes = ParseNotes()
-        try:
-            good.append(parse_item(model, item, endpoint=endpoint, notes=item_notes))
-        except BadPayload as exc:
-            bad.append(exc)
-            continue
-        notes.items.extend(item_notes.items)
+    for result in parse_each(model, body, endpoint=endpoint, notes=notes):
+        if isinstance(result, BadPayload):
+            bad.append(result)
+        else:
+            good.append(result)
     return good, bad
 
 
@@ -532,6 +550,7 @@ __all__: Sequence[str] = (
     "dedupe_by_id",
     "format_timestamp",
     "normalize_component_type",
+    "parse_each",
     "parse_item",
     "parse_list",
 )

@@ -461,3 +461,39 @@ async def test_transport_error_text_names_endpoint_not_url_secrets() -> None:
             await client.list_rack_tasks(SITE, RACK)
     assert "/rack/{id}/task" in str(info.value)
     assert "canary-abc-123" not in str(info.value)
+
+
+async def test_each_task_version_is_parsed_once_and_changes_are_never_hidden() -> None:
+    """Unchanged tasks come from the parse cache; any change to the raw task is parsed afresh."""
+    body = [task("Running", status_note=1), task("Paused")]  # "Paused": an unknown status
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return page(body, total=len(body))
+
+    rec = Recorder()
+    async with make_client(handler, recorder=rec) as client:
+        first = await client.list_rack_tasks(SITE, RACK)
+        second = await client.list_rack_tasks(SITE, RACK)
+        assert [a is b for a, b in zip(first.items, second.items, strict=True)] == [True, True]
+        # The deviation was counted when that version was first parsed, not on every poll.
+        assert rec.reasons == ["unknown_status"]
+        body[0] = {**body[0], "report": {"version": 1, "stages": [{"number": 1, "status": "running", "steps": []}]}}
+        third = await client.list_rack_tasks(SITE, RACK)
+    assert third.items[0] is not second.items[0]
+    assert third.items[0].report is not None and third.items[0].report.stages[0].number == 1
+    assert third.items[1] is second.items[1]
+
+
+async def test_parse_cache_is_bounded() -> None:
+    bodies = [[task()] for _ in range(5)]
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return page(bodies[(calls - 1) % 5], total=1)
+
+    async with make_client(handler, task_cache_size=3) as client:
+        for _ in range(5):
+            await client.list_rack_tasks(SITE, RACK)
+        assert len(client._parsed_tasks) == 3

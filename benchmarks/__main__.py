@@ -1,0 +1,38 @@
+"""``python -m benchmarks [NAME ...]``: run benchmarks, print a table, update results.json."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from benchmarks import client_overhead
+from benchmarks._common import print_table, record
+
+# name -> (runner, {key: target text})
+BENCHMARKS: dict[str, tuple[Callable[[], dict[str, float]], dict[str, str]]] = {
+    "client_overhead": (
+        client_overhead.run,
+        {"client_overhead_ratio": "<= 1.1", "client_cold_parse_overhead_ratio": "(worst case)"},
+    ),
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    rows: list[tuple[str, str, str, str]] = []
+    for name in names:
+        runner, targets = BENCHMARKS[name]
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results = runner()
+        record(results)
+        rows.extend((name, key, f"{value:g}", targets.get(key, "")) for key, value in results.items())
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,202 @@
+"""The ``nico-task-exporter`` command: Go-exporter flag names on argparse subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from exporter import __version__, logs
+
+log = logging.getLogger("exporter")
+
+DEFAULT_SIMULATOR_ADDRESS = "127.0.0.1:8080"
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces, as Go exporters read it)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid listen address {value!r}: want host:port")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - ":port" means every interface, by convention
+    return host, int(port)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
+    )
+    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+
+
+def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -> None:
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        type=parse_listen_address,
+        default=parse_listen_address(DEFAULT_SIMULATOR_ADDRESS),
+        help=f"where the simulated NICo API listens (default {DEFAULT_SIMULATOR_ADDRESS})",
+    )
+    parser.add_argument("--org", default="acme", help="the org in /v2/org/{org}/nico (default acme)")
+    parser.add_argument("--seed", type=int, default=7, help="seed of every random choice (default 7)")
+    parser.add_argument("--sites", type=int, default=2, help="Flow-enabled sites (default 2)")
+    parser.add_argument("--racks", type=int, default=8, help="GB200 NVL72 racks per site (default 8)")
+    parser.add_argument("--non-flow-sites", type=int, default=1, help="extra sites without Flow (default 1)")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=default_speed,
+        help=f"simulated seconds per second (default {default_speed:g})",
+    )
+    parser.add_argument("--arrivals-per-rack-per-hour", type=float, default=3.0)
+    parser.add_argument("--failure-rate", type=float, default=0.08)
+    parser.add_argument("--stuck-tasks", type=int, default=1)
+    parser.add_argument("--history-hours", type=float, default=2.0)
+    parser.add_argument(
+        "--quiet-scenario",
+        action="store_true",
+        help="inventory only: no task traffic, no history, no stuck tasks",
+    )
+    parser.add_argument(
+        "--token",
+        action="append",
+        default=None,
+        help="a bearer token the API accepts (repeatable; default sim-token)",
+    )
+    parser.add_argument("--client-id", default="nico-exporter", help="client id accepted by POST /auth/login")
+    parser.add_argument("--client-secret", default="sim-secret", help="its secret")
+    parser.add_argument("--no-auth", action="store_true", help="accept requests without a token")
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=0.0,
+        help="enable NICo's per-IP limiter at this many req/s, burst 3x (default off, as in NICo)",
+    )
+    parser.add_argument(
+        "--legacy-routes-only", action="store_true", help="serve /rack/task/{id} only (older NICo)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nico-task-exporter",
+        description="Prometheus metrics and OpenTelemetry traces for NVIDIA Infra Controller (NICo) tasks.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    simulate = sub.add_parser("simulate", help="serve the built-in NICo simulator over HTTP")
+    _common(simulate)
+    _simulator_flags(simulate, default_speed=1.0)
+
+    demo = sub.add_parser(
+        "demo", help="the simulator with the demo scenario, time accelerated, with a status line"
+    )
+    _common(demo)
+    _simulator_flags(demo, default_speed=10.0)
+    demo.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
+    return parser
+
+
+def _simulation(args: argparse.Namespace) -> object:
+    from exporter.simulator import FaultConfig, ScenarioConfig, Simulation, SimulatorConfig
+
+    if args.quiet_scenario:
+        scenario = ScenarioConfig.quiet(
+            sites=args.sites, racks_per_site=args.racks, non_flow_sites=args.non_flow_sites, seed=args.seed
+        )
+    else:
+        scenario = ScenarioConfig(
+            seed=args.seed,
+            sites=args.sites,
+            racks_per_site=args.racks,
+            non_flow_sites=args.non_flow_sites,
+            arrivals_per_rack_per_hour=args.arrivals_per_rack_per_hour,
+            failure_rate=args.failure_rate,
+            stuck_tasks=args.stuck_tasks,
+            history_hours=args.history_hours,
+        )
+    config = SimulatorConfig(
+        org=args.org,
+        scenario=scenario,
+        faults=FaultConfig(),
+        speed=args.speed,
+        tokens=tuple(args.token or ("sim-token",)),
+        client_credentials={args.client_id: args.client_secret},
+        require_auth=not args.no_auth,
+        rate_limit=args.rate_limit > 0,
+        rate_limit_rate=args.rate_limit or 10.0,
+        rate_limit_burst=max(1, int(args.rate_limit * 3)) if args.rate_limit > 0 else 30,
+        legacy_routes_only=args.legacy_routes_only,
+    )
+    for token in config.tokens:
+        logs.register_secret(token)
+    logs.register_secret(args.client_secret)
+    return Simulation(config)
+
+
+async def _serve(args: argparse.Namespace, *, status_interval: float | None) -> None:
+    import uvicorn
+
+    from exporter.simulator import Simulation, create_app
+    from exporter.simulator.server import quiet_simulated_resets
+
+    quiet_simulated_resets()
+    sim = _simulation(args)
+    assert isinstance(sim, Simulation)
+    host, port = args.listen
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(sim), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        )
+    )
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host  # noqa: S104
+    base = f"http://{shown}:{port}"
+    print(
+        f"NICo simulator: {base}/v2/org/{args.org}/nico  (token: {'none' if args.no_auth else 'see --token'})"
+    )
+    print(f"ground truth:   {base}/_sim/truth")
+    status: asyncio.Task[None] | None = None
+    if status_interval:
+        status = asyncio.create_task(_status_loop(sim, status_interval))
+    try:
+        await server.serve()
+    finally:
+        if status is not None:
+            status.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status
+
+
+async def _status_loop(sim: object, interval: float) -> None:
+    from exporter.simulator import Simulation
+
+    assert isinstance(sim, Simulation)
+    while True:
+        await asyncio.sleep(interval)
+        sim.advance()
+        counts: dict[str, int] = {}
+        for truth in sim.truth():
+            counts[truth.status] = counts.get(truth.status, 0) + 1
+        summary = " ".join(f"{k.lower()}={v}" for k, v in sorted(counts.items()))
+        print(f"[{sim.now().strftime('%H:%M:%S')} sim] tasks: {summary}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    logs.setup(args.log_level, args.log_format)
+    try:
+        if args.command == "simulate":
+            asyncio.run(_serve(args, status_interval=None))
+        elif args.command == "demo":
+            asyncio.run(_serve(args, status_interval=args.status_interval))
+    except KeyboardInterrupt:
+        return 0
+    return 0

@@ -1,0 +1,141 @@
+"""The control API under ``/_sim`` (no auth): ground truth, task injection, faults, outages, stats.
+
+Lets tests, the demo and benchmarks drive a simulator they only reach over a socket. It is no
+part of NICo: its error bodies are ``{"error": ...}``, never NICo-shaped.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from exporter.simulator.clock import ManualClock
+from exporter.simulator.operations import Operation
+from exporter.simulator.responses import nico_response, read_json_object
+from exporter.simulator.simulation import Simulation
+from exporter.simulator.wire import encode
+from exporter.simulator.world import CancelRefused, Outcome, SimulationError
+
+
+def _control_error(status: int, message: str) -> Response:
+    return Response(encode({"error": message}), status, media_type="application/json")
+
+
+async def sim_truth(request: Request) -> Response:
+    sim: Simulation = request.app.state.sim
+    return nico_response(200, sim.truth_json())
+
+
+async def sim_create_task(request: Request) -> Response:
+    """``POST /_sim/tasks {siteId, rackId, operation, outcome?, trayIds?, failStage?, error?, stageSeconds?}``."""
+    sim: Simulation = request.app.state.sim
+    body = await read_json_object(request)
+    if body is None:
+        return _control_error(400, "body must be a JSON object")
+    try:
+        task_id = sim.create_task(
+            str(body["siteId"]),
+            str(body["rackId"]),
+            Operation(body["operation"]),
+            tray_ids=body.get("trayIds"),
+            outcome=Outcome(body.get("outcome", "succeed")),
+            fail_stage=body.get("failStage"),
+            error=body.get("error"),
+            stage_seconds=body.get("stageSeconds"),
+            description=body.get("description"),
+        )
+    except KeyError as exc:
+        return _control_error(400, f"missing field {exc.args[0]}")
+    except (ValueError, TypeError) as exc:
+        return _control_error(400, str(exc))
+    return nico_response(201, {"taskId": task_id})
+
+
+async def sim_cancel_task(request: Request) -> Response:
+    sim: Simulation = request.app.state.sim
+    task_id = str(request.path_params["id"])
+    try:
+        task = sim.cancel_task(task_id)
+    except CancelRefused as exc:
+        return _control_error(409, str(exc))
+    except SimulationError as exc:
+        return _control_error(404, str(exc))
+    return nico_response(200, {"taskId": task.id, "status": task.status.value})
+
+
+async def sim_faults(request: Request) -> Response:
+    """``GET`` the fault config, or ``PUT`` a partial one (``FaultConfig`` field names)."""
+    sim: Simulation = request.app.state.sim
+    if request.method == "PUT":
+        body = await read_json_object(request)
+        if body is None:
+            return _control_error(400, "body must be a JSON object")
+        try:
+            sim.configure_faults(body)
+        except (ValueError, TypeError) as exc:
+            return _control_error(400, str(exc))
+    return nico_response(200, sim.faults.config.as_json())
+
+
+async def sim_site(request: Request) -> Response:
+    """``POST /_sim/sites/{id}/{down|up|remove|restore}`` (down takes ``{"delaySeconds"}``)."""
+    sim: Simulation = request.app.state.sim
+    site_id, action = str(request.path_params["id"]), str(request.path_params["action"])
+    body = await read_json_object(request) or {}
+    delay = body.get("delaySeconds")
+    try:
+        if action == "down":
+            sim.set_site_down(site_id, True, delay_s=float(delay) if isinstance(delay, int | float) else None)
+        elif action == "up":
+            sim.set_site_down(site_id, False)
+        elif action == "remove":
+            sim.remove_site(site_id)
+        elif action == "restore":
+            sim.restore_site(site_id)
+        else:
+            return _control_error(404, f"unknown action {action!r}")
+    except SimulationError as exc:
+        return _control_error(404, str(exc))
+    return nico_response(200, {"siteId": site_id, "action": action})
+
+
+async def sim_stats(request: Request) -> Response:
+    sim: Simulation = request.app.state.sim
+    if request.method == "DELETE":
+        sim.stats.reset()
+    return nico_response(200, sim.stats.as_json())
+
+
+async def sim_clock(request: Request) -> Response:
+    """``POST /_sim/clock {"advanceSeconds"}``: step a manual clock (409 for a real-time one)."""
+    sim: Simulation = request.app.state.sim
+    if not isinstance(sim.clock, ManualClock):
+        return _control_error(409, "the simulation runs on an accelerated clock")
+    body = await read_json_object(request) or {}
+    seconds = body.get("advanceSeconds", 0)
+    if not isinstance(seconds, int | float) or seconds < 0:
+        return _control_error(400, "advanceSeconds must be a non-negative number")
+    sim.clock.advance(float(seconds))
+    processed = sim.advance()
+    return nico_response(200, {"now": sim.truth_json()["now"], "eventsProcessed": processed})
+
+
+async def sim_revoke_tokens(request: Request) -> Response:
+    sim: Simulation = request.app.state.sim
+    sim.tokens.revoke_all()
+    return nico_response(200, {"revoked": True})
+
+
+def control_routes() -> list[BaseRoute]:
+    """The ``/_sim`` routes."""
+    return [
+        Route("/_sim/truth", sim_truth),
+        Route("/_sim/tasks", sim_create_task, methods=["POST"]),
+        Route("/_sim/tasks/{id}/cancel", sim_cancel_task, methods=["POST"]),
+        Route("/_sim/faults", sim_faults, methods=["GET", "PUT"]),
+        Route("/_sim/sites/{id}/{action}", sim_site, methods=["POST"]),
+        Route("/_sim/stats", sim_stats, methods=["GET", "DELETE"]),
+        Route("/_sim/clock", sim_clock, methods=["POST"]),
+        Route("/_sim/auth/revoke", sim_revoke_tokens, methods=["POST"]),
+    ]

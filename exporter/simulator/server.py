@@ -1,0 +1,36 @@
+"""Serving the simulator over a real socket with uvicorn (the demo and ``simulate`` commands)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from exporter.simulator.app import SimulatedReset, create_app
+from exporter.simulator.simulation import Simulation, SimulatorConfig
+
+
+class _HideSimulatedResets(logging.Filter):
+    """Drop uvicorn's traceback for the connection we abort on purpose (fault ``reset``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, SimulatedReset)
+
+
+def quiet_simulated_resets() -> None:
+    """Hide uvicorn's error log for the ``reset`` fault (call once when serving the app yourself)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _HideSimulatedResets) for f in logger.filters):
+        logger.addFilter(_HideSimulatedResets())
+
+
+def serve(sim_config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Build a :class:`Simulation` from ``sim_config`` and serve it until interrupted."""
+    serve_simulation(Simulation(sim_config), host, port)
+
+
+def serve_simulation(sim: Simulation, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve an existing simulation (e.g. :func:`build_demo_simulation`) until interrupted."""
+    quiet_simulated_resets()
+    uvicorn.run(create_app(sim), host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,409 @@
+"""The simulation facade: world + scenario + faults + access control + request statistics.
+
+:class:`Simulation` is what the HTTP layer, tests, the demo and benchmarks hold. It owns the
+clock and advances the world lazily: every public read first replays the events due up to
+``clock.now()``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from exporter.models import format_timestamp
+from exporter.simulator.access import RateLimiter, TokenStore
+from exporter.simulator.clock import AcceleratedClock, Clock
+from exporter.simulator.faults import FaultConfig, FaultInjector
+from exporter.simulator.inventory import Rack, Site, Tray
+from exporter.simulator.operations import Operation, describe
+from exporter.simulator.scenario import Scenario, ScenarioConfig
+from exporter.simulator.wire import report_json
+from exporter.simulator.world import Outcome, SimulationError, Task, World
+
+ListOrder = Literal["heap", "shuffle"]
+
+
+@dataclass
+class SimulatorConfig:
+    """Everything that shapes a simulated NICo server.
+
+    Attributes:
+        org: the only org the caller is a member of (others get 403).
+        scenario: sites, racks and task traffic.
+        faults: fault injection at start (changeable at runtime).
+        speed: simulated seconds per real second when no clock is given.
+        start: simulated start time (None: now).
+        tokens: static bearer tokens always accepted.
+        client_credentials: clientId -> clientSecret for ``POST /auth/login`` (empty: login
+            answers 401 "Service accounts are not enabled").
+        require_auth: False accepts requests without a token.
+        token_ttl_s / refresh_ttl_s: real-time lifetime of issued access / refresh tokens.
+        queue_timeout_s: simulated seconds a Waiting task may wait before it expires.
+        admit_delay_s: (min, max) simulated seconds from creation until Flow admits a task.
+        first_stage_delay_s: (min, max) simulated seconds from Running to the first BeginStage.
+        nvlswitch_spelling: write ``NVLSwitch`` (spec) instead of ``NVSwitch`` (code) in reports.
+        list_order: ``heap`` (physical row order, updated rows move to the end) or ``shuffle``.
+        legacy_routes_only: serve only ``/rack/task/{id}[/cancel]``, not ``/task/{id}[/cancel]``.
+        rate_limit / rate_limit_rate / rate_limit_burst / rate_limit_expires_s: Echo's
+            per-IP limiter (disabled by default, as in NICo).
+        cancel_refused_status: status for cancelling a Succeeded/Failed task (see app.py).
+        site_down_delay_s: real seconds a down site's calls hang before their 500.
+    """
+
+    org: str = "acme"
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    speed: float = 1.0
+    start: datetime | None = None
+    tokens: tuple[str, ...] = ("sim-token",)
+    client_credentials: dict[str, str] = field(default_factory=lambda: {"nico-exporter": "sim-secret"})
+    require_auth: bool = True
+    token_ttl_s: float = 300.0
+    refresh_ttl_s: float = 1800.0
+    queue_timeout_s: float = 3600.0
+    admit_delay_s: tuple[float, float] = (1.0, 3.0)
+    first_stage_delay_s: tuple[float, float] = (0.2, 1.0)
+    nvlswitch_spelling: bool = False
+    list_order: ListOrder = "heap"
+    legacy_routes_only: bool = False
+    rate_limit: bool = False
+    rate_limit_rate: float = 10.0
+    rate_limit_burst: int = 30
+    rate_limit_expires_s: float = 180.0
+    cancel_refused_status: int = 400
+    site_down_delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class TaskTruth:
+    """What really happened to a task: the yardstick for the exporter's counters and spans."""
+
+    id: str
+    site_id: str
+    rack_id: str
+    tray_ids: tuple[str, ...]
+    operation: str
+    operation_code: str
+    description: str
+    status: str
+    message: str
+    rule_id: str | None
+    created: datetime
+    started: datetime | None
+    updated: datetime
+    finished: datetime | None
+    outcome: str
+    failed_stage: int | None
+    stuck_stage: int | None
+    error: str | None
+    report: dict[str, Any] | None
+
+    def as_json(self) -> dict[str, Any]:
+        def ts(value: datetime | None) -> str | None:
+            return None if value is None else format_timestamp(value, fraction=True)
+
+        return {
+            "id": self.id,
+            "siteId": self.site_id,
+            "rackId": self.rack_id,
+            "trayIds": list(self.tray_ids),
+            "operation": self.operation,
+            "operationCode": self.operation_code,
+            "description": self.description,
+            "status": self.status,
+            "message": self.message,
+            "ruleId": self.rule_id,
+            "created": ts(self.created),
+            "started": ts(self.started),
+            "updated": ts(self.updated),
+            "finished": ts(self.finished),
+            "outcome": self.outcome,
+            "failedStage": self.failed_stage,
+            "stuckStage": self.stuck_stage,
+            "error": self.error,
+            "report": self.report,
+        }
+
+
+class RequestStats:
+    """Requests served, by (method, route template, status): the API calls a client made."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str, int]] = Counter()
+
+    def record(self, method: str, route: str, status: int) -> None:
+        self.counts[(method, route, status)] += 1
+
+    def total(self, *, prefix: str = "/v2") -> int:
+        """Requests whose route starts with ``prefix`` (default: the NICo API proper)."""
+        return sum(count for (_m, route, _s), count in self.counts.items() if route.startswith(prefix))
+
+    def reset(self) -> None:
+        self.counts.clear()
+
+    def as_json(self) -> dict[str, Any]:
+        rows = [
+            {"method": method, "route": route, "status": status, "count": count}
+            for (method, route, status), count in sorted(self.counts.items())
+        ]
+        return {"total": self.total(), "requests": rows}
+
+
+class Simulation:
+    """A simulated NICo: build it from a config, serve it with :func:`create_app`, query its truth.
+
+    Args:
+        config: the simulator configuration.
+        clock: simulated time (default: an :class:`AcceleratedClock` at ``config.speed``).
+        monotonic: real-time source for token expiry and rate limiting (tests inject one).
+    """
+
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        clock: Clock | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config = config or SimulatorConfig()
+        self.clock: Clock = clock or AcceleratedClock(config.start, config.speed)
+        start = self.clock.now()
+        history = timedelta(hours=config.scenario.history_hours)
+        self.world = World(
+            rng=random.Random(config.scenario.seed + 1),
+            start=start - history,
+            queue_timeout_s=config.queue_timeout_s,
+            admit_delay_s=config.admit_delay_s,
+            first_stage_delay_s=config.first_stage_delay_s,
+        )
+        self.scenario = Scenario(config.scenario, self.world)
+        self.world.set_stage_sampler(self.scenario.stage_seconds)
+        # Sites were registered well before the simulated history begins.
+        self.scenario.populate(config.org, start - history - timedelta(days=90))
+        self.scenario.start(start - history, start)
+        self.faults = FaultInjector(config.faults)
+        self.tokens = TokenStore(
+            static_tokens=config.tokens,
+            client_credentials=config.client_credentials,
+            org=config.org,
+            token_ttl_s=config.token_ttl_s,
+            refresh_ttl_s=config.refresh_ttl_s,
+            monotonic=monotonic,
+        )
+        self.limiter = RateLimiter(
+            rate=config.rate_limit_rate,
+            burst=config.rate_limit_burst,
+            expires_s=config.rate_limit_expires_s,
+            monotonic=monotonic,
+        )
+        self.shuffle_rng = random.Random(config.scenario.seed + 2)
+        self.stats = RequestStats()
+        self.advance()
+
+    # --- time ----------------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def advance(self) -> int:
+        """Process every world event due by ``clock.now()``; returns the number processed."""
+        return self.world.advance_to(self.clock.now())
+
+    # --- inventory -----------------------------------------------------------------------------
+
+    def sites(self, *, include_gone: bool = False) -> list[Site]:
+        """Sites in creation order (removed ones only with ``include_gone``)."""
+        return [site for site in self.world.sites.values() if include_gone or not site.gone]
+
+    def site(self, site_id: str) -> Site | None:
+        """A visible site, or None if unknown or removed."""
+        site = self.world.sites.get(site_id)
+        return None if site is None or site.gone else site
+
+    def racks(self, site_id: str) -> list[Rack]:
+        return [self.world.racks[rack_id] for rack_id in self.world.sites[site_id].rack_ids]
+
+    def trays(self, site_id: str, rack_id: str | None = None) -> list[Tray]:
+        rack_ids = [rack_id] if rack_id is not None else self.world.sites[site_id].rack_ids
+        return [tray for rid in rack_ids for tray in self.world.rack_trays(rid)]
+
+    def flow_site_ids(self) -> list[str]:
+        return [site.id for site in self.sites() if site.flow]
+
+    # --- outages -------------------------------------------------------------------------------
+
+    def set_site_down(self, site_id: str, down: bool = True, *, delay_s: float | None = None) -> None:
+        """Take a site's Flow offline (its calls answer 500 after ``delay_s``) or back online."""
+        site = self._site(site_id)
+        site.down = down
+        site.down_delay_s = self.config.site_down_delay_s if delay_s is None else delay_s
+        site.updated = self.now()
+
+    def remove_site(self, site_id: str) -> None:
+        """Hide a site from every list; its calls answer 400 "Site ... does not exist"."""
+        self._site(site_id).gone = True
+
+    def restore_site(self, site_id: str) -> None:
+        self._site(site_id).gone = False
+
+    def _site(self, site_id: str) -> Site:
+        site = self.world.sites.get(site_id)
+        if site is None:
+            raise SimulationError(f"unknown site {site_id}")
+        return site
+
+    def configure_faults(self, changes: dict[str, Any]) -> FaultConfig:
+        """Apply partial fault settings (``FaultConfig`` field names); returns the new config."""
+        config = self.faults.config.updated(changes)
+        self.faults.configure(config)
+        return config
+
+    # --- tasks ---------------------------------------------------------------------------------
+
+    def create_task(
+        self,
+        site_id: str,
+        rack_id: str,
+        operation: Operation | str,
+        *,
+        tray_ids: Sequence[str] | None = None,
+        outcome: Outcome | str = Outcome.SUCCEED,
+        fail_stage: int | None = None,
+        error: str | None = None,
+        stage_seconds: float | Sequence[float] | None = None,
+        description: str | None = None,
+    ) -> str:
+        """Create a task now, as a REST call or Flow job would; returns its id.
+
+        The description defaults to what the real creator writes ("API power on Rack",
+        "API firmware update Tray", "Leak detection: ..."). Leak detection needs exactly one tray.
+        """
+        self.advance()
+        operation = Operation(operation)
+        outcome = Outcome(outcome)
+        rack = self.world.racks.get(rack_id)
+        if rack is None or rack.site_id != site_id:
+            raise SimulationError(f"rack {rack_id} is not in site {site_id}")
+        if description is None:
+            description = self._describe(operation, rack, tray_ids)
+        task = self.world.create_task(
+            site_id,
+            rack_id,
+            operation,
+            description=description,
+            tray_ids=tray_ids,
+            outcome=outcome,
+            fail_stage=fail_stage,
+            error=error,
+            stage_seconds=stage_seconds,
+        )
+        return task.id
+
+    def _describe(self, operation: Operation, rack: Rack, tray_ids: Sequence[str] | None) -> str:
+        if operation is Operation.LEAK_DETECTION:
+            if tray_ids is None or len(tray_ids) != 1 or tray_ids[0] not in self.world.trays:
+                raise SimulationError("leak detection targets exactly one tray")
+            tray = self.world.trays[tray_ids[0]]
+            return describe(
+                operation,
+                tray_scoped=True,
+                rack_id=rack.id,
+                component_id=tray.component_id,
+                component_type=tray.type.value,
+            )
+        return describe(operation, tray_scoped=tray_ids is not None, rack_id=rack.id)
+
+    def task(self, task_id: str) -> Task | None:
+        self.advance()
+        return self.world.tasks.get(task_id)
+
+    def cancel_task(self, task_id: str) -> Task:
+        """Cancel like ``POST /task/{id}/cancel``; raises ``CancelRefused`` for Succeeded/Failed."""
+        self.advance()
+        if task_id not in self.world.tasks:
+            raise SimulationError(f"unknown task {task_id}")
+        return self.world.cancel(task_id, self.world.now)
+
+    def list_order(self, tasks: list[Task]) -> list[Task]:
+        """Order a task list as the server returns it (heap order, or shuffled for chaos)."""
+        if self.config.list_order == "shuffle":
+            tasks = list(tasks)
+            self.shuffle_rng.shuffle(tasks)
+        return tasks
+
+    # --- ground truth --------------------------------------------------------------------------
+
+    def truth(self) -> list[TaskTruth]:
+        """Every task ever created, oldest first, with its plan and current state."""
+        self.advance()
+        tasks = sorted(self.world.tasks.values(), key=lambda task: (task.created, task.id))
+        return [_truth(task) for task in tasks]
+
+    def truth_json(self) -> dict[str, Any]:
+        """Ground truth for ``GET /_sim/truth``: time, inventory (no trays) and tasks."""
+        truths = self.truth()
+        return {
+            "now": format_timestamp(self.now(), fraction=True),
+            "org": self.config.org,
+            "sites": [
+                {
+                    "id": site.id,
+                    "name": site.name,
+                    "flow": site.flow,
+                    "down": site.down,
+                    "gone": site.gone,
+                    "racks": [{"id": rack.id, "name": rack.name} for rack in self.racks(site.id)],
+                }
+                for site in self.sites(include_gone=True)
+            ],
+            "tasks": [truth.as_json() for truth in truths],
+        }
+
+
+def _truth(task: Task) -> TaskTruth:
+    return TaskTruth(
+        id=task.id,
+        site_id=task.site_id,
+        rack_id=task.rack_id,
+        tray_ids=task.tray_ids,
+        operation=task.operation.value,
+        operation_code=task.operation_code,
+        description=task.description,
+        status=task.status.value,
+        message=task.message,
+        rule_id=task.rule_id,
+        created=task.created,
+        started=task.started,
+        updated=task.updated or task.created,
+        finished=task.finished,
+        outcome=task.outcome.value,
+        failed_stage=task.fail_stage if task.outcome is Outcome.FAIL else None,
+        stuck_stage=task.fail_stage if task.outcome is Outcome.STUCK else None,
+        error=task.error,
+        report=None if task.report is None else report_json(task.report),
+    )
+
+
+def build_demo_simulation(speed: float = 10.0, seed: int = 7) -> Simulation:
+    """The demo preset: 2 sites x 8 racks, a realistic mix, a few failures, one stuck task.
+
+    Time runs ``speed`` times faster than real time and starts with two hours of history, so
+    dashboards have data at once.
+    """
+    scenario = ScenarioConfig(
+        seed=seed,
+        sites=2,
+        racks_per_site=8,
+        non_flow_sites=1,
+        arrivals_per_rack_per_hour=3.0,
+        failure_rate=0.08,
+        cancel_rate=0.03,
+        stuck_tasks=1,
+        history_hours=2.0,
+    )
+    return Simulation(SimulatorConfig(scenario=scenario, speed=speed))
