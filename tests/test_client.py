@@ -477,7 +477,10 @@ async def test_each_task_version_is_parsed_once_and_changes_are_never_hidden() -
         assert [a is b for a, b in zip(first.items, second.items, strict=True)] == [True, True]
         # The deviation was counted when that version was first parsed, not on every poll.
         assert rec.reasons == ["unknown_status"]
-        body[0] = {**body[0], "report": {"version": 1, "stages": [{"number": 1, "status": "running", "steps": []}]}}
+        body[0] = {
+            **body[0],
+            "report": {"version": 1, "stages": [{"number": 1, "status": "running", "steps": []}]},
+        }
         third = await client.list_rack_tasks(SITE, RACK)
     assert third.items[0] is not second.items[0]
     assert third.items[0].report is not None and third.items[0].report.stages[0].number == 1
