@@ -123,7 +123,7 @@ class ClientCredentials:
         self._client_id = client_id
         self._secret = client_secret
         self._clock = clock
-        self._on_request = on_request
+        self.on_request = on_request
         self._timeout = timeout
         self._access: str | None = None
         self._refresh: str | None = None
@@ -165,8 +165,8 @@ class ClientCredentials:
         except httpx.HTTPError as exc:
             raise AuthError(f"{path} failed: {type(exc).__name__}", endpoint=path) from None
         finally:
-            if self._on_request is not None:
-                self._on_request(path, status, time.perf_counter() - started)
+            if self.on_request is not None:
+                self.on_request(path, status, time.perf_counter() - started)
         if resp.status_code != 200:
             raise AuthError(
                 f"{path} refused with HTTP {resp.status_code}: {_server_message(resp)}",

@@ -28,7 +28,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from exporter import __version__
-from exporter.auth import NoToken, TokenSource
+from exporter.auth import ClientCredentials, NoToken, TokenSource
 from exporter.errors import (
     BadPayload,
     BadRequest,
@@ -192,6 +192,9 @@ class NicoClient:
         self.base_url = base_url.rstrip("/")
         self.org = org
         self.auth: TokenSource = auth or NoToken()
+        if isinstance(self.auth, ClientCredentials) and self.auth.on_request is None:
+            # Logins and refreshes are API calls too: count them with the rest.
+            self.auth.on_request = self._emit_auth
         self.timeout_s = timeout_s
         self.limiter = TokenBucket(max_requests_per_second, burst)
         self.retry = retry or RetryPolicy()
@@ -543,6 +546,11 @@ class NicoClient:
         log.warning("payload problem survived: %s", detail, extra={"endpoint": endpoint, "reason": reason})
         if self.hooks.on_parse_error is not None:
             self.hooks.on_parse_error(ParseEvent(endpoint, reason, detail))
+
+    def _emit_auth(self, endpoint: str, status: int | None, duration_s: float) -> None:
+        if self.hooks.on_request is not None:
+            code = "connection" if status is None else str(status)
+            self.hooks.on_request(RequestEvent(endpoint, "POST", code, duration_s, 1))
 
     def _emit(self, endpoint: str, method: str, code: str, started: float, attempt: int) -> None:
         if self.hooks.on_request is not None:

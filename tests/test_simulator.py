@@ -7,8 +7,6 @@ it needs, steps time and asserts what a client would see over HTTP.
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -17,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from exporter.models import ComponentType
 from exporter.simulator import (
@@ -30,6 +27,7 @@ from exporter.simulator import (
 )
 from exporter.simulator.access import RateLimiter
 from exporter.simulator.clock import AcceleratedClock
+from tests.servers import serve_app
 
 TOKEN = "sim-token"
 ORG = "acme"
@@ -752,19 +750,8 @@ def test_accelerated_clock_scales_real_time() -> None:
 @pytest.fixture
 def served() -> Iterator[tuple[str, Simulation]]:
     sim = Simulation(config(), clock=ManualClock())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(sim), log_level="critical", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}", sim
-    server.should_exit = True
-    thread.join(timeout=5)
-    sock.close()
+    with serve_app(create_app(sim)) as url:
+        yield url, sim
 
 
 async def test_reset_fault_over_a_socket_closes_mid_body(served: tuple[str, Simulation]) -> None:

@@ -28,28 +28,39 @@ async def sim_truth(request: Request) -> Response:
 
 
 async def sim_create_task(request: Request) -> Response:
-    """``POST /_sim/tasks {siteId, rackId, operation, outcome?, trayIds?, failStage?, error?, stageSeconds?}``."""
+    """``POST /_sim/tasks {siteId, rackId, operation, outcome?, trayIds?, failStage?, error?, stageSeconds?, count?}``.
+
+    ``count`` creates that many identical tasks at once (in creation order); the answer has
+    ``taskId`` (the first) and ``taskIds`` (all).
+    """
     sim: Simulation = request.app.state.sim
     body = await read_json_object(request)
     if body is None:
         return _control_error(400, "body must be a JSON object")
+    count = body.get("count", 1)
+    if not isinstance(count, int) or not 1 <= count <= 10_000:
+        return _control_error(400, "count must be an integer from 1 to 10000")
+    task_ids: list[str] = []
     try:
-        task_id = sim.create_task(
-            str(body["siteId"]),
-            str(body["rackId"]),
-            Operation(body["operation"]),
-            tray_ids=body.get("trayIds"),
-            outcome=Outcome(body.get("outcome", "succeed")),
-            fail_stage=body.get("failStage"),
-            error=body.get("error"),
-            stage_seconds=body.get("stageSeconds"),
-            description=body.get("description"),
-        )
+        for _ in range(count):
+            task_ids.append(
+                sim.create_task(
+                    str(body["siteId"]),
+                    str(body["rackId"]),
+                    Operation(body["operation"]),
+                    tray_ids=body.get("trayIds"),
+                    outcome=Outcome(body.get("outcome", "succeed")),
+                    fail_stage=body.get("failStage"),
+                    error=body.get("error"),
+                    stage_seconds=body.get("stageSeconds"),
+                    description=body.get("description"),
+                )
+            )
     except KeyError as exc:
         return _control_error(400, f"missing field {exc.args[0]}")
     except (ValueError, TypeError) as exc:
         return _control_error(400, str(exc))
-    return nico_response(201, {"taskId": task_id})
+    return nico_response(201, {"taskId": task_ids[0], "taskIds": task_ids})
 
 
 async def sim_cancel_task(request: Request) -> Response:
