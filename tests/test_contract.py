@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -25,8 +26,13 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from exporter.simulator import ManualClock, Outcome, ScenarioConfig, Simulation, SimulatorConfig, create_app
+from tests.conftest import skip_or_fail
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "nico-openapi" / "spec.yaml"
+SPEC_PATH = Path(
+    os.environ.get(
+        "NICO_OPENAPI_SPEC", Path(__file__).resolve().parents[2] / "shared" / "nico-openapi" / "spec.yaml"
+    )
+)
 SPEC_URI = "urn:nico:spec"
 PREFIX = "/v2/org/{org}/nico"
 TOKEN = "contract-token"
@@ -34,7 +40,9 @@ TOKEN = "contract-token"
 
 def _spec() -> dict[str, Any]:
     if not SPEC_PATH.exists():
-        pytest.skip(f"the NICo spec is not at {SPEC_PATH} (../shared beside the project)")
+        skip_or_fail(
+            f"the NICo spec is not at {SPEC_PATH} (../shared beside the project, or NICO_OPENAPI_SPEC)"
+        )
     return copy.deepcopy(_load_spec())
 
 
