@@ -206,86 +206,75 @@ def _status_value(enum: type[StrEnum], unknown: StrEnum, value: Any, info: Valid
     return unknown
 
 
+def _component_value(value: Any, info: ValidationInfo, *, null_is_unknown: bool = False) -> ComponentType:
+    if value is None and null_is_unknown:
+        return ComponentType.UNKNOWN
+    normalized = None if value is None else normalize_component_type(str(value))
+    if normalized is None:
+        notes = _notes(info)
+        if notes is not None:
+            notes.note("unknown_component_type", repr(value))
+        return ComponentType.UNKNOWN
+    return normalized
+
+
+def _tolerant_status(enum: type[StrEnum], unknown: StrEnum) -> BeforeValidator:
+    def validate(value: Any, info: ValidationInfo) -> Any:
+        return _status_value(enum, unknown, value, info)
+
+    return BeforeValidator(validate)
+
+
+def _none_as(default: Any) -> BeforeValidator:
+    return BeforeValidator(lambda value: default if value is None else value)
+
+
+TaskStatusField = Annotated[TaskStatus, _tolerant_status(TaskStatus, TaskStatus.UNKNOWN)]
+ReportStatusField = Annotated[ReportStatus, _tolerant_status(ReportStatus, ReportStatus.UNKNOWN)]
+# In a report step a missing component type is a deviation; a tray without a type is just unknown.
+StepComponent = Annotated[ComponentType, BeforeValidator(_component_value)]
+TrayType = Annotated[
+    ComponentType, BeforeValidator(lambda v, info: _component_value(v, info, null_is_unknown=True))
+]
+
+
 class ReportStep(_Model):
     """``TaskReportV1Step``: one rule sequence step (one component type) inside a stage."""
 
-    component_type: ComponentType = Field(alias="componentType")
-    status: ReportStatus
-    total_components: int = Field(default=0, alias="totalComponents")
+    component_type: StepComponent = Field(alias="componentType")
+    status: ReportStatusField
+    total_components: Annotated[int, _none_as(0)] = Field(default=0, alias="totalComponents")
     started_at: Timestamp = Field(default=None, alias="startedAt")
     finished_at: Timestamp = Field(default=None, alias="finishedAt")
     error: str | None = None
-
-    @field_validator("component_type", mode="before")
-    @classmethod
-    def _component(cls, value: Any, info: ValidationInfo) -> Any:
-        normalized = None if value is None else normalize_component_type(str(value))
-        if normalized is None:
-            notes = _notes(info)
-            if notes is not None:
-                notes.note("unknown_component_type", repr(value))
-            return ComponentType.UNKNOWN
-        return normalized
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _status(cls, value: Any, info: ValidationInfo) -> Any:
-        return _status_value(ReportStatus, ReportStatus.UNKNOWN, value, info)
-
-    @field_validator("total_components", mode="before")
-    @classmethod
-    def _total(cls, value: Any) -> Any:
-        return 0 if value is None else value
 
 
 class ReportStage(_Model):
     """``TaskReportV1Stage``: one rule stage, its steps run in parallel."""
 
     number: int = Field(ge=1)
-    status: ReportStatus
-    steps: tuple[ReportStep, ...] = ()
+    status: ReportStatusField
+    steps: Annotated[tuple[ReportStep, ...], _none_as(())] = ()
     started_at: Timestamp = Field(default=None, alias="startedAt")
     finished_at: Timestamp = Field(default=None, alias="finishedAt")
     error: str | None = None
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _status(cls, value: Any, info: ValidationInfo) -> Any:
-        return _status_value(ReportStatus, ReportStatus.UNKNOWN, value, info)
-
-    @field_validator("steps", mode="before")
-    @classmethod
-    def _steps(cls, value: Any) -> Any:
-        return () if value is None else value
 
 
 class TaskReport(_Model):
     """``TaskReportV1``: the stage-by-stage execution report of a task."""
 
+    # The code writes the integer 1; older spec text says the string "1" (pydantic takes both).
     version: int
-    stages: tuple[ReportStage, ...] = ()
+    stages: Annotated[tuple[ReportStage, ...], _none_as(())] = ()
     error: str | None = None
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version(cls, value: Any, info: ValidationInfo) -> Any:
-        # The code writes the integer 1; older spec text says the string "1".
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
-        return value
-
-    @field_validator("stages", mode="before")
-    @classmethod
-    def _stages(cls, value: Any) -> Any:
-        return () if value is None else value
 
 
 class Task(_Model):
     """A NICo task as the REST API returns it (no rack, tray, site or operation fields)."""
 
     id: Uuid
-    status: TaskStatus = TaskStatus.UNKNOWN
-    description: str = ""
+    status: TaskStatusField = TaskStatus.UNKNOWN
+    description: Annotated[str, _none_as("")] = ""
     message: str | None = None
     rule_id: str | None = Field(default=None, alias="ruleId")
     created: Timestamp = None
@@ -293,16 +282,6 @@ class Task(_Model):
     updated: Timestamp = None
     finished: Timestamp = None
     report: TaskReport | None = None
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _status(cls, value: Any, info: ValidationInfo) -> Any:
-        return _status_value(TaskStatus, TaskStatus.UNKNOWN, value, info)
-
-    @field_validator("description", mode="before")
-    @classmethod
-    def _description(cls, value: Any) -> Any:
-        return "" if value is None else value
 
     @field_validator("rule_id", mode="before")
     @classmethod
@@ -386,22 +365,9 @@ class Tray(_Model):
     id: Uuid
     rack_id: str | None = Field(default=None, alias="rackId")
     component_id: str | None = Field(default=None, alias="componentId")
-    type: ComponentType = ComponentType.UNKNOWN
+    type: TrayType = ComponentType.UNKNOWN
     name: str = ""
     position: TrayPosition | None = None
-
-    @field_validator("type", mode="before")
-    @classmethod
-    def _type(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None:
-            return ComponentType.UNKNOWN
-        normalized = normalize_component_type(str(value))
-        if normalized is None:
-            notes = _notes(info)
-            if notes is not None:
-                notes.note("unknown_component_type", repr(value))
-            return ComponentType.UNKNOWN
-        return normalized
 
     @field_validator("rack_id", mode="before")
     @classmethod
