@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,10 +27,17 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    # No defaults here: absent flags leave the config file's ``log:`` section in charge.
     parser.add_argument(
-        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
+        "--log.level",
+        dest="log_level",
+        default=None,
+        choices=["debug", "info", "warn", "error"],
+        help="default info",
     )
-    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+    parser.add_argument(
+        "--log.format", dest="log_format", default=None, choices=["logfmt", "json"], help="default logfmt"
+    )
 
 
 def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -> None:
@@ -98,7 +106,55 @@ def build_parser() -> argparse.ArgumentParser:
     _common(demo)
     _simulator_flags(demo, default_speed=10.0)
     demo.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
+
+    run = sub.add_parser("run", help="run the exporter (the default command)")
+    _common(run)
+    config_flag(run)
+    run.add_argument(
+        "--shard", type=int, default=None, help="this replica's shard (overrides sharding.shard)"
+    )
+    run.add_argument(
+        "--total-shards",
+        type=int,
+        default=None,
+        help="how many replicas share the racks (overrides sharding.total_shards)",
+    )
+
+    # --- check-config ---
+    check = sub.add_parser(
+        "check-config", help="validate the config file and environment overrides, then exit"
+    )
+    _common(check)
+    config_flag(check)
+    # --- end check-config ---
     return parser
+
+
+# --- config (check-config; ``config_flag`` is for every command that reads the config) ---
+def config_flag(parser: argparse.ArgumentParser) -> None:
+    """``--config.file PATH`` into ``args.config_file``; absent, the config comes from the environment."""
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="PATH",
+        default=None,
+        help="YAML configuration file (default: none, configure through NICO_EXPORTER_* env alone)",
+    )
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from exporter.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        print(f"config error: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"config OK: {args.config_file or '<environment only>'} ({config.describe()})")
+    return 0
+
+
+# --- end config ---
 
 
 def _simulation(args: argparse.Namespace) -> object:
@@ -185,18 +241,48 @@ async def _status_loop(sim: object, interval: float) -> None:
         print(f"[{sim.now().strftime('%H:%M:%S')} sim] tasks: {summary}", flush=True)
 
 
+COMMANDS = ("run", "simulate", "demo", "check-config")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from exporter import app
+    from exporter.config import ConfigError, load_config
+
+    overrides: dict[str, str] = {}
+    if args.shard is not None:
+        overrides["NICO_EXPORTER_SHARDING__SHARD"] = str(args.shard)
+    if args.total_shards is not None:
+        overrides["NICO_EXPORTER_SHARDING__TOTAL_SHARDS"] = str(args.total_shards)
+    try:
+        config = load_config(args.config_file, env={**os.environ, **overrides})
+    except ConfigError as exc:
+        logs.setup(args.log_level or "info", args.log_format or "logfmt")
+        log.error("config error: %s", exc.message)
+        return 1
+    logs.setup(args.log_level or config.log.level, args.log_format or config.log.format)
+    asyncio.run(app.run(config))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "run")  # run is the default command
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    logs.setup(args.log_level, args.log_format)
+    if args.command == "run":
+        try:
+            return _run(args)
+        except KeyboardInterrupt:
+            return 0
+    logs.setup(args.log_level or "info", args.log_format or "logfmt")
     try:
         if args.command == "simulate":
             asyncio.run(_serve(args, status_interval=None))
         elif args.command == "demo":
             asyncio.run(_serve(args, status_interval=args.status_interval))
+        elif args.command == "check-config":  # --- check-config ---
+            return _check_config(args)
     except KeyboardInterrupt:
         return 0
     return 0

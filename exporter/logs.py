@@ -72,5 +72,7 @@ def setup(level: str = "info", fmt: str = "logfmt") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # httpx logs every request URL at INFO; ours are counted in metrics instead.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx logs every request URL and APScheduler every job run at INFO: ours are counted in
+    # metrics instead.
+    for noisy in ("httpx", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -63,6 +63,16 @@ async def sim_create_task(request: Request) -> Response:
     return nico_response(201, {"taskId": task_ids[0], "taskIds": task_ids})
 
 
+async def sim_purge_task(request: Request) -> Response:
+    """``DELETE /_sim/tasks/{id}``: NICo's retention removes a finished task (the API then 404s)."""
+    sim: Simulation = request.app.state.sim
+    try:
+        sim.purge_task(str(request.path_params["id"]))
+    except SimulationError as exc:
+        return _control_error(404 if "unknown" in str(exc) else 409, str(exc))
+    return nico_response(200, {"taskId": str(request.path_params["id"]), "purged": True})
+
+
 async def sim_cancel_task(request: Request) -> Response:
     sim: Simulation = request.app.state.sim
     task_id = str(request.path_params["id"])
@@ -144,6 +154,7 @@ def control_routes() -> list[BaseRoute]:
         Route("/_sim/truth", sim_truth),
         Route("/_sim/tasks", sim_create_task, methods=["POST"]),
         Route("/_sim/tasks/{id}/cancel", sim_cancel_task, methods=["POST"]),
+        Route("/_sim/tasks/{id}", sim_purge_task, methods=["DELETE"]),
         Route("/_sim/faults", sim_faults, methods=["GET", "PUT"]),
         Route("/_sim/sites/{id}/{action}", sim_site, methods=["POST"]),
         Route("/_sim/stats", sim_stats, methods=["GET", "DELETE"]),

@@ -102,6 +102,7 @@ class TaskTruth:
     stuck_stage: int | None
     error: str | None
     report: dict[str, Any] | None
+    purged: bool = False
 
     def as_json(self) -> dict[str, Any]:
         def ts(value: datetime | None) -> str | None:
@@ -127,6 +128,7 @@ class TaskTruth:
             "stuckStage": self.stuck_stage,
             "error": self.error,
             "report": self.report,
+            "purged": self.purged,
         }
 
 
@@ -329,6 +331,11 @@ class Simulation:
             raise SimulationError(f"unknown task {task_id}")
         return self.world.cancel(task_id, self.world.now)
 
+    def purge_task(self, task_id: str) -> None:
+        """Remove a finished task from the API (it stays in the ground truth, marked purged)."""
+        self.advance()
+        self.world.purge(task_id)
+
     def list_order(self, tasks: list[Task]) -> list[Task]:
         """Order a task list as the server returns it (heap order, or shuffled for chaos)."""
         if self.config.list_order == "shuffle":
@@ -341,8 +348,9 @@ class Simulation:
     def truth(self) -> list[TaskTruth]:
         """Every task ever created, oldest first, with its plan and current state."""
         self.advance()
-        tasks = sorted(self.world.tasks.values(), key=lambda task: (task.created, task.id))
-        return [_truth(task) for task in tasks]
+        everything = [*self.world.tasks.values(), *self.world.purged.values()]
+        tasks = sorted(everything, key=lambda task: (task.created, task.id))
+        return [_truth(task, purged=task.id in self.world.purged) for task in tasks]
 
     def truth_json(self) -> dict[str, Any]:
         """Ground truth for ``GET /_sim/truth``: time, inventory (no trays) and tasks."""
@@ -365,8 +373,9 @@ class Simulation:
         }
 
 
-def _truth(task: Task) -> TaskTruth:
+def _truth(task: Task, *, purged: bool = False) -> TaskTruth:
     return TaskTruth(
+        purged=purged,
         id=task.id,
         site_id=task.site_id,
         rack_id=task.rack_id,

@@ -132,6 +132,9 @@ class World:
         self.racks: dict[str, Rack] = {}
         self.trays: dict[str, Tray] = {}
         self.tasks: dict[str, Task] = {}
+        # Finished tasks removed from NICo's database (retention): gone from the API, kept here
+        # for the ground truth.
+        self.purged: dict[str, Task] = {}
         self._tasks_by_rack: dict[str, list[str]] = {}
         self._tasks_by_tray: dict[str, list[str]] = {}
         self._holder: dict[str, str] = {}  # rack id -> the Running task that holds it
@@ -227,6 +230,19 @@ class World:
 
     def _in_row_order(self, task_ids: Iterable[str]) -> list[Task]:
         return sorted((self.tasks[task_id] for task_id in task_ids), key=lambda task: task.row_version)
+
+    def purge(self, task_id: str) -> None:
+        """Remove a finished task as NICo's retention would: the API answers 404 for it after."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise SimulationError(f"unknown task {task_id}")
+        if not task.status.is_terminal:
+            raise SimulationError(f"task {task_id} is {task.status.value}: only finished tasks are purged")
+        del self.tasks[task_id]
+        self.purged[task_id] = task
+        self._tasks_by_rack[task.rack_id].remove(task_id)
+        for tray_id in task.tray_ids:
+            self._tasks_by_tray[tray_id].remove(task_id)
 
     def rule_id(self, site_id: str, code: str) -> str:
         """The id of the site's default rule for an operation code (one per site and code)."""

@@ -1,0 +1,103 @@
+"""``nico-task-exporter run``: config, client, state store, poller and scheduler, wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections import Counter
+from dataclasses import dataclass
+
+from exporter.client import ClientHooks, NicoClient
+from exporter.config import Config
+from exporter.operations import Classifier
+from exporter.persistence import NullPersistence, SqlitePersistence, open_state
+from exporter.poller import Intervals, Poller
+from exporter.scheduler import Runner
+from exporter.sharding import Shard
+from exporter.state import Store
+
+log = logging.getLogger("exporter")
+
+SUMMARY_INTERVAL = 60.0
+
+
+@dataclass
+class Exporter:
+    """The running parts, for the HTTP server and tests to look at."""
+
+    config: Config
+    client: NicoClient
+    store: Store
+    poller: Poller
+    runner: Runner
+    persistence: SqlitePersistence | NullPersistence
+
+
+def build(config: Config, *, hooks: ClientHooks | None = None) -> Exporter:
+    """Construct everything ``run`` needs, without starting anything."""
+    client = NicoClient(
+        config.api.url, config.api.org, auth=config.token_source(), hooks=hooks, **config.client_kwargs()
+    )
+    persistence = open_state(config.state.path)
+    store = Store(
+        persistence,
+        classifier=Classifier(config.operations.extra_patterns),
+        finished_ttl=config.state.finished_task_ttl,
+        terminal_retention=config.state.terminal_retention,
+    )
+    polling = config.polling
+    poller = Poller(
+        client,
+        store,
+        intervals=Intervals(
+            active=polling.active_interval,
+            trays=polling.tray_interval,
+            reconcile=polling.reconcile_interval,
+            discovery=polling.discovery_interval,
+            final_fetch=polling.final_fetch_interval,
+        ),
+        sites=config.sites,
+        shard=Shard(config.sharding.shard, config.sharding.total_shards),
+    )
+    return Exporter(config, client, store, poller, Runner(poller), persistence)
+
+
+async def _summaries(exporter: Exporter) -> None:
+    """A status line a minute: what an operator tailing the log wants before metrics exist."""
+    while True:
+        await asyncio.sleep(SUMMARY_INTERVAL)
+        store, poller = exporter.store, exporter.poller
+        active = Counter(r.status.value for r in store.records() if not r.is_terminal)
+        log.info(
+            "status: %d racks, %d sites up of %d, %d active tasks, %d finished counted, cycle %.1fs",
+            len(poller.racks),
+            sum(1 for h in poller.health.values() if h.up),
+            len(poller.health),
+            sum(active.values()),
+            sum(store.totals.tasks.values()),
+            poller.stats.last_cycle_seconds,
+            extra={"active": dict(active), "final_fetch_queue": len(poller.final_fetches)},
+        )
+
+
+async def run(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``), then stop cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    exporter = build(config)
+    log.info("starting", extra={"config": config.redacted_summary()})
+    summaries = asyncio.create_task(_summaries(exporter))
+    try:
+        await exporter.runner.run(stop)
+    finally:
+        summaries.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await summaries
+        await exporter.client.aclose()
+        exporter.persistence.close()
+        log.info("stopped")

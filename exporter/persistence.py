@@ -1,0 +1,274 @@
+"""What exactly-once needs across restarts, in SQLite (stdlib ``sqlite3``, WAL).
+
+Kept: delivered transition keys of tracked tasks, terminal task ids (pruned by age), rack
+baselines and expected task counts, finished totals (so counters continue instead of
+resetting), per-tray failure totals, and the tasks being tracked (to fetch them again after a
+restart). Each poll's changes are written in one transaction, so a kill -9 at any moment leaves
+either all of a poll's transitions or none: none are then delivered again, once.
+
+A corrupt file is moved aside and a fresh one started; an unwritable one leaves the exporter
+running in memory. Either way the error is logged clearly and the exporter does not crash-loop;
+a fresh store has no baselines, so history is re-baselined rather than counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS racks (
+    rack_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, baselined_at REAL, known_count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS terminal (task_id TEXT PRIMARY KEY, rack_id TEXT NOT NULL, finished_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS terminal_finished ON terminal (finished_at);
+CREATE TABLE IF NOT EXISTS delivered (key TEXT PRIMARY KEY, task_id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS delivered_task ON delivered (task_id);
+CREATE TABLE IF NOT EXISTS totals (
+    site_id TEXT NOT NULL, status TEXT NOT NULL, operation TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (site_id, status, operation)
+);
+CREATE TABLE IF NOT EXISTS tray_failures (
+    site_id TEXT NOT NULL, rack_id TEXT NOT NULL, tray_id TEXT NOT NULL, tray_type TEXT NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (site_id, rack_id, tray_id, tray_type)
+);
+CREATE TABLE IF NOT EXISTS tracked (
+    task_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, rack_id TEXT NOT NULL, trays TEXT
+);
+"""
+
+TrackedRow = tuple[str, str, frozenset[str] | None]
+
+
+@dataclass
+class StateBatch:
+    """Changes since the last commit; written in one transaction."""
+
+    delivered: list[tuple[str, str]] = field(default_factory=list)
+    terminal: dict[str, tuple[str, float]] = field(default_factory=dict)
+    racks: dict[str, tuple[str, float | None, int]] = field(default_factory=dict)
+    totals: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    tray_failures: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    tracked: dict[str, TrackedRow] = field(default_factory=dict)
+    untracked: set[str] = field(default_factory=set)
+    forget_delivered: set[str] = field(default_factory=set)
+    forget_terminal: set[str] = field(default_factory=set)
+
+    @property
+    def empty(self) -> bool:
+        return not any(
+            (
+                self.delivered,
+                self.terminal,
+                self.racks,
+                self.totals,
+                self.tray_failures,
+                self.tracked,
+                self.untracked,
+                self.forget_delivered,
+                self.forget_terminal,
+            )
+        )
+
+
+@dataclass
+class LoadedState:
+    racks: dict[str, tuple[str, float | None, int]] = field(default_factory=dict)
+    terminal: dict[str, float] = field(default_factory=dict)
+    delivered: list[tuple[str, str]] = field(default_factory=list)
+    totals: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    tray_failures: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    tracked: dict[str, TrackedRow] = field(default_factory=dict)
+
+
+class Persistence(Protocol):
+    def load(self) -> LoadedState: ...
+
+    def write(self, batch: StateBatch) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullPersistence:
+    """Nothing survives a restart (tests, or a state file that cannot be used)."""
+
+    durable = False
+    write_errors = 0
+
+    def load(self) -> LoadedState:
+        return LoadedState()
+
+    def write(self, batch: StateBatch) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class StateFileError(Exception):
+    """The state file cannot be used at all (unwritable directory, not a database we can fix)."""
+
+
+class SqlitePersistence:
+    """The state file. ``open_state`` is the forgiving way to get one."""
+
+    durable = True
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.write_errors = 0
+        self._conn = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateFileError(
+                f"cannot create the directory of state file {self.path}: {exc.strerror}"
+            ) from None
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a killed process loses nothing committed (only an OS crash could).
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            check = conn.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                conn.close()
+                raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no answer'}")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row[0]) != SCHEMA_VERSION:
+                conn.close()
+                raise sqlite3.DatabaseError(f"schema version {row[0]}, this exporter writes {SCHEMA_VERSION}")
+            conn.execute("CREATE TABLE IF NOT EXISTS _probe (x)")  # fails now if read-only
+            conn.execute("DROP TABLE _probe")
+            return conn
+        except sqlite3.DatabaseError as exc:
+            if _is_unwritable(exc):
+                raise StateFileError(f"state file {self.path} is not writable: {exc}") from None
+            raise
+
+    def load(self) -> LoadedState:
+        c = self._conn
+        state = LoadedState()
+        state.racks = {r: (s, b, int(n)) for r, s, b, n in c.execute("SELECT * FROM racks")}
+        state.terminal = {t: float(f) for t, _, f in c.execute("SELECT * FROM terminal")}
+        state.delivered = [(k, t) for k, t in c.execute("SELECT key, task_id FROM delivered")]
+        state.totals = {(s, st, o): int(n) for s, st, o, n in c.execute("SELECT * FROM totals")}
+        state.tray_failures = {
+            (s, r, t, ty): int(n) for s, r, t, ty, n in c.execute("SELECT * FROM tray_failures")
+        }
+        state.tracked = {
+            t: (s, r, frozenset(json.loads(trays)) if trays is not None else None)
+            for t, s, r, trays in c.execute("SELECT * FROM tracked")
+        }
+        return state
+
+    def write(self, batch: StateBatch) -> None:
+        try:
+            self._write(batch)
+        except sqlite3.Error as exc:
+            self.write_errors += 1
+            # The store keeps working in memory; exactly-once across a restart is what is at risk.
+            log.error("could not write the state file: %s", exc, extra={"path": str(self.path)})
+
+    def _write(self, b: StateBatch) -> None:
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany("INSERT OR IGNORE INTO delivered (key, task_id) VALUES (?, ?)", b.delivered)
+            c.executemany(
+                "INSERT OR REPLACE INTO terminal (task_id, rack_id, finished_at) VALUES (?, ?, ?)",
+                [(t, r, f) for t, (r, f) in b.terminal.items()],
+            )
+            c.executemany(
+                "INSERT OR REPLACE INTO racks (rack_id, site_id, baselined_at, known_count) VALUES (?, ?, ?, ?)",
+                [(r, s, at, n) for r, (s, at, n) in b.racks.items()],
+            )
+            c.executemany(
+                "INSERT OR REPLACE INTO totals (site_id, status, operation, count) VALUES (?, ?, ?, ?)",
+                [(*k, n) for k, n in b.totals.items()],
+            )
+            c.executemany(
+                "INSERT OR REPLACE INTO tray_failures (site_id, rack_id, tray_id, tray_type, count) VALUES (?, ?, ?, ?, ?)",
+                [(*k, n) for k, n in b.tray_failures.items()],
+            )
+            c.executemany(
+                "INSERT OR REPLACE INTO tracked (task_id, site_id, rack_id, trays) VALUES (?, ?, ?, ?)",
+                [
+                    (t, s, r, None if trays is None else json.dumps(sorted(trays)))
+                    for t, (s, r, trays) in b.tracked.items()
+                    if t not in b.untracked
+                ],
+            )
+            c.executemany("DELETE FROM tracked WHERE task_id = ?", [(t,) for t in b.untracked])
+            c.executemany("DELETE FROM delivered WHERE task_id = ?", [(t,) for t in b.forget_delivered])
+            c.executemany("DELETE FROM terminal WHERE task_id = ?", [(t,) for t in b.forget_terminal])
+            c.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                c.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+
+def _is_unwritable(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in ("readonly", "read-only", "unable to open", "permission", "disk i/o"))
+
+
+def open_state(path: str | os.PathLike[str] | None) -> SqlitePersistence | NullPersistence:
+    """Open the state file, or explain why not and carry on without it.
+
+    A corrupt file is renamed to ``<name>.corrupt-<epoch>`` (kept for a post-mortem) and a new
+    one created. A path that cannot be written at all gives in-memory state, logged as an error:
+    the exporter runs, but exactly-once across restarts is lost until the path is fixed.
+    """
+    if path is None or str(path) == "":
+        return NullPersistence()
+    target = Path(path)
+    try:
+        return SqlitePersistence(target)
+    except StateFileError as exc:
+        log.error(
+            "%s; keeping state in memory only (restarts will re-baseline)", exc, extra={"path": str(target)}
+        )
+        return NullPersistence()
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        aside = target.with_name(f"{target.name}.corrupt-{int(time.time())}")
+        log.error(
+            "state file %s is unusable (%s): moved to %s, starting fresh (history will be re-baselined)",
+            target,
+            exc,
+            aside,
+            extra={"path": str(target)},
+        )
+        try:
+            target.rename(aside)
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(str(target) + suffix).rename(Path(str(aside) + suffix))
+            return SqlitePersistence(target)
+        except (OSError, sqlite3.Error, StateFileError) as again:
+            log.error("cannot start a fresh state file either (%s); keeping state in memory only", again)
+            return NullPersistence()

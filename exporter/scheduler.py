@@ -1,0 +1,99 @@
+"""Runs the poller's jobs on APScheduler 3.x (``AsyncIOScheduler``).
+
+Jobs never overlap themselves (``max_instances=1``), missed runs coalesce into one, and each is
+jittered a little so replicas and restarts do not synchronise their load on NICo. On start,
+discovery and a first poll of every rack run at once, not one interval later. A stop request
+(SIGTERM, SIGINT) ends the jobs, writes the last state and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from exporter.poller import Poller
+
+log = logging.getLogger(__name__)
+
+EXPIRE_INTERVAL = 30.0
+
+
+def _jitter(interval: float) -> float:
+    """A tenth of the interval, at most 5 s: enough to spread load, not enough to hurt freshness."""
+    return min(5.0, interval / 10)
+
+
+class Runner:
+    """Owns the scheduler for one poller."""
+
+    def __init__(self, poller: Poller) -> None:
+        self.poller = poller
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.failures: dict[str, int] = {}
+
+    def _job(self, name: str, job: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def run() -> None:
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one failed run must not kill the job; the next run tries again
+                self.failures[name] = self.failures.get(name, 0) + 1
+                log.exception("job failed", extra={"job": name})
+
+        run.__name__ = name
+        return run
+
+    def _add(self, name: str, job: Callable[[], Awaitable[None]], interval: float, *, now: bool) -> None:
+        first = datetime.now(UTC) + (timedelta(0) if now else timedelta(seconds=interval))
+        self.scheduler.add_job(
+            self._job(name, job),
+            "interval",
+            seconds=interval,
+            jitter=_jitter(interval),
+            id=name,
+            name=name,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(interval)),
+            next_run_time=first,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start at once, then run the jobs on their intervals until ``stop`` is set."""
+        p = self.poller
+        iv = p.intervals
+        started = asyncio.create_task(self._job("start", p.start)())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({started, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            started.cancel()
+            await asyncio.gather(started, return_exceptions=True)
+            p.store.commit()
+            return
+        self._add("active_poll", p.poll_active, iv.active, now=False)
+        self._add("final_fetch", p.fetch_finals, iv.final_fetch, now=True)
+        self._add("tray_attribution", p.attribute_trays, iv.trays, now=True)
+        self._add("reconciliation", p.reconcile, iv.reconcile, now=False)
+        self._add("discovery", p.discover, iv.discovery, now=False)
+        self._add("expire", p.expire, EXPIRE_INTERVAL, now=False)
+        self.scheduler.start()
+        log.info(
+            "polling %d racks on %d sites",
+            len(p.racks),
+            len(p.health),
+            extra={"racks": len(p.racks), "sites": len(p.health), "shard": p.shard.index},
+        )
+        try:
+            await stopper
+        finally:
+            # APScheduler cancels running coroutine jobs on shutdown; what they observed so far is
+            # consistent, so write it.
+            self.scheduler.shutdown(wait=False)
+            await asyncio.sleep(0)
+            p.store.commit()

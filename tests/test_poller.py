@@ -1,0 +1,377 @@
+"""The polling engine against the simulator, in accelerated simulated time.
+
+The yardstick is the simulator's ground truth: every task that became terminal after the
+exporter's first full listing of its rack must be observed finished exactly once, with the right
+status and operation, whatever the traffic, faults, paging and restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.errors import BadPayload
+from exporter.models import ComponentType
+from exporter.persistence import SqlitePersistence, StateBatch, open_state
+from exporter.poller import Intervals
+from exporter.sharding import Shard
+from exporter.simulator import ScenarioConfig
+from exporter.state import Kind
+from tests.pollharness import Harness, expected_finished, simulation
+
+QUICK_STAGES = {"power": (1.0, 3.0), "firmware": (2.0, 4.0), "bring_up": (2.0, 4.0)}
+
+
+def busy(seed: int = 3, **overrides: Any) -> ScenarioConfig:
+    """Four racks with a task every ~5 minutes each, failures, cancels, tray-scoped tasks."""
+    values: dict[str, Any] = {
+        "seed": seed,
+        "sites": 1,
+        "racks_per_site": 4,
+        "arrivals_per_rack_per_hour": 12,
+        "failure_rate": 0.1,
+        "cancel_rate": 0.05,
+        "history_hours": 1,
+        "horizon_hours": 1.5,
+    }
+    values.update(overrides)
+    return ScenarioConfig(**values)
+
+
+def assert_exactly_once(h: Harness, since: float | None = None) -> dict[str, str]:
+    assert h.started_at is not None
+    expected = expected_finished(h.sim, h.started_at if since is None else since)
+    got = h.finished_ids()
+    doubled = [tid for tid, n in Counter(got).items() if n > 1]
+    assert not doubled, f"counted twice: {doubled[:5]}"
+    assert set(got) == set(expected), (
+        f"missing {len(set(expected) - set(got))}, unexpected {len(set(got) - set(expected))}"
+    )
+    statuses = {t.record.id: t.record.status.value for t in h.transitions if t.kind is Kind.FINISHED}
+    assert statuses == expected
+    return expected
+
+
+async def test_mixed_traffic_every_finished_task_once_with_its_operation_and_trays() -> None:
+    sim, clock = simulation(busy())
+    h = Harness(sim, clock)
+    await h.run(3 * 3600, step=2)
+    expected = assert_exactly_once(h)
+    assert len(expected) > 60 and {"Succeeded", "Failed", "Terminated"} <= set(expected.values())
+    truth = {t.id: t for t in sim.truth()}
+    tray_type = {t.id: t.type for s in sim.flow_site_ids() for t in sim.trays(s)}
+    finished = [t.record for t in h.transitions if t.kind is Kind.FINISHED]
+    assert all(r.operation.value == truth[r.id].operation for r in finished)
+    attributed = [r for r in finished if r.trays is not None]
+    assert len(attributed) > 0.8 * len(finished)
+    for record in attributed:
+        # The trays the task's rule operates on: a rack firmware update targets the power
+        # shelves too, but the default rule has no step for them, so they are not its trays.
+        assert record.task.report is not None
+        kinds = {step.component_type for stage in record.task.report.stages for step in stage.steps}
+        operated = frozenset(t for t in truth[record.id].tray_ids if tray_type[t] in kinds)
+        assert record.trays == operated, record.task.description
+    await h.close()
+
+
+async def test_tasks_shorter_than_a_poll_are_found_by_reconciliation() -> None:
+    scenario = busy(seed=5, stage_seconds=QUICK_STAGES, arrivals_per_rack_per_hour=20)
+    sim, clock = simulation(scenario)
+    h = Harness(sim, clock, intervals=Intervals(active=15, trays=60, reconcile=60, discovery=300))
+    await h.run(2.5 * 3600, step=1)
+    assert_exactly_once(h)
+    # Some tasks were never seen active: they appeared and finished in one observation.
+    appeared_with_status = {
+        t.record.id: t.record.task.status
+        for t in h.transitions
+        if t.kind is Kind.STATUS_CHANGED and t.previous_status is None
+    }
+    assert sum(1 for s in appeared_with_status.values() if s.is_terminal) > 5
+    assert h.poller.stats.full_listings > 4
+    await h.close()
+
+
+async def test_pages_that_shift_under_the_listing_lose_and_double_nothing() -> None:
+    """Lists in a new random order on every request: pages skip and repeat tasks freely."""
+    scenario = busy(
+        seed=7, racks_per_site=2, history_hours=4, arrivals_per_rack_per_hour=30, stage_seconds=QUICK_STAGES
+    )
+    sim, clock = simulation(scenario, list_order="shuffle")
+    h = Harness(sim, clock, intervals=Intervals(active=15, trays=60, reconcile=60, discovery=300))
+    await h.run(2 * 3600, step=3)
+    assert h.poller.stats.full_listings > 10  # incomplete listings were repeated
+    assert_exactly_once(h)
+    await h.close()
+
+
+async def test_waiting_tasks_expire_to_terminated_and_count_once() -> None:
+    sim, clock = simulation(ScenarioConfig.quiet(sites=1, racks_per_site=1), queue_timeout_s=600)
+    site = sim.flow_site_ids()[0]
+    rack = sim.racks(site)[0].id
+    h = Harness(sim, clock)
+    await h.start()
+    blocker = sim.create_task(site, rack, "firmware_update", outcome="stuck")
+    queued = [sim.create_task(site, rack, "power_on") for _ in range(3)]
+    await h.run(900, step=5)
+    assert set(h.finished_ids()) == set(queued)
+    for tid in queued:
+        record = h.store.tasks[tid]
+        assert record.status.value == "Terminated" and record.task.message == "Expired: queue timeout reached"
+    assert blocker in h.store.active_ids(rack)
+    await h.close()
+
+
+async def test_a_404_on_the_final_fetch_is_recorded_as_vanished_not_counted() -> None:
+    sim, clock = simulation(ScenarioConfig.quiet(sites=1, racks_per_site=1))
+    site = sim.flow_site_ids()[0]
+    rack = sim.racks(site)[0].id
+    h = Harness(sim, clock)
+    await h.start()
+    task_id = sim.create_task(site, rack, "power_on", stage_seconds=20)
+    await h.run(30, step=1)
+    assert task_id in h.store.active_ids(rack)
+    clock.advance(120)  # it finishes between polls...
+    sim.purge_task(task_id)  # ...and NICo's retention removes it before the final fetch
+    await h.run(60, step=1)
+    kinds = [t.kind for t in h.transitions if t.record.id == task_id]
+    assert Kind.VANISHED in kinds and Kind.FINISHED not in kinds
+    assert h.store.vanished == 1 and task_id not in h.poller.final_fetches
+    assert sum(h.store.totals.tasks.values()) == 0
+    await h.close()
+
+
+async def test_a_site_that_goes_away_and_comes_back_loses_nothing() -> None:
+    sim, clock = simulation(busy(seed=11, sites=2, racks_per_site=2))
+    gone = sim.flow_site_ids()[1]
+    h = Harness(sim, clock, intervals=Intervals(active=15, trays=60, reconcile=120, discovery=60))
+    await h.run(1200, step=2)
+    sim.remove_site(gone)
+    await h.run(1200, step=2)
+    assert gone not in h.poller.health
+    assert all(e.site_id != gone for e in h.poller.racks.values())
+    assert all(r.site_id != gone for r in h.store.records())
+    sim.restore_site(gone)
+    await h.run(3 * 3600, step=2)
+    assert gone in h.poller.health
+    assert_exactly_once(h)
+    await h.close()
+
+
+async def test_injected_api_faults_lose_and_double_nothing() -> None:
+    sim, clock = simulation(busy(seed=13))
+    sim.configure_faults({"error_5xx": 0.1, "truncated_json": 0.05, "bad_pagination": 0.05, "seed": 4})
+    h = Harness(sim, clock, intervals=Intervals(active=15, trays=60, reconcile=120, discovery=300))
+    await h.run(3600, step=2)
+    sim.configure_faults({"error_5xx": 0.0, "truncated_json": 0.0, "bad_pagination": 0.0})
+    await h.run(2 * 3600, step=2)
+    assert_exactly_once(h)
+    failed = sum(1 for r in h.requests if r.code in ("500", "503"))
+    assert failed > 20  # the faults really happened
+    await h.close()
+
+
+async def test_restart_from_the_state_file_mid_run(tmp_path: Path) -> None:
+    sim, clock = simulation(busy(seed=17))
+    db = tmp_path / "state.db"
+    first = Harness(sim, clock, persistence=SqlitePersistence(db))
+    await first.run(5400, step=2)
+    first_ids = first.finished_ids()
+    started = first.started_at
+    assert started is not None
+    await first.close()
+    second = Harness(sim, clock, persistence=SqlitePersistence(db))
+    await second.run(2 * 3600, step=2)
+    both = first_ids + second.finished_ids()
+    expected = expected_finished(sim, started)
+    assert not [tid for tid, n in Counter(both).items() if n > 1]
+    assert set(both) == set(expected)
+    # The finished totals continue across the restart instead of starting over.
+    assert sum(second.store.totals.tasks.values()) == len(expected)
+    await second.close()
+
+
+class DiesBeforeCommit(SqlitePersistence):
+    """The process is killed after ``survive`` commits: the next batch never reaches the disk."""
+
+    def __init__(self, path: Path, survive: int) -> None:
+        super().__init__(path)
+        self.survive = survive
+
+    def write(self, batch: StateBatch) -> None:
+        if self.survive <= 0:
+            raise KilledError
+        self.survive -= 1
+        super().write(batch)
+
+
+class KilledError(BaseException):
+    """Stands for kill -9: nothing after it runs, not even exception handlers for Exception."""
+
+
+@pytest.mark.parametrize("survive", [3, 60, 250])
+async def test_a_kill_at_any_moment_then_a_restart_counts_each_task_once(
+    tmp_path: Path, survive: int
+) -> None:
+    sim, clock = simulation(busy(seed=19 + survive))
+    db = tmp_path / "state.db"
+    victim = Harness(sim, clock, persistence=DiesBeforeCommit(db, survive))
+    with pytest.raises(KilledError):
+        await victim.run(2 * 3600, step=2)
+    started = victim.started_at
+    assert started is not None
+    await victim.close()
+    survivor = Harness(sim, clock, persistence=SqlitePersistence(db))
+    await survivor.run(3 * 3600, step=2)
+    expected = expected_finished(sim, started)
+    persisted = Counter[str]()
+    for (_, status, _), n in survivor.store.totals.tasks.items():
+        persisted[status] += n
+    assert persisted == Counter(expected.values())
+    await survivor.close()
+
+
+async def test_a_corrupt_state_file_starts_fresh_without_counting_history(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "state.db"
+    db.write_bytes(b"this is not a database" * 100)
+    with caplog.at_level(logging.ERROR):
+        persistence = open_state(db)
+    assert isinstance(persistence, SqlitePersistence)
+    assert any("unusable" in r.getMessage() and "moved to" in r.getMessage() for r in caplog.records)
+    assert list(tmp_path.glob("state.db.corrupt-*"))
+    sim, clock = simulation(busy(seed=23))
+    h = Harness(sim, clock, persistence=persistence)
+    await h.run(600, step=2)
+    assert_exactly_once(h)  # history before the start is baseline, not counted
+    await h.close()
+
+
+def test_an_unwritable_state_path_keeps_state_in_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory should be")
+    with caplog.at_level(logging.ERROR):
+        persistence = open_state(blocker / "state.db")
+    assert not getattr(persistence, "durable", True)
+    assert any("in memory" in r.getMessage() for r in caplog.records)
+
+
+async def test_tray_attribution_spends_calls_only_on_tray_scoped_tasks() -> None:
+    sim, clock = simulation(ScenarioConfig.quiet(sites=1, racks_per_site=1))
+    site = sim.flow_site_ids()[0]
+    rack = sim.racks(site)[0].id
+    trays = sim.trays(site, rack)
+    compute = [t.id for t in trays if t.type is ComponentType.COMPUTE]
+    shelves = [t.id for t in trays if t.type is ComponentType.POWERSHELF]
+    h = Harness(sim, clock)
+    await h.start()
+    rack_wide = sim.create_task(site, rack, "power_on", outcome="stuck")
+    await h.run(70, step=1)
+    assert h.store.tasks[rack_wide].trays == frozenset(t.id for t in trays)
+    assert not [r for r in h.requests if r.endpoint == "/tray/{id}/task"]
+    sim.cancel_task(rack_wide)
+    await h.run(30, step=1)
+    scoped = sim.create_task(site, rack, "power_cycle", tray_ids=[compute[7], compute[12]], outcome="stuck")
+    await h.run(130, step=1)
+    assert h.store.tasks[scoped].trays == frozenset({compute[7], compute[12]})
+    scans = [r for r in h.requests if r.endpoint == "/tray/{id}/task"]
+    assert 0 < len(scans) <= len(compute)  # only compute trays were scanned
+    sim.cancel_task(scoped)
+    await h.run(30, step=1)
+    leak = sim.create_task(site, rack, "leak_detection", tray_ids=[shelves[2]], outcome="stuck")
+    await h.run(70, step=1)
+    assert h.store.tasks[leak].trays == frozenset({shelves[2]})
+    assert len([r for r in h.requests if r.endpoint == "/tray/{id}/task"]) == len(scans)
+    await h.close()
+
+
+async def test_failed_tasks_count_against_their_trays() -> None:
+    sim, clock = simulation(ScenarioConfig.quiet(sites=1, racks_per_site=1))
+    site = sim.flow_site_ids()[0]
+    rack = sim.racks(site)[0].id
+    compute = [t.id for t in sim.trays(site, rack) if t.type is ComponentType.COMPUTE]
+    h = Harness(sim, clock)
+    await h.start()
+    for _ in range(2):
+        sim.create_task(
+            site, rack, "power_cycle", tray_ids=[compute[3]], outcome="fail", fail_stage=1, stage_seconds=200
+        )
+        await h.run(400, step=2)
+    failures = {k[2]: n for k, n in h.store.totals.tray_failures.items()}
+    assert failures == {compute[3]: 2}
+    await h.close()
+
+
+def test_shards_partition_racks_for_every_shard_count() -> None:
+    import uuid
+
+    racks = [str(uuid.UUID(int=(i * 0x9E3779B97F4A7C15) % (1 << 128), version=4)) for i in range(2000)]
+    for total in range(1, 5):
+        owners = [[s for s in range(total) if Shard(s, total).owns(r)] for r in racks]
+        assert all(len(o) == 1 for o in owners)
+        sizes = Counter(o[0] for o in owners)
+        assert min(sizes.values()) > 0.8 * len(racks) / total
+    # Stable: growing from 3 to 4 shards moves only about a quarter of the racks.
+    moved = sum(1 for r in racks if Shard(0, 3).owns(r) != Shard(0, 4).owns(r) and Shard(0, 3).owns(r))
+    assert moved < 0.35 * len(racks) / 3
+
+
+async def test_sharded_pollers_cover_every_rack_exactly_once() -> None:
+    sim, clock = simulation(ScenarioConfig.quiet(sites=2, racks_per_site=9))
+    all_racks = {r.id for s in sim.flow_site_ids() for r in sim.racks(s)}
+    for total in range(1, 5):
+        owned: list[set[str]] = []
+        for index in range(total):
+            h = Harness(sim, clock, shard=Shard(index, total))
+            await h.poller.discover_sites_and_racks()
+            owned.append(set(h.poller.racks))
+            await h.close()
+        assert set().union(*owned) == all_racks
+        assert sum(len(o) for o in owned) == len(all_racks)
+
+
+async def test_a_budget_that_cannot_hold_freshness_warns_and_sheds(caplog: pytest.LogCaptureFixture) -> None:
+    sim, clock = simulation(ScenarioConfig.quiet(sites=1, racks_per_site=60))
+    h = Harness(sim, clock, intervals=Intervals(active=0.5, trays=60, reconcile=120, discovery=300))
+    h.client.limiter.rate, h.client.limiter.burst = 40.0, 5
+    with caplog.at_level(logging.WARNING):
+        await h.poller.discover_sites_and_racks()
+    warning = next(r.getMessage() for r in caplog.records if "over the budget" in r.getMessage())
+    assert "60 racks" in warning and "40 req/s" in warning
+    assert h.poller.stats.freshness_shortfall_seconds == pytest.approx(60 / 40 - 0.5)
+    await h.poller.poll_active()  # 60 polls at 40 req/s cannot fit in 0.5 s
+    assert h.poller.stats.cycle_overruns == 1
+    await h.poller.reconcile()
+    assert h.poller.stats.shed == {"reconciliation": 1}
+    await h.close()
+
+
+async def test_tasks_tracked_before_a_restart_are_fetched_again(tmp_path: Path) -> None:
+    sim, clock = simulation(ScenarioConfig.quiet(sites=1, racks_per_site=1))
+    site = sim.flow_site_ids()[0]
+    rack = sim.racks(site)[0].id
+    db = tmp_path / "state.db"
+    first = Harness(sim, clock, persistence=SqlitePersistence(db))
+    await first.start()
+    task_id = sim.create_task(site, rack, "firmware_update", stage_seconds=100)
+    await first.run(30, step=1)
+    assert task_id in first.store.active_ids(rack)
+    await first.close()
+    clock.advance(3600)  # the exporter is down while the task finishes
+    second = Harness(sim, clock, persistence=SqlitePersistence(db))
+    assert task_id in second.poller.final_fetches
+    await second.run(10, step=1)
+    assert second.finished_ids() == [task_id]
+    assert [t.kind for t in second.transitions if t.record.id == task_id].count(Kind.APPEARED) == 0
+    await second.close()
+
+
+def test_bad_payload_reasons_are_typed() -> None:
+    assert BadPayload("x", reason="truncated_json").retryable
+    assert not BadPayload("x", reason="invalid_json").retryable
