@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from exporter import __version__, logs
 
@@ -24,6 +25,25 @@ def parse_listen_address(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"invalid listen address {value!r}: want host:port")
     host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - ":port" means every interface, by convention
     return host, int(port)
+
+
+def _weights(value: str) -> dict[str, float]:
+    try:
+        return {k.strip(): float(v) for k, v in (item.split("=", 1) for item in value.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want OP=WEIGHT,... not {value!r}") from None
+
+
+def _ranges(value: str) -> dict[str, tuple[float, float]]:
+    try:
+        out: dict[str, tuple[float, float]] = {}
+        for item in value.split(","):
+            family, span = item.split("=", 1)
+            low, high = span.split(":", 1)
+            out[family.strip()] = (float(low), float(high))
+        return out
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want FAMILY=MIN:MAX,... not {value!r}") from None
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +83,23 @@ def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -
     parser.add_argument("--failure-rate", type=float, default=0.08)
     parser.add_argument("--stuck-tasks", type=int, default=1)
     parser.add_argument("--history-hours", type=float, default=2.0)
+    parser.add_argument(
+        "--horizon-hours", type=float, default=None, help="stop new tasks after this many hours"
+    )
+    parser.add_argument(
+        "--operation-mix",
+        type=_weights,
+        default=None,
+        metavar="OP=W,...",
+        help="relative weights of operations, e.g. power_on=3,power_off=3,firmware_update=1",
+    )
+    parser.add_argument(
+        "--stage-seconds",
+        type=_ranges,
+        default=None,
+        metavar="FAMILY=MIN:MAX,...",
+        help="simulated seconds per stage by family (power, firmware, bring_up), e.g. power=2:10",
+    )
     parser.add_argument(
         "--quiet-scenario",
         action="store_true",
@@ -157,6 +194,17 @@ def _check_config(args: argparse.Namespace) -> int:
 # --- end config ---
 
 
+def _traffic_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from exporter.simulator.scenario import DEFAULT_STAGE_SECONDS
+
+    out: dict[str, Any] = {}
+    if args.operation_mix:
+        out["operation_mix"] = args.operation_mix
+    if args.stage_seconds:
+        out["stage_seconds"] = {**DEFAULT_STAGE_SECONDS, **args.stage_seconds}
+    return out
+
+
 def _simulation(args: argparse.Namespace) -> object:
     from exporter.simulator import FaultConfig, ScenarioConfig, Simulation, SimulatorConfig
 
@@ -174,6 +222,8 @@ def _simulation(args: argparse.Namespace) -> object:
             failure_rate=args.failure_rate,
             stuck_tasks=args.stuck_tasks,
             history_hours=args.history_hours,
+            horizon_hours=args.horizon_hours,
+            **_traffic_overrides(args),
         )
     config = SimulatorConfig(
         org=args.org,
@@ -206,7 +256,13 @@ async def _serve(args: argparse.Namespace, *, status_interval: float | None) -> 
     host, port = args.listen
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(sim), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+            create_app(sim),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            date_header=False,
         )
     )
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host  # noqa: S104

@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -131,6 +132,9 @@ class Listing(Generic[M]):
     complete: bool
     rejected: int = 0
     duplicates: int = 0
+    # The server's clock (its ``Date`` header) when the first page was answered: compared with
+    # NICo's own timestamps, it is immune to clock skew between NICo and the exporter.
+    server_date: float | None = None
 
 
 @dataclass
@@ -420,6 +424,7 @@ class NicoClient:
         total: int | None = None
         rejected = duplicates = 0
         page = 1
+        server_date: float | None = None
         while True:
             resp = await self._request(
                 "GET",
@@ -429,6 +434,8 @@ class NicoClient:
                 priority=priority,
                 deadline=deadline,
             )
+            if page == 1:
+                server_date = _http_date(resp.headers.get("Date"))
             good, bad = self._parse_page(model, resp, endpoint)
             rejected += len(bad)
             fresh = dedupe_by_id(good, seen)
@@ -441,12 +448,12 @@ class NicoClient:
                 # The server's own page size decides the offsets, whatever we asked for.
                 size = min(pagination.page_size, MAX_PAGE_SIZE)
                 if page >= max(1, math.ceil(total / size)):
-                    return Listing(items, total, page, True, rejected, duplicates)
+                    return Listing(items, total, page, True, rejected, duplicates, server_date)
                 if raw_count == 0:
                     # The set shrank while we paged: what we have is all there is, but not proof.
-                    return Listing(items, total, page, False, rejected, duplicates)
+                    return Listing(items, total, page, False, rejected, duplicates, server_date)
             elif raw_count < MAX_PAGE_SIZE:
-                return Listing(items, total, page, True, rejected, duplicates)
+                return Listing(items, total, page, True, rejected, duplicates, server_date)
             if (good and not fresh) or page >= self.max_pages:
                 # A page of nothing but repeats means the server ignores pageNumber; the page
                 # cap bounds a runaway total. Either way, each further page is a Temporal workflow.
@@ -457,7 +464,7 @@ class NicoClient:
                     bool(good and not fresh),
                     extra={"endpoint": endpoint},
                 )
-                return Listing(items, total, page, False, rejected, duplicates)
+                return Listing(items, total, page, False, rejected, duplicates, server_date)
             page += 1
 
     def _parse_page(self, model: type[M], resp: _Response, endpoint: str) -> tuple[list[M], list[BadPayload]]:
@@ -664,6 +671,15 @@ class NicoClient:
         if status == 401:
             self.auth.invalidate(token)
         raise _error_for(resp, endpoint, token)
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _task_params(site_id: str, active_only: bool, include_report: bool) -> dict[str, Any]:

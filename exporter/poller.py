@@ -524,6 +524,9 @@ class Poller:
             log.info("full listing failed: %s", exc, extra={"rack_id": rack_id})
             return
         self.stats.full_listings += 1
+        # NICo's clock when the listing began, for comparison with NICo's ``finished`` times.
+        if listing.server_date is not None:
+            started = listing.server_date
         total = listing.total if listing.total is not None else len(listing.items)
         for task_id in self.store.baseline(entry.site_id, rack_id, listing.items, started, total):
             self._queue_final(task_id, entry.site_id, rack_id)

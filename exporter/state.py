@@ -192,7 +192,13 @@ class Store:
         return set(self._by_rack.get(rack_id, ()))
 
     def active_ids(self, rack_id: str) -> set[str]:
-        return {tid for tid in self._by_rack.get(rack_id, ()) if not self.tasks[tid].is_terminal}
+        """Tasks the rack's active list should show: tracked active tasks, and tasks the last full
+        listing saw that no observation has tracked yet (a short task may end before one does)."""
+        tracked = {tid for tid in self._by_rack.get(rack_id, ()) if not self.tasks[tid].is_terminal}
+        rack = self.racks.get(rack_id)
+        if rack is None:
+            return tracked
+        return tracked | {t for t in rack.listed if t not in self.tasks and t not in self.terminal}
 
     def records(self) -> Iterator[TaskRecord]:
         return iter(self.tasks.values())
@@ -258,7 +264,7 @@ class Store:
         rack = self.rack(rack_id, site_id)
         # The rack's expected total grows by tasks the last full listing did not include (a task
         # recovered after a restart was counted before it).
-        if rack.baselined_at is not None and task.id not in self._delivered and task.id not in rack.listed:
+        if rack.baselined_at is not None and recovered is None and task.id not in rack.listed:
             rack.known_count += 1
             self._batch.racks[rack_id] = (site_id, rack.baselined_at, rack.known_count)
         rack.listed.discard(task.id)
@@ -398,6 +404,8 @@ class Store:
             else:
                 fetch.append(task.id)
                 listed.add(task.id)
+                # Tracked until fetched, so a restart before the final fetch still fetches it.
+                self._batch.tracked[task.id] = (site_id, rack_id, None)
         rack.baselined_at = baselined_at
         # A listing that saw fewer distinct tasks than the server counts (pages shift while the
         # set changes) expects only what it saw, so the next probe differs and lists again.
@@ -421,8 +429,11 @@ class Store:
         old = [tid for tid, finished in self.terminal.items() if finished < horizon and tid not in self.tasks]
         for tid in old:
             del self.terminal[tid]
+            # Keys of a task that finished before a restart are not dropped with it: drop them here.
+            self._delivered.pop(tid, None)
         if old:
             self._batch.forget_terminal.update(old)
+            self._batch.forget_delivered.update(old)
         return dropped
 
     def _drop(self, task_id: str) -> None:

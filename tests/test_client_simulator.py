@@ -334,3 +334,15 @@ async def test_credentials_never_reach_logs_or_errors(caplog: pytest.LogCaptureF
     assert len(texts) > 5
     joined = "\n".join(texts)
     assert canary_token not in joined and canary_secret not in joined
+
+
+async def test_listings_carry_the_servers_clock(nico: Nico) -> None:
+    """NICo's Date header (simulated time here) dates a listing in NICo's clock, not ours."""
+    await nico.advance(7200)
+    now = (await nico.truth())["now"]
+    async with nico.client() as client:
+        listing = await client.list_rack_tasks(nico.site, nico.racks[0], active_only=False)
+    from datetime import datetime
+
+    sim_now = datetime.fromisoformat(now.replace("Z", "+00:00")).timestamp()
+    assert listing.server_date is not None and abs(listing.server_date - sim_now) <= 1.0

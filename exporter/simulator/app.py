@@ -17,6 +17,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from email.utils import format_datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -743,7 +744,7 @@ async def auth_refresh(request: Request) -> Response:
 
 
 class StatsMiddleware:
-    """Counts every request by (method, route template, status) into ``sim.stats``."""
+    """Counts every request by (method, route template, status) into ``sim.stats``; adds ``Date``."""
 
     def __init__(self, app: ASGIApp, sim: Simulation) -> None:
         self.app = app
@@ -759,6 +760,10 @@ class StatsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                # Go's server stamps every response with its own clock: here, simulated time.
+                # (Serve with uvicorn's ``date_header=False`` so there is only this one.)
+                date = format_datetime(self.sim.now(), usegmt=True).encode()
+                message = {**message, "headers": [*message.get("headers", []), (b"date", date)]}
             await send(message)
 
         try:

@@ -33,4 +33,6 @@ def serve(sim_config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8080
 def serve_simulation(sim: Simulation, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve an existing simulation (e.g. :func:`build_demo_simulation`) until interrupted."""
     quiet_simulated_resets()
-    uvicorn.run(create_app(sim), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(sim), host=host, port=port, log_level="warning", access_log=False, date_header=False
+    )

@@ -1,0 +1,129 @@
+"""Description (and report layout) to operation."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.models import TaskReport
+from exporter.operations import OPERATIONS, Classifier, Operation, is_tray_scoped, leak_component_id
+
+RACK_UUID = "22222222-2222-4222-8222-222222222222"
+LEAK = "Leak detection: force power-off component tray-ext-17 of type Compute"
+
+
+def layout(*stage_types: tuple[str, ...]) -> TaskReport:
+    """A report whose stage ``n`` has one pending step per named component type."""
+    return TaskReport.model_validate(
+        {
+            "version": 1,
+            "stages": [
+                {
+                    "number": number,
+                    "status": "pending",
+                    "steps": [{"componentType": c, "status": "pending"} for c in types],
+                }
+                for number, types in enumerate(stage_types, start=1)
+            ],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ("API power on Rack", Operation.POWER_ON),
+        ("API power on Tray", Operation.POWER_ON),
+        ("API power off Tray", Operation.POWER_OFF),
+        ("API power off Rack", Operation.POWER_OFF),
+        ("API power cycle Rack", Operation.POWER_CYCLE),
+        ("API force power off Rack", Operation.FORCE_POWER_OFF),
+        ("API force power off Tray", Operation.FORCE_POWER_OFF),
+        ("API force power cycle Tray", Operation.FORCE_POWER_CYCLE),
+        ("API firmware update Rack", Operation.FIRMWARE_UPDATE),
+        ("API firmware update Tray", Operation.FIRMWARE_UPDATE),
+        (f"API bring up Rack {RACK_UUID}", Operation.BRING_UP),
+        ("API batch bring up Racks", Operation.BRING_UP),
+        (LEAK, Operation.LEAK_DETECTION),
+    ],
+)
+def test_every_description_nico_writes(description: str, expected: Operation) -> None:
+    assert Classifier().classify(description) is expected
+
+
+@pytest.mark.parametrize("description", ["api POWER ON rack", "Api Force Power Cycle TRAY", LEAK.upper()])
+def test_matching_ignores_case(description: str) -> None:
+    assert Classifier().classify(description) is not Operation.OTHER
+
+
+@pytest.mark.parametrize("description", ["", "nightly maintenance", "API decommission Rack"])
+def test_unknown_description_is_other(description: str) -> None:
+    assert Classifier().classify(description) is Operation.OTHER
+
+
+def test_the_operation_set_is_closed() -> None:
+    assert set(OPERATIONS) == {
+        "power_on",
+        "power_off",
+        "power_cycle",
+        "force_power_off",
+        "force_power_cycle",
+        "firmware_update",
+        "bring_up",
+        "leak_detection",
+        "other",
+    }
+
+
+def test_extra_patterns_are_tried_before_the_builtin_ones() -> None:
+    classifier = Classifier({"firmware_update": [r"^ops: power on after flash"], "bring_up": ["^ingest "]})
+    assert classifier.classify("ops: power on after flash") is Operation.FIRMWARE_UPDATE
+    assert classifier.classify("ingest rack 7") is Operation.BRING_UP
+    assert classifier.classify("API power on Rack") is Operation.POWER_ON
+
+
+def test_extra_pattern_with_an_unknown_operation_is_rejected() -> None:
+    with pytest.raises(ValueError, match="reboot"):
+        Classifier({"reboot": ["restart"]})
+
+
+def test_unknown_description_falls_back_to_a_default_rule_layout() -> None:
+    bring_up = layout(("PowerShelf",), ("Compute",), ("Compute",), ("NVSwitch",), ("NVSwitch",), ("Compute",))
+    assert Classifier().classify("my tooling", bring_up) is Operation.BRING_UP
+    firmware = layout(("Compute",), ("NVLSwitch",))  # the spec's spelling is the same type
+    assert Classifier().classify("my tooling", firmware) is Operation.FIRMWARE_UPDATE
+
+
+def test_unknown_description_and_unknown_layout_is_other() -> None:
+    assert Classifier().classify("my tooling", layout(("Compute", "NVSwitch"))) is Operation.OTHER
+    assert Classifier().classify("my tooling", layout()) is Operation.OTHER
+
+
+def test_description_wins_over_layout() -> None:
+    power_on_layout = layout(("PowerShelf",), ("NVSwitch",), ("Compute",))
+    assert Classifier().classify("API power off Rack", power_on_layout) is Operation.POWER_OFF
+
+
+def test_cached_miss_still_uses_the_report() -> None:
+    classifier = Classifier()
+    assert classifier.classify("my tooling") is Operation.OTHER
+    assert classifier.classify("my tooling", layout(("Compute",), ("NVSwitch",))) is Operation.FIRMWARE_UPDATE
+
+
+@pytest.mark.parametrize(
+    ("description", "scoped"),
+    [
+        ("API power on Tray", True),
+        ("API firmware update tray  ", True),
+        ("API power on Rack", False),
+        ("API batch bring up Racks", False),
+        (LEAK, False),
+    ],
+)
+def test_is_tray_scoped(description: str, scoped: bool) -> None:
+    assert is_tray_scoped(description) is scoped
+
+
+def test_leak_component_id() -> None:
+    assert leak_component_id(LEAK) == "tray-ext-17"
+    assert leak_component_id("leak detection: force power-off COMPONENT abc OF TYPE PowerShelf") == "abc"
+    assert leak_component_id("API power on Rack") is None

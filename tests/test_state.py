@@ -1,0 +1,537 @@
+"""The state store: transitions delivered once, the counting rule, TTL, and restarts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.models import Task, TaskStatus
+from exporter.operations import Operation
+from exporter.persistence import SqlitePersistence
+from exporter.state import Kind, Store, Transition
+
+SITE = "11111111-1111-4111-8111-111111111111"
+RACK = "22222222-2222-4222-8222-222222222222"
+OTHER_RACK = "33333333-3333-4333-8333-333333333333"
+T0 = 1_780_000_000.0  # epoch seconds; every ``now`` below is T0 + offset
+
+
+def tid(n: int) -> str:
+    return f"00000000-0000-4000-8000-{n:012d}"
+
+
+def iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat()
+
+
+def step(component: str = "Compute", status: str = "pending", total: int = 1) -> dict[str, Any]:
+    return {"componentType": component, "status": status, "totalComponents": total}
+
+
+def stage(number: int, status: str, *steps: dict[str, Any]) -> dict[str, Any]:
+    return {"number": number, "status": status, "steps": list(steps)}
+
+
+def report(*stages: dict[str, Any]) -> dict[str, Any]:
+    return {"version": 1, "stages": list(stages)}
+
+
+POWER_ON_TYPES = ("PowerShelf", "NVSwitch", "Compute")
+
+
+def power_on_report(done: int, running: bool = True, last: str = "completed") -> dict[str, Any]:
+    """A 3-stage power-on report: ``done`` stages over (the last of them ``last``), the next running."""
+    stages = []
+    for number, component in enumerate(POWER_ON_TYPES, start=1):
+        if number < done:
+            status = "completed"
+        elif number == done:
+            status = last
+        elif number == done + 1 and running:
+            status = "running"
+        else:
+            status = "pending"
+        stages.append(stage(number, status, step(component, status)))
+    return report(*stages)
+
+
+def task(
+    n: int = 1,
+    status: str = "Running",
+    *,
+    description: str = "API power on Rack",
+    finished: float | None = None,
+    rep: dict[str, Any] | None = None,
+) -> Task:
+    data: dict[str, Any] = {"id": tid(n), "status": status, "description": description}
+    if finished is not None:
+        data["finished"] = iso(finished)
+    if rep is not None:
+        data["report"] = rep
+    return Task.model_validate(data)
+
+
+def done_task(n: int = 1, status: str = "Succeeded", *, finished: float = T0, **kw: Any) -> Task:
+    """A terminal task with its full report (all three stages completed)."""
+    last = "failed" if status == "Failed" else "completed"
+    return task(n, status, finished=finished, rep=power_on_report(3, running=False, last=last), **kw)
+
+
+class Recorder:
+    def __init__(self, store: Store) -> None:
+        self.seen: list[Transition] = []
+        store.subscribe(self.seen.append)
+
+    def take(self) -> list[Transition]:
+        """What was delivered since the last ``take``."""
+        out = list(self.seen)
+        self.seen.clear()
+        return out
+
+
+def kinds(transitions: list[Transition]) -> list[tuple[Kind, int | None]]:
+    return [(t.kind, t.stage.number if t.stage else None) for t in transitions]
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store()
+
+
+@pytest.fixture
+def rec(store: Store) -> Recorder:
+    return Recorder(store)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+def open_store(path: Path, **kw: Any) -> tuple[Store, SqlitePersistence]:
+    persistence = SqlitePersistence(path)
+    return Store(persistence, **kw), persistence
+
+
+# -- transitions ---------------------------------------------------------------------------------
+
+
+def test_first_observation_delivers_appeared_then_status(store: Store, rec: Recorder) -> None:
+    assert store.observe(SITE, RACK, task(1, "Pending"), T0) is False
+    got = rec.take()
+    assert [t.kind for t in got] == [Kind.APPEARED, Kind.STATUS_CHANGED]
+    assert [t.key for t in got] == [f"{tid(1)}/appeared", f"{tid(1)}/status/Pending"]
+    assert got[1].previous_status is None
+    assert got[0].record.site_id == SITE and got[0].record.rack_id == RACK
+    assert store.rack_task_ids(RACK) == {tid(1)}
+    assert store.active_ids(RACK) == {tid(1)}
+
+
+def test_same_observation_repeated_delivers_nothing(store: Store, rec: Recorder) -> None:
+    running = task(1, rep=power_on_report(0))
+    store.observe(SITE, RACK, running, T0)
+    rec.take()
+    for later in (1, 2, 3):
+        store.observe(SITE, RACK, running, T0 + later)
+    assert rec.take() == []
+    assert store.tasks[tid(1)].observed_at == T0 + 3
+
+
+def test_status_change_carries_previous_status(store: Store, rec: Recorder) -> None:
+    store.observe(SITE, RACK, task(1, "Pending"), T0)
+    store.observe(SITE, RACK, task(1, "Waiting"), T0 + 1)
+    store.observe(SITE, RACK, task(1, "Running"), T0 + 2)
+    changes = [t for t in rec.take() if t.kind is Kind.STATUS_CHANGED]
+    assert [(t.previous_status, t.key) for t in changes][1:] == [
+        (TaskStatus.PENDING, f"{tid(1)}/status/Waiting"),
+        (TaskStatus.WAITING, f"{tid(1)}/status/Running"),
+    ]
+
+
+def test_three_stage_report_moving_stage_by_stage(store: Store, rec: Recorder) -> None:
+    store.observe(SITE, RACK, task(1, rep=power_on_report(0)), T0)
+    assert kinds(rec.take()) == [
+        (Kind.APPEARED, None),
+        (Kind.STATUS_CHANGED, None),
+        (Kind.STAGE_STARTED, 1),
+        (Kind.STEP_STARTED, 1),
+    ]
+    store.observe(SITE, RACK, task(1, rep=power_on_report(1)), T0 + 10)
+    assert kinds(rec.take()) == [
+        (Kind.STEP_FINISHED, 1),
+        (Kind.STAGE_FINISHED, 1),
+        (Kind.STAGE_STARTED, 2),
+        (Kind.STEP_STARTED, 2),
+    ]
+    store.observe(SITE, RACK, task(1, rep=power_on_report(2)), T0 + 20)
+    assert kinds(rec.take()) == [
+        (Kind.STEP_FINISHED, 2),
+        (Kind.STAGE_FINISHED, 2),
+        (Kind.STAGE_STARTED, 3),
+        (Kind.STEP_STARTED, 3),
+    ]
+    store.observe(SITE, RACK, done_task(1, finished=T0 + 30), T0 + 30)
+    got = rec.take()
+    assert kinds(got) == [
+        (Kind.STATUS_CHANGED, None),
+        (Kind.STEP_FINISHED, 3),
+        (Kind.STAGE_FINISHED, 3),
+        (Kind.FINISHED, None),
+    ]
+    assert got[1].key == f"{tid(1)}/stage/3/step/0/finished"
+    assert got[1].step is not None and got[1].step_index == 0
+    assert got[2].key == f"{tid(1)}/stage/3/finished"
+    assert got[3].key == f"{tid(1)}/finished"
+
+
+def test_first_seen_terminal_with_report_finishes_in_one_observation(store: Store, rec: Recorder) -> None:
+    assert store.observe(SITE, RACK, done_task(1, finished=T0 - 5), T0) is False
+    per_stage = [Kind.STAGE_STARTED, Kind.STEP_STARTED, Kind.STEP_FINISHED, Kind.STAGE_FINISHED]
+    assert [t.kind for t in rec.take()] == [
+        Kind.APPEARED,
+        Kind.STATUS_CHANGED,
+        *per_stage,
+        *per_stage,
+        *per_stage,
+        Kind.FINISHED,
+    ]
+    record = store.tasks[tid(1)]
+    assert record.finished_seen_at == T0
+    assert store.terminal[tid(1)] == T0 - 5
+    assert store.totals.tasks == {(SITE, "Succeeded", "power_on"): 1}
+
+
+def test_new_terminal_task_without_report_asks_for_fetch_and_delivers_nothing(
+    store: Store, rec: Recorder
+) -> None:
+    assert store.observe(SITE, RACK, task(1, "Succeeded", finished=T0), T0, with_report=False) is True
+    assert rec.take() == []
+    assert tid(1) not in store.tasks
+    assert store.totals.tasks == {}
+
+
+def test_tracked_task_turning_terminal_without_report_waits_for_the_fetch(
+    store: Store, rec: Recorder
+) -> None:
+    store.observe(SITE, RACK, task(1, rep=power_on_report(2)), T0)
+    rec.take()
+    assert store.observe(SITE, RACK, task(1, "Succeeded"), T0 + 1, with_report=False) is True
+    assert rec.take() == []
+    assert store.tasks[tid(1)].status is TaskStatus.RUNNING
+    assert store.observe(SITE, RACK, done_task(1), T0 + 2) is False
+    assert Kind.FINISHED in [t.kind for t in rec.take()]
+
+
+def test_listing_without_report_keeps_the_report_it_had(store: Store) -> None:
+    store.observe(SITE, RACK, task(1, rep=power_on_report(1)), T0)
+    store.observe(SITE, RACK, task(1), T0 + 1, with_report=False)
+    kept = store.tasks[tid(1)].task.report
+    assert kept is not None and len(kept.stages) == 3
+
+
+def test_failed_task_finishes_failed_step_and_leaves_pending_stages_silent(
+    store: Store, rec: Recorder
+) -> None:
+    failed = task(1, "Failed", finished=T0, rep=power_on_report(1, running=False, last="failed"))
+    store.observe(SITE, RACK, failed, T0)
+    got = rec.take()
+    assert kinds(got)[2:] == [
+        (Kind.STAGE_STARTED, 1),
+        (Kind.STEP_STARTED, 1),
+        (Kind.STEP_FINISHED, 1),
+        (Kind.STAGE_FINISHED, 1),
+        (Kind.FINISHED, None),
+    ]
+    assert got[4].step is not None and got[4].step.status == "failed"
+    assert store.totals.tasks == {(SITE, "Failed", "power_on"): 1}
+
+
+def test_skipped_stages_and_steps_deliver_nothing(store: Store, rec: Recorder) -> None:
+    rep = report(
+        stage(1, "skipped", step("Compute", "skipped", 0)),
+        stage(2, "completed", step("NVSwitch", "completed")),
+    )
+    store.observe(SITE, RACK, task(1, "Succeeded", finished=T0, rep=rep), T0)
+    assert {n for _, n in kinds(rec.take())} == {None, 2}
+
+
+def test_unknown_description_is_reclassified_when_a_report_shows_the_layout(store: Store) -> None:
+    store.observe(SITE, RACK, task(1, description="my tooling"), T0)
+    assert store.tasks[tid(1)].operation is Operation.OTHER
+    bring_up = report(
+        *(
+            stage(n, "pending", step(c))
+            for n, c in enumerate(("PowerShelf", "Compute", "Compute", "NVSwitch", "NVSwitch", "Compute"), 1)
+        )
+    )
+    store.observe(SITE, RACK, task(1, description="my tooling", rep=bring_up), T0 + 1)
+    assert store.tasks[tid(1)].operation is Operation.BRING_UP
+
+
+# -- totals ----------------------------------------------------------------------------------------
+
+
+def test_totals_count_each_finished_task_once(store: Store) -> None:
+    for n in (1, 2):
+        for at in (T0, T0 + 1):  # the same final observation twice
+            store.observe(SITE, RACK, done_task(n), at)
+    store.observe(SITE, RACK, done_task(3, "Failed", description="API power off Tray"), T0)
+    assert store.totals.tasks == {
+        (SITE, "Succeeded", "power_on"): 2,
+        (SITE, "Failed", "power_off"): 1,
+    }
+
+
+def test_tray_failures_counted_once_when_trays_are_attributed_before_finish(store: Store) -> None:
+    store.tray_types = {"tray-a": "Compute"}
+    store.observe(SITE, RACK, task(1, rep=power_on_report(1)), T0)
+    store.attribute(tid(1), ["tray-a", "tray-b"])
+    assert store.totals.tray_failures == {}
+    store.observe(SITE, RACK, done_task(1, "Failed"), T0 + 1)
+    store.observe(SITE, RACK, done_task(1, "Failed"), T0 + 2)
+    assert store.totals.tray_failures == {
+        (SITE, RACK, "tray-a", "Compute"): 1,
+        (SITE, RACK, "tray-b", "Unknown"): 1,
+    }
+
+
+def test_tray_failures_counted_once_when_trays_are_attributed_after_finish(store: Store) -> None:
+    store.observe(SITE, RACK, done_task(1, "Failed"), T0)
+    assert store.totals.tray_failures == {}
+    store.attribute(tid(1), ["tray-a"])
+    store.attribute(tid(1), ["tray-a", "tray-b"])  # settled once: ignored
+    assert store.totals.tray_failures == {(SITE, RACK, "tray-a", "Unknown"): 1}
+    assert store.tasks[tid(1)].trays == frozenset({"tray-a"})
+
+
+def test_succeeded_task_counts_no_tray_failure(store: Store) -> None:
+    store.observe(SITE, RACK, done_task(1), T0)
+    store.attribute(tid(1), ["tray-a"])
+    assert store.totals.tray_failures == {}
+
+
+# -- the counting rule: full listings -----------------------------------------------------------
+
+
+def test_first_listing_terminal_tasks_are_history(store: Store, rec: Recorder) -> None:
+    listing = [task(1, "Succeeded", finished=T0 - 100), task(2, "Failed"), task(3, "Running")]
+    assert store.baseline(SITE, RACK, listing, T0, total=3) == []
+    assert rec.take() == []
+    assert store.terminal == {tid(1): T0 - 100, tid(2): T0}  # no ``finished``: the listing time
+    assert store.racks[RACK].baselined_at == T0
+    assert store.totals.tasks == {}
+    # Seen again later (also with a report), history stays history.
+    assert store.observe(SITE, RACK, done_task(1), T0 + 1) is False
+    assert rec.take() == []
+
+
+def test_later_listing_fetches_only_tasks_finished_after_the_baseline(store: Store) -> None:
+    store.baseline(SITE, RACK, [], T0, total=0)
+    listing = [
+        task(1, "Succeeded", finished=T0 - 1),  # before the baseline: history
+        task(2, "Succeeded", finished=T0 + 50),  # after it: counted
+        task(3, "Terminated"),  # no finished time: fetch to find out
+        task(4, "Running"),  # active: the active poll tracks it
+    ]
+    assert store.baseline(SITE, RACK, listing, T0 + 100, total=4) == [tid(2), tid(3)]
+    assert store.is_known_terminal(tid(1))
+    assert not store.is_known_terminal(tid(2))
+    assert store.racks[RACK].baselined_at == T0  # the first listing stays the baseline
+
+
+def test_later_listing_treats_tasks_older_than_retention_as_history() -> None:
+    store = Store(terminal_retention=100)
+    store.baseline(SITE, RACK, [], T0, total=0)
+    old = task(1, "Succeeded", finished=T0 + 500)
+    assert store.baseline(SITE, RACK, [old], T0 + 1000, total=1) == []
+    assert store.is_known_terminal(tid(1))
+
+
+def test_listing_skips_tracked_and_known_terminal_tasks(store: Store) -> None:
+    store.baseline(SITE, RACK, [], T0, total=0)
+    store.observe(SITE, RACK, done_task(1, finished=T0 + 5), T0 + 5)
+    store.observe(SITE, RACK, task(2), T0 + 5)
+    listing = [task(1, "Succeeded", finished=T0 + 5), task(2, "Succeeded", finished=T0 + 6)]
+    assert store.baseline(SITE, RACK, listing, T0 + 10, total=2) == []
+
+
+def test_known_count_is_the_total_or_what_the_listing_saw(store: Store) -> None:
+    store.baseline(SITE, RACK, [task(1, "Succeeded"), task(2)], T0, total=2)
+    assert store.racks[RACK].known_count == 2
+    # Pages shifted: the server counts 3 but only 2 distinct tasks came back.
+    store.baseline(SITE, RACK, [task(1, "Succeeded"), task(2)], T0 + 10, total=3)
+    assert store.racks[RACK].known_count == 2
+
+
+def test_tasks_tracked_after_the_baseline_grow_known_count_unless_listed(store: Store) -> None:
+    store.observe(SITE, RACK, task(9), T0 - 10)  # before any baseline: counted by the listing
+    store.baseline(SITE, RACK, [task(9), task(1), task(2, "Succeeded", finished=T0 - 1)], T0, total=3)
+    store.baseline(SITE, RACK, [task(9), task(1), task(3, "Succeeded", finished=T0 + 5)], T0 + 10, total=3)
+    assert store.racks[RACK].known_count == 3
+    store.observe(SITE, RACK, task(1), T0 + 11)  # listed active
+    store.observe(SITE, RACK, done_task(3, finished=T0 + 5), T0 + 11)  # listed, fetched
+    assert store.racks[RACK].known_count == 3
+    store.observe(SITE, RACK, task(4), T0 + 12)  # new since the listing
+    assert store.racks[RACK].known_count == 4
+
+
+def test_task_listed_active_that_ends_before_the_active_poll_is_still_counted(store: Store) -> None:
+    store.baseline(SITE, RACK, [], T0, total=0)
+    assert store.baseline(SITE, RACK, [task(1, "Running")], T0 + 10, total=1) == []
+    # The next active poll (complete, activeOnly) no longer shows it: it finished meanwhile. The
+    # poller fetches what left the active set, or relists when the probe total differs.
+    fetch = set(store.active_ids(RACK))
+    probe_total = 1
+    if probe_total != store.racks[RACK].known_count:
+        fetch |= set(store.baseline(SITE, RACK, [task(1, "Succeeded", finished=T0 + 12)], T0 + 20, 1))
+    assert tid(1) in fetch
+
+
+# -- vanish, expire, drop_rack --------------------------------------------------------------------
+
+
+def test_vanish_records_the_task_without_counting_it(store: Store, rec: Recorder) -> None:
+    store.observe(SITE, RACK, task(1), T0)
+    rec.take()
+    store.vanish(tid(1), T0 + 5)
+    got = rec.take()
+    assert [(t.kind, t.key) for t in got] == [(Kind.VANISHED, f"{tid(1)}/vanished")]
+    assert store.vanished == 1
+    assert tid(1) not in store.tasks and store.rack_task_ids(RACK) == set()
+    assert store.is_known_terminal(tid(1))
+    assert store.totals.tasks == {}
+    assert store.observe(SITE, RACK, done_task(1), T0 + 6) is False
+    assert rec.take() == []
+
+
+def test_vanish_of_an_untracked_task_only_records_it(store: Store, rec: Recorder) -> None:
+    store.vanish(tid(1), T0)
+    assert rec.take() == [] and store.vanished == 0
+    assert store.terminal == {tid(1): T0}
+
+
+def test_expire_drops_finished_tasks_after_the_ttl(db: Path) -> None:
+    store, persistence = open_store(db, finished_ttl=60)
+    store.observe(SITE, RACK, done_task(1), T0)
+    store.observe(SITE, RACK, task(2), T0)
+    assert store.expire(T0 + 59) == []
+    assert store.expire(T0 + 60) == [tid(1)]
+    assert set(store.tasks) == {tid(2)}
+    store.commit()
+    assert {task_id for _, task_id in persistence.load().delivered} == {tid(2)}
+    persistence.close()
+
+
+def test_expired_task_observed_again_is_not_counted_again() -> None:
+    store = Store(finished_ttl=60)
+    rec = Recorder(store)
+    store.observe(SITE, RACK, done_task(1), T0)
+    store.expire(T0 + 60)
+    rec.take()
+    assert store.observe(SITE, RACK, done_task(1), T0 + 61) is False
+    assert store.baseline(SITE, RACK, [task(1, "Succeeded", finished=T0)], T0 + 62, total=1) == []
+    assert rec.take() == []
+    assert store.totals.tasks == {(SITE, "Succeeded", "power_on"): 1}
+
+
+def test_expire_forgets_terminal_ids_after_retention() -> None:
+    store = Store(finished_ttl=60, terminal_retention=1000)
+    store.baseline(SITE, RACK, [task(1, "Succeeded", finished=T0)], T0, total=1)
+    store.observe(SITE, RACK, done_task(2, finished=T0), T0)
+    store.expire(T0 + 1000)
+    assert set(store.terminal) == {tid(1), tid(2)}
+    store.expire(T0 + 1001)
+    assert store.terminal == {}
+
+
+def test_drop_rack_drops_tasks_but_keeps_totals_and_baseline(store: Store) -> None:
+    store.baseline(SITE, RACK, [], T0, total=0)
+    store.observe(SITE, RACK, done_task(1), T0 + 1)
+    store.observe(SITE, RACK, task(2), T0 + 1)
+    store.observe(SITE, OTHER_RACK, task(3), T0 + 1)
+    store.drop_rack(RACK)
+    assert set(store.tasks) == {tid(3)}
+    assert store.rack_task_ids(RACK) == set()
+    assert store.totals.tasks == {(SITE, "Succeeded", "power_on"): 1}
+    assert store.racks[RACK].baselined_at == T0
+
+
+def test_a_failing_subscriber_does_not_stop_the_others(store: Store) -> None:
+    def broken(transition: Transition) -> None:
+        raise RuntimeError("boom")
+
+    store.subscribe(broken)
+    rec = Recorder(store)
+    store.observe(SITE, RACK, done_task(1), T0)
+    assert rec.take()[-1].kind is Kind.FINISHED
+    assert store.totals.tasks == {(SITE, "Succeeded", "power_on"): 1}
+
+
+# -- restarts ------------------------------------------------------------------------------------
+
+
+def test_restart_keeps_totals_terminal_ids_baselines_and_delivered_keys(db: Path) -> None:
+    first, p1 = open_store(db)
+    first.baseline(SITE, RACK, [task(9, "Succeeded", finished=T0 - 5)], T0, total=1)
+    first.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 1), T0 + 1)
+    first.attribute(tid(1), ["tray-a"])
+    running = task(2, rep=power_on_report(1))
+    first.observe(SITE, RACK, running, T0 + 2)
+    first.attribute(tid(2), ["tray-b", "tray-c"])
+    first.commit()
+    p1.close()
+
+    second, p2 = open_store(db)
+    rec = Recorder(second)
+    assert second.totals.tasks == {(SITE, "Failed", "power_on"): 1}
+    assert second.totals.tray_failures == {(SITE, RACK, "tray-a", "Unknown"): 1}
+    assert second.terminal == {tid(9): T0 - 5, tid(1): T0 + 1}
+    assert second.racks[RACK].baselined_at == T0
+    assert second.racks[RACK].known_count == 3
+    assert second.recovered == {tid(2): (SITE, RACK, frozenset({"tray-b", "tray-c"}))}
+    # The same observations again: nothing is delivered twice, nothing counted twice.
+    second.observe(SITE, RACK, running, T0 + 3)
+    second.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 1), T0 + 3)
+    assert rec.take() == []
+    assert second.tasks[tid(2)].trays == frozenset({"tray-b", "tray-c"})
+    assert second.racks[RACK].known_count == 3  # a recovered task was counted before
+    # ... and what is new still is.
+    second.observe(SITE, RACK, done_task(2, finished=T0 + 4), T0 + 4)
+    assert [t.kind for t in rec.take()][-1] is Kind.FINISHED
+    assert second.totals.tasks[(SITE, "Succeeded", "power_on")] == 1
+    p2.close()
+
+
+def test_restart_before_a_listed_final_fetch_still_fetches_it(db: Path) -> None:
+    first, p1 = open_store(db)
+    first.baseline(SITE, RACK, [], T0, total=0)
+    done = task(1, "Succeeded", finished=T0 + 5)
+    assert first.baseline(SITE, RACK, [done], T0 + 10, total=1) == [tid(1)]
+    first.commit()
+    p1.close()
+
+    second, p2 = open_store(db)
+    fetch = set(second.recovered)
+    probe_total = 1
+    if probe_total != second.racks[RACK].known_count:
+        fetch |= set(second.baseline(SITE, RACK, [done], T0 + 20, total=1))
+    p2.close()
+    assert tid(1) in fetch
+
+
+def test_delivered_keys_of_tasks_finished_before_a_restart_are_forgotten(db: Path) -> None:
+    first, p1 = open_store(db, finished_ttl=60, terminal_retention=1000)
+    first.observe(SITE, RACK, done_task(1, finished=T0), T0)
+    first.commit()
+    p1.close()
+
+    second, p2 = open_store(db, finished_ttl=60, terminal_retention=1000)
+    second.expire(T0 + 2000)
+    second.commit()
+    assert second.terminal == {}
+    remaining = p2.load().delivered
+    p2.close()
+    assert remaining == []
