@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import client_overhead
+from benchmarks import client_overhead, polling
 from benchmarks._common import print_table, record
 
 # name -> (runner, {key: target text})
@@ -13,6 +13,15 @@ BENCHMARKS: dict[str, tuple[Callable[[], dict[str, float]], dict[str, str]]] = {
     "client_overhead": (
         client_overhead.run,
         {"client_overhead_ratio": "<= 1.1", "client_cold_parse_overhead_ratio": "(worst case)"},
+    ),
+    "polling": (
+        polling.run,
+        {
+            "economy_ratio": ">= 25",
+            "freshness_p50_s": "",
+            "freshness_p99_s": "<= 20",
+            "racks_per_replica_at_10rps": "",
+        },
     ),
 }
 

@@ -154,7 +154,6 @@ class Poller:
         self.attributions: dict[str, Attribution] = {}
         self.stats = PollerStats(budget_rps=client.limiter.rate)
         self.ready = False
-        self._cycle = 0
         self._last_overrun = False
         self._last_discovery = 0.0
         # Racks that left the inventory in this run: if they come back, list them in full (their
@@ -289,12 +288,9 @@ class Poller:
         """Poll every owned rack's active tasks once, within one active interval."""
         started = time.monotonic()
         deadline = started + self.intervals.active
-        entries = list(self.racks.items())
-        if entries:
-            # Rotate who queues first, so a short budget does not starve the same racks.
-            shift = self._cycle % len(entries)
-            entries = entries[shift:] + entries[:shift]
-        self._cycle += 1
+        # Least recently polled first: when the budget is short the racks left over go first next
+        # time, and when it is not, every rack keeps its place and so its period.
+        entries = sorted(self.racks.items(), key=lambda item: item[1].last_poll or 0.0)
         results = await asyncio.gather(*(self._poll_rack(rid, e, deadline) for rid, e in entries))
         outcome: dict[str, list[str | None]] = {}
         for (_, entry), error in zip(entries, results, strict=True):
@@ -332,28 +328,40 @@ class Poller:
         except NicoError as exc:
             return f"{type(exc).__name__}: {exc}"
         now = self.clock()
-        self.observe_active(entry.site_id, rack_id, listing.items, now, complete=listing.complete)
+        left = self.observe_active(entry.site_id, rack_id, listing.items, now, complete=listing.complete)
         entry.last_poll = now
+        # Fetch the tasks that just left the active set now rather than at the next final-fetch
+        # run: the terminal state is what pages someone.
+        if left:
+            await asyncio.gather(*(self._fetch_final(tid, self.final_fetches[tid], deadline) for tid in left))
+            self.store.commit()
         return None
 
     def observe_active(
         self, site_id: str, rack_id: str, tasks: Iterable[Task], now: float, *, complete: bool
-    ) -> None:
-        """Apply one rack's active list: observe each task, queue the ones that left the set."""
+    ) -> list[str]:
+        """Apply one rack's active list: observe each task; returns ids newly queued for a final fetch."""
         seen: set[str] = set()
+        queued: list[str] = []
         for task in tasks:
             seen.add(task.id)
-            if self.store.observe(site_id, rack_id, task, now, with_report=True):
-                self._queue_final(task.id, site_id, rack_id)
+            needs_fetch = self.store.observe(site_id, rack_id, task, now, with_report=True)
+            if needs_fetch and self._queue_final(task.id, site_id, rack_id):
+                queued.append(task.id)
         if complete:
             # Only a complete listing is evidence of absence (pages can skip a task).
             for task_id in self.store.active_ids(rack_id) - seen:
-                self._queue_final(task_id, site_id, rack_id)
+                if self._queue_final(task_id, site_id, rack_id):
+                    queued.append(task_id)
         self.store.commit()
+        return queued
 
-    def _queue_final(self, task_id: str, site_id: str, rack_id: str) -> None:
-        if task_id not in self.final_fetches:
-            self.final_fetches[task_id] = FinalFetch(site_id, rack_id)
+    def _queue_final(self, task_id: str, site_id: str, rack_id: str) -> bool:
+        """Queue a final fetch; False if one is already queued."""
+        if task_id in self.final_fetches:
+            return False
+        self.final_fetches[task_id] = FinalFetch(site_id, rack_id)
+        return True
 
     # -- final fetches -----------------------------------------------------------------------------
 

@@ -41,7 +41,8 @@ class Runner:
             try:
                 await job()
             except asyncio.CancelledError:
-                raise
+                # Shutdown cancels running jobs: that is how they end, not a failure to report.
+                log.debug("job cancelled", extra={"job": name})
             except Exception:  # one failed run must not kill the job; the next run tries again
                 self.failures[name] = self.failures.get(name, 0) + 1
                 log.exception("job failed", extra={"job": name})
@@ -49,13 +50,21 @@ class Runner:
         run.__name__ = name
         return run
 
-    def _add(self, name: str, job: Callable[[], Awaitable[None]], interval: float, *, now: bool) -> None:
+    def _add(
+        self,
+        name: str,
+        job: Callable[[], Awaitable[None]],
+        interval: float,
+        *,
+        now: bool,
+        jitter: bool = True,
+    ) -> None:
         first = datetime.now(UTC) + (timedelta(0) if now else timedelta(seconds=interval))
         self.scheduler.add_job(
             self._job(name, job),
             "interval",
             seconds=interval,
-            jitter=_jitter(interval),
+            jitter=_jitter(interval) if jitter else None,
             id=name,
             name=name,
             max_instances=1,
@@ -76,7 +85,9 @@ class Runner:
             await asyncio.gather(started, return_exceptions=True)
             p.store.commit()
             return
-        self._add("active_poll", p.poll_active, iv.active, now=False)
+        # No jitter on the active poll: its period is the freshness users were promised, and the
+        # token bucket already spreads its requests.
+        self._add("active_poll", p.poll_active, iv.active, now=False, jitter=False)
         self._add("final_fetch", p.fetch_finals, iv.final_fetch, now=True)
         self._add("tray_attribution", p.attribute_trays, iv.trays, now=True)
         self._add("reconciliation", p.reconcile, iv.reconcile, now=False)
