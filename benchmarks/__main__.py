@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import client_overhead, polling
+from benchmarks import client_overhead, polling, render
 from benchmarks._common import print_table, record
 
 # name -> (runner, {key: target text})
@@ -13,6 +13,10 @@ BENCHMARKS: dict[str, tuple[Callable[[], dict[str, float]], dict[str, str]]] = {
     "client_overhead": (
         client_overhead.run,
         {"client_overhead_ratio": "<= 1.1", "client_cold_parse_overhead_ratio": "(worst case)"},
+    ),
+    "render": (
+        render.run,
+        {"render_10k_s": "", "render_ratio": "<= 1.3", "rss_mb": ""},
     ),
     "polling": (
         polling.run,

@@ -111,7 +111,9 @@ async def _measure(url: str, racks: int, duration: float) -> RunResult:
             samples.append(max(0.0, observed - changed))
 
     store.subscribe(record)
-    intervals = Intervals(active=ACTIVE / SCALE, trays=60 / SCALE, reconcile=300 / SCALE, discovery=300 / SCALE)
+    intervals = Intervals(
+        active=ACTIVE / SCALE, trays=60 / SCALE, reconcile=300 / SCALE, discovery=300 / SCALE
+    )
     poller = Poller(client, store, intervals=intervals, clock=sim.now)
     stop = asyncio.Event()
     runner = Runner(poller)

@@ -9,14 +9,19 @@ import signal
 from collections import Counter
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from exporter.addresses import parse_listen_address
 from exporter.client import ClientHooks, NicoClient
 from exporter.config import Config
+from exporter.metrics import ClientMetrics, NicoCollector, SpanCounters, TaskMetrics
 from exporter.operations import Classifier
 from exporter.persistence import NullPersistence, SqlitePersistence, open_state
 from exporter.poller import Intervals, Poller
 from exporter.scheduler import Runner
 from exporter.sharding import Shard
 from exporter.state import Store
+from exporter.web import MetricsServer
 
 log = logging.getLogger("exporter")
 
@@ -33,10 +38,14 @@ class Exporter:
     poller: Poller
     runner: Runner
     persistence: SqlitePersistence | NullPersistence
+    registry: CollectorRegistry
+    spans: SpanCounters
 
 
-def build(config: Config, *, hooks: ClientHooks | None = None) -> Exporter:
+def build(config: Config) -> Exporter:
     """Construct everything ``run`` needs, without starting anything."""
+    client_metrics = ClientMetrics()
+    hooks = ClientHooks(on_request=client_metrics.on_request, on_parse_error=client_metrics.on_parse_error)
     client = NicoClient(
         config.api.url, config.api.org, auth=config.token_source(), hooks=hooks, **config.client_kwargs()
     )
@@ -61,7 +70,24 @@ def build(config: Config, *, hooks: ClientHooks | None = None) -> Exporter:
         sites=config.sites,
         shard=Shard(config.sharding.shard, config.sharding.total_shards),
     )
-    return Exporter(config, client, store, poller, Runner(poller), persistence)
+    task_metrics = TaskMetrics()
+    store.subscribe(task_metrics)
+    spans = SpanCounters()
+    registry = CollectorRegistry(auto_describe=False)
+    for standard in (ProcessCollector, PlatformCollector, GCCollector):
+        standard(registry=registry)
+    registry.register(
+        NicoCollector(
+            store,
+            poller,
+            task_metrics,
+            client_metrics,
+            spans=spans,
+            per_task_stages=config.metrics.per_task_stages,
+            persistent=persistence.durable,
+        )
+    )
+    return Exporter(config, client, store, poller, Runner(poller), persistence, registry, spans)
 
 
 async def _summaries(exporter: Exporter) -> None:
@@ -82,22 +108,42 @@ async def _summaries(exporter: Exporter) -> None:
         )
 
 
-async def run(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop``), then stop cleanly."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    exporter = build(config)
-    log.info("starting", extra={"config": config.redacted_summary()})
+async def serve(exporter: Exporter, stop: asyncio.Event) -> None:
+    """Serve ``/metrics`` and run the jobs until ``stop`` is set, then release everything."""
+    config = exporter.config
+    server = MetricsServer(
+        exporter.registry,
+        listen=parse_listen_address(config.web.listen_address),
+        web_config_file=config.web.config_file,
+        ready=lambda: exporter.poller.ready,
+    )
+    await server.start()
+    log.info("serving metrics", extra={"url": server.url + "/metrics"})
     summaries = asyncio.create_task(_summaries(exporter))
     try:
         await exporter.runner.run(stop)
     finally:
+        await server.stop()
         summaries.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await summaries
         await exporter.client.aclose()
         exporter.persistence.close()
         log.info("stopped")
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (a clean shutdown) instead of killing the loop."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def run(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``), then stop cleanly."""
+    stop = stop or asyncio.Event()
+    stop_on_signals(stop)
+    exporter = build(config)
+    log.info("starting", extra={"config": config.redacted_summary()})
+    await serve(exporter, stop)

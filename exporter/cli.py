@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -12,19 +11,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from exporter import __version__, logs
+from exporter.addresses import parse_listen_address
 
 log = logging.getLogger("exporter")
 
 DEFAULT_SIMULATOR_ADDRESS = "127.0.0.1:8080"
 
 
-def parse_listen_address(value: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces, as Go exporters read it)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid listen address {value!r}: want host:port")
-    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - ":port" means every interface, by convention
-    return host, int(port)
+def listen_address(value: str) -> tuple[str, int]:
+    """argparse type for ``--web.listen-address``."""
+    try:
+        return parse_listen_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _weights(value: str) -> dict[str, float]:
@@ -64,8 +63,8 @@ def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -
     parser.add_argument(
         "--web.listen-address",
         dest="listen",
-        type=parse_listen_address,
-        default=parse_listen_address(DEFAULT_SIMULATOR_ADDRESS),
+        type=listen_address,
+        default=listen_address(DEFAULT_SIMULATOR_ADDRESS),
         help=f"where the simulated NICo API listens (default {DEFAULT_SIMULATOR_ADDRESS})",
     )
     parser.add_argument("--org", default="acme", help="the org in /v2/org/{org}/nico (default acme)")
@@ -121,6 +120,9 @@ def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -
         help="enable NICo's per-IP limiter at this many req/s, burst 3x (default off, as in NICo)",
     )
     parser.add_argument(
+        "--queue-timeout", type=float, default=3600.0, help="simulated seconds before a Waiting task expires"
+    )
+    parser.add_argument(
         "--legacy-routes-only", action="store_true", help="serve /rack/task/{id} only (older NICo)"
     )
 
@@ -138,15 +140,44 @@ def build_parser() -> argparse.ArgumentParser:
     _simulator_flags(simulate, default_speed=1.0)
 
     demo = sub.add_parser(
-        "demo", help="the simulator with the demo scenario, time accelerated, with a status line"
+        "demo", help="the simulator and the exporter against it, time accelerated, metrics on localhost"
     )
     _common(demo)
-    _simulator_flags(demo, default_speed=10.0)
+    demo.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        type=listen_address,
+        default=listen_address("127.0.0.1:9842"),
+        help="where the exporter's /metrics listens (default 127.0.0.1:9842)",
+    )
+    demo.add_argument(
+        "--simulator.listen-address",
+        dest="simulator_listen",
+        type=listen_address,
+        default=listen_address(DEFAULT_SIMULATOR_ADDRESS),
+        help=f"where the simulated NICo API listens (default {DEFAULT_SIMULATOR_ADDRESS})",
+    )
+    demo.add_argument("--speed", type=float, default=10.0, help="how much faster tasks run than in reality")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--sites", type=int, default=2)
+    demo.add_argument("--racks", type=int, default=8)
     demo.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
 
     run = sub.add_parser("run", help="run the exporter (the default command)")
     _common(run)
     config_flag(run)
+    run.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default=None,
+        help="where /metrics listens (overrides web.listen_address; default :9842)",
+    )
+    run.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        help="exporter-toolkit web config: TLS and basic auth (overrides web.config_file)",
+    )
     run.add_argument(
         "--shard", type=int, default=None, help="this replica's shard (overrides sharding.shard)"
     )
@@ -237,6 +268,7 @@ def _simulation(args: argparse.Namespace) -> object:
         rate_limit_rate=args.rate_limit or 10.0,
         rate_limit_burst=max(1, int(args.rate_limit * 3)) if args.rate_limit > 0 else 30,
         legacy_routes_only=args.legacy_routes_only,
+        queue_timeout_s=args.queue_timeout,
     )
     for token in config.tokens:
         logs.register_secret(token)
@@ -244,7 +276,7 @@ def _simulation(args: argparse.Namespace) -> object:
     return Simulation(config)
 
 
-async def _serve(args: argparse.Namespace, *, status_interval: float | None) -> None:
+async def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from exporter.simulator import Simulation, create_app
@@ -267,34 +299,10 @@ async def _serve(args: argparse.Namespace, *, status_interval: float | None) -> 
     )
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host  # noqa: S104
     base = f"http://{shown}:{port}"
-    print(
-        f"NICo simulator: {base}/v2/org/{args.org}/nico  (token: {'none' if args.no_auth else 'see --token'})"
-    )
-    print(f"ground truth:   {base}/_sim/truth")
-    status: asyncio.Task[None] | None = None
-    if status_interval:
-        status = asyncio.create_task(_status_loop(sim, status_interval))
-    try:
-        await server.serve()
-    finally:
-        if status is not None:
-            status.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await status
-
-
-async def _status_loop(sim: object, interval: float) -> None:
-    from exporter.simulator import Simulation
-
-    assert isinstance(sim, Simulation)
-    while True:
-        await asyncio.sleep(interval)
-        sim.advance()
-        counts: dict[str, int] = {}
-        for truth in sim.truth():
-            counts[truth.status] = counts.get(truth.status, 0) + 1
-        summary = " ".join(f"{k.lower()}={v}" for k, v in sorted(counts.items()))
-        print(f"[{sim.now().strftime('%H:%M:%S')} sim] tasks: {summary}", flush=True)
+    auth = "no auth" if args.no_auth else f"Authorization: Bearer {sim.config.tokens[0]}"
+    print(f"NICo simulator: {base}/v2/org/{args.org}/nico  ({auth})", flush=True)
+    print(f"ground truth:   {base}/_sim/truth", flush=True)
+    await server.serve()
 
 
 COMMANDS = ("run", "simulate", "demo", "check-config")
@@ -309,6 +317,10 @@ def _run(args: argparse.Namespace) -> int:
         overrides["NICO_EXPORTER_SHARDING__SHARD"] = str(args.shard)
     if args.total_shards is not None:
         overrides["NICO_EXPORTER_SHARDING__TOTAL_SHARDS"] = str(args.total_shards)
+    if args.listen is not None:
+        overrides["NICO_EXPORTER_WEB__LISTEN_ADDRESS"] = args.listen
+    if args.web_config_file is not None:
+        overrides["NICO_EXPORTER_WEB__CONFIG_FILE"] = args.web_config_file
     try:
         config = load_config(args.config_file, env={**os.environ, **overrides})
     except ConfigError as exc:
@@ -334,9 +346,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_level or "info", args.log_format or "logfmt")
     try:
         if args.command == "simulate":
-            asyncio.run(_serve(args, status_interval=None))
+            asyncio.run(_serve(args))
         elif args.command == "demo":
-            asyncio.run(_serve(args, status_interval=args.status_interval))
+            from exporter.demo import DemoOptions, run_demo
+
+            options = DemoOptions(
+                simulator=args.simulator_listen,
+                exporter=args.listen,
+                speed=args.speed,
+                seed=args.seed,
+                sites=args.sites,
+                racks=args.racks,
+                status_interval=args.status_interval,
+            )
+            asyncio.run(run_demo(options))
         elif args.command == "check-config":  # --- check-config ---
             return _check_config(args)
     except KeyboardInterrupt:

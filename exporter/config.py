@@ -411,6 +411,13 @@ class WebConfig(_Section):
         return value
 
 
+class MetricsConfig(_Section):
+    """What ``/metrics`` shows beyond the contract's default families."""
+
+    # Per-task stage series multiply per-task cardinality by the stage count: opt in.
+    per_task_stages: bool = False
+
+
 class TracingConfig(_Section):
     """Span settings; the OTLP exporter itself is configured by the standard ``OTEL_*`` env."""
 
@@ -454,6 +461,7 @@ class Config(_Section):
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
     operations: OperationsConfig = Field(default_factory=OperationsConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

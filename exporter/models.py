@@ -300,8 +300,8 @@ class Task(_Model):
     @classmethod
     def _report(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
         """Keep a v1 report; drop (and note) one we cannot read rather than the whole task."""
-        if value is None:
-            return None
+        if value is None or isinstance(value, TaskReport):
+            return value
         notes = _notes(info)
         if not isinstance(value, dict):
             if notes is not None:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 class Kind(StrEnum):
     APPEARED = "appeared"
     STATUS_CHANGED = "status_changed"
+    STARTED = "started"
     STAGE_STARTED = "stage_started"
     STAGE_FINISHED = "stage_finished"
     STEP_STARTED = "step_started"
@@ -285,6 +286,9 @@ class Store:
                     previous_status=old_status,
                 )
             )
+        if task.started is not None:
+            # Once per task, also across restarts: its queue wait is over.
+            self._deliver(Transition(Kind.STARTED, f"{tid}/started", record, now))
         if task.report is not None:
             for stage in task.report.stages:
                 base = f"{tid}/stage/{stage.number}"

@@ -1,0 +1,304 @@
+"""``docs/metrics.md``, generated from ``FAMILIES``: ``python -m exporter.docs`` writes it.
+
+The page holds the family table, the histogram buckets, how exemplars and per-task series work,
+and the series count of a reference fleet. That count comes from :func:`fleet_series`, a formula
+over the family definitions; ``tests/test_cardinality.py`` builds the reference fleet's state,
+renders it, and checks the collector emits exactly that many series, so the figure on the page is
+the collector's, not an estimate.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from exporter.config import StateConfig, format_duration
+from exporter.metrics import FAMILIES, FAMILY, STATUSES, ClientMetrics, HistogramSet, TaskMetrics
+from exporter.models import NVL72_TRAYS, ComponentType, TaskStatus
+from exporter.operations import Operation
+
+DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+
+_C, _S, _P = ComponentType.COMPUTE, ComponentType.NVSWITCH, ComponentType.POWERSHELF
+_ALL = (_C, _S, _P)
+
+Layout = tuple[tuple[ComponentType, ...], ...]
+
+# Stages of each operation (the component types each stage's steps run on): Flow's default rules,
+# and one rack-wide stage for leak detection.
+REFERENCE_LAYOUTS: dict[Operation, Layout] = {
+    Operation.POWER_ON: ((_P,), (_S,), (_C,)),
+    Operation.POWER_OFF: ((_C,), (_S,), (_P,)),
+    Operation.POWER_CYCLE: ((_C,), (_S,), (_P,), (_P,), (_S,), (_C,)),
+    Operation.FORCE_POWER_OFF: ((_C,), (_S,), (_P,), _ALL),
+    Operation.FORCE_POWER_CYCLE: ((_C,), (_S,), (_P,), _ALL, (_P,), (_S,), (_C,), _ALL),
+    Operation.FIRMWARE_UPDATE: ((_C,), (_S,)),
+    Operation.BRING_UP: ((_P,), (_C,), (_C,), (_S,), (_S,), (_C,)),
+    Operation.LEAK_DETECTION: (_ALL,),
+}
+
+
+def busy_stage(layout: Layout) -> int:
+    """The stage a reference Running task runs, and the one a reference Failed task failed in."""
+    return min(2, len(layout))
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """A fleet's state at one scrape, as the cardinality formula assumes it.
+
+    Tasks are spread so that every site has every operation in every active status, and finished
+    Succeeded and Failed. Running tasks carry a report: stages before :func:`busy_stage` completed,
+    that one running, the rest pending; Pending and Waiting tasks have neither a report nor a start
+    time. Finished tasks have every timestamp and a report: Succeeded ones completed every stage,
+    Failed ones failed every step of the busy stage. Trays are known for ``attributed_running``
+    Running tasks (one per rack) and ``attributed_failed`` Failed tasks (each on its own rack), each
+    on every tray of its rack. Every API endpoint answered with every code.
+    """
+
+    sites: int = 2
+    racks_per_site: int = 500
+    trays: Mapping[ComponentType, int] = field(default_factory=lambda: dict(NVL72_TRAYS))
+    layouts: Mapping[Operation, Layout] = field(default_factory=lambda: dict(REFERENCE_LAYOUTS))
+    # Active tasks by status, in the order tasks are dealt round-robin.
+    active: Mapping[TaskStatus, int] = field(
+        default_factory=lambda: {
+            TaskStatus.RUNNING: 6_000,
+            TaskStatus.PENDING: 2_000,
+            TaskStatus.WAITING: 2_000,
+        }
+    )
+    finished: int = 2_000
+    failed: int = 200
+    attributed_running: int = 1_000
+    attributed_failed: int = 100
+    endpoints: tuple[str, ...] = (
+        "/site",
+        "/rack",
+        "/tray",
+        "/rack/{id}/task",
+        "/tray/{id}/task",
+        "/task/{id}",
+    )
+    codes: tuple[str, ...] = ("200", "429")
+    parse_errors: tuple[tuple[str, str], ...] = (("/rack/{id}/task", "unknown_status"),)
+    shed_jobs: tuple[str, ...] = ("discovery",)
+    per_task_stages: bool = False
+
+    def __post_init__(self) -> None:
+        ops = len(self.layouts)
+        if self.running % ops or self.finished % ops:
+            raise ValueError("running and finished tasks must spread evenly over the operations")
+        if min(*self.active.values(), self.failed, self.finished - self.failed) < self.sites * ops:
+            raise ValueError("too few tasks for every site to see every operation in every status")
+
+    @property
+    def racks(self) -> int:
+        return self.sites * self.racks_per_site
+
+    @property
+    def trays_per_rack(self) -> int:
+        return sum(self.trays.values())
+
+    @property
+    def active_tasks(self) -> int:
+        return sum(self.active.values())
+
+    @property
+    def running(self) -> int:
+        return self.active.get(TaskStatus.RUNNING, 0)
+
+    @property
+    def tracked(self) -> int:
+        return self.active_tasks + self.finished
+
+    def describe(self) -> str:
+        """The fleet in one sentence, for the docs."""
+        trays = ", ".join(f"{n} {kind.value}" for kind, n in self.trays.items())
+        active = ", ".join(f"{n:,} {status.value}" for status, n in self.active.items())
+        return (
+            f"{self.sites} sites x {self.racks_per_site:,} racks ({self.racks:,} racks) of "
+            f"{self.trays_per_rack} trays ({trays}); {self.active_tasks:,} active tasks ({active}) over "
+            f"{len(self.layouts)} operations; {self.finished:,} tasks finished within the TTL, "
+            f"{self.failed:,} of them failed; trays known for {self.attributed_running:,} running and "
+            f"{self.attributed_failed:,} failed tasks (every tray of their rack); "
+            f"{len(self.endpoints)} API endpoints x {len(self.codes)} response codes; "
+            f"per-task stage series {'on' if self.per_task_stages else 'off'}"
+        )
+
+
+REFERENCE_FLEET = Fleet()
+
+
+def _histogram_series(name: str, label_sets: int) -> int:
+    """Samples of ``label_sets`` histograms: a bucket per bound, ``+Inf``, ``_sum`` and ``_count``."""
+    bounds = {h.family.name: len(h.bounds) for h in _histograms()}
+    return label_sets * (bounds[name] + 3)
+
+
+def _histograms() -> list[HistogramSet]:
+    t = TaskMetrics()
+    return [t.duration, t.queue, t.stage, t.step, ClientMetrics().durations]
+
+
+def fleet_series(fleet: Fleet) -> dict[str, int]:
+    """Series (exposition samples) per family for ``fleet``, derived from the family definitions.
+
+    Histograms count their buckets, ``_sum`` and ``_count``; families with no series count 0.
+    """
+    s, ops = fleet.sites, len(fleet.layouts)
+    finished_statuses = (1 if fleet.finished > fleet.failed else 0) + (1 if fleet.failed else 0)
+    stage_sets = sum(len(layout) + (1 if fleet.failed else 0) for layout in fleet.layouts.values())
+    step_sets = sum(
+        len({kind for stage in layout for kind in stage})
+        + (len(set(layout[busy_stage(layout) - 1])) if fleet.failed else 0)
+        for layout in fleet.layouts.values()
+    )
+    # Running and finished tasks are spread evenly over the operations (checked by the Fleet).
+    stage_status = (fleet.running + fleet.finished) // ops * sum(len(lay) for lay in fleet.layouts.values())
+    scalars = [f.name for f in FAMILIES if not f.labels]
+    counts: dict[str, int] = {
+        "nico_tasks": s * len(fleet.active) * ops,
+        "nico_tasks_finished_total": s * finished_statuses * ops,
+        "nico_task_duration_seconds": _histogram_series(
+            "nico_task_duration_seconds", s * finished_statuses * ops
+        ),
+        "nico_task_queue_duration_seconds": _histogram_series("nico_task_queue_duration_seconds", s * ops),
+        "nico_task_stage_duration_seconds": _histogram_series(
+            "nico_task_stage_duration_seconds", s * stage_sets
+        ),
+        "nico_task_step_duration_seconds": _histogram_series(
+            "nico_task_step_duration_seconds", s * step_sets
+        ),
+        "nico_task_status": len(STATUSES) * fleet.tracked,
+        "nico_task_info": fleet.tracked,
+        "nico_task_created_timestamp_seconds": fleet.tracked,
+        "nico_task_started_timestamp_seconds": fleet.running + fleet.finished,
+        "nico_task_updated_timestamp_seconds": fleet.tracked,
+        "nico_task_finished_timestamp_seconds": fleet.finished,
+        "nico_task_current_stage": fleet.running,
+        "nico_task_failure_info": fleet.failed,
+        "nico_task_stage_status": stage_status if fleet.per_task_stages else 0,
+        "nico_tray_tasks": fleet.attributed_running * fleet.trays_per_rack,
+        "nico_tray_task_failures_total": fleet.attributed_failed * fleet.trays_per_rack,
+        "nico_site_info": s,
+        "nico_rack_info": fleet.racks,
+        "nico_site_up": s,
+        "nico_exporter_last_successful_poll_timestamp_seconds": s,
+        "nico_exporter_racks": s,
+        "nico_exporter_api_requests_total": len(fleet.endpoints) * len(fleet.codes),
+        "nico_exporter_api_request_duration_seconds": _histogram_series(
+            "nico_exporter_api_request_duration_seconds", len(fleet.endpoints)
+        ),
+        "nico_exporter_parse_errors_total": len(fleet.parse_errors),
+        "nico_exporter_jobs_shed_total": len(fleet.shed_jobs),
+        "nico_exporter_build_info": 1,
+        **dict.fromkeys(scalars, 1),
+    }
+    unknown = set(counts) - set(FAMILY)
+    missing = set(FAMILY) - set(counts)
+    if unknown or missing:
+        raise ValueError(f"fleet_series is out of date: unknown {sorted(unknown)}, missing {sorted(missing)}")
+    return {f.name: counts[f.name] for f in FAMILIES}
+
+
+# -- the page --------------------------------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}"
+
+
+def _family_table() -> list[str]:
+    lines = ["| family | type | labels | meaning |", "|---|---|---|---|"]
+    for f in FAMILIES:
+        labels = ", ".join(f.labels) if f.labels else "—"
+        lines.append(f"| `{f.name}` | {f.type} | {labels} | {_cell(f.help)} |")
+    return lines
+
+
+def _bucket_table() -> list[str]:
+    lines = ["| family | upper bounds (seconds) |", "|---|---|"]
+    for h in _histograms():
+        lines.append(f"| `{h.family.name}` | {', '.join(_seconds(b) for b in h.bounds)}, +Inf |")
+    return lines
+
+
+def _cardinality(fleet: Fleet) -> list[str]:
+    counts = fleet_series(fleet)
+    total = sum(counts.values())
+    per_task = sum(n for name, n in counts.items() if "task_id" in FAMILY[name].labels)
+    with_stages = sum(fleet_series(replace(fleet, per_task_stages=True)).values())
+    lines = [
+        "## Cardinality",
+        "",
+        f"Reference fleet: {fleet.describe()}.",
+        "",
+        f"It exposes **{total:,} series**, {per_task:,} of them per-task series "
+        f"({per_task / total:.0%}). Turning on `metrics.per_task_stages` makes it {with_stages:,}.",
+        "Per-task series scale with tracked tasks (active, plus finished within the TTL), tray series "
+        "with the trays of racks whose tasks' trays are known; aggregates scale with sites x "
+        "operations only. `tests/test_cardinality.py` renders this fleet and checks the count.",
+        "",
+        "| family | series |",
+        "|---|---:|",
+    ]
+    lines += [f"| `{name}` | {n:,} |" for name, n in counts.items() if n]
+    lines.append(f"| **total** | **{total:,}** |")
+    return lines
+
+
+def render_metrics_doc(fleet: Fleet = REFERENCE_FLEET) -> str:
+    """The whole of ``docs/metrics.md``."""
+    ttl = format_duration(StateConfig.model_fields["finished_task_ttl"].default)
+    lines = [
+        "# Metrics",
+        "",
+        "<!-- Generated from exporter/metrics.py by `python -m exporter.docs`; do not edit by hand. -->",
+        "",
+        "Every family the exporter serves on `/metrics`. A scrape never calls NICo: the collector "
+        "renders what the poller and the state store already hold. No task id ever labels an aggregate.",
+        "",
+        "## Families",
+        "",
+        *_family_table(),
+        "",
+        "## Histogram buckets",
+        "",
+        "Histograms are fed by transitions, each delivered once, so a duration is observed once "
+        "however often it is scraped.",
+        "",
+        *_bucket_table(),
+        "",
+        "## Exemplars and per-task series",
+        "",
+        "Each observation of `nico_task_duration_seconds`, `nico_task_stage_duration_seconds` and "
+        "`nico_task_step_duration_seconds` carries an exemplar `trace_id`: the task UUID's 128 bits as "
+        "32 hex digits, the trace id of the task's spans, so a slow bucket links to its trace. Exemplars "
+        "are only in the OpenMetrics exposition (`Accept: application/openmetrics-text`); Prometheus keeps "
+        "them with `--enable-feature=exemplar-storage`. Per-task series (those with a `task_id` label) "
+        "exist for active tasks and for finished tasks until `state.finished_task_ttl` (default "
+        f"{ttl}) has passed since the exporter saw them finish; then they disappear, while the "
+        "aggregates keep counting. `nico_task_stage_status` is opt-in (`metrics.per_task_stages`).",
+        "",
+        *_cardinality(fleet),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    DOC_PATH.parent.mkdir(parents=True, exist_ok=True)
+    DOC_PATH.write_text(render_metrics_doc(), encoding="utf-8")
+    print(f"wrote {DOC_PATH}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
