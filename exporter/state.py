@@ -136,6 +136,7 @@ class Store:
         self.tasks: dict[str, TaskRecord] = {}
         self._by_rack: dict[str, set[str]] = {}
         self._subscribers: list[Subscriber] = []
+        self._after_commit: list[Callable[[], None]] = []
         self.tray_types: dict[str, str] = {}
         loaded = self.persistence.load()
         self.racks: dict[str, RackState] = {
@@ -180,12 +181,26 @@ class Store:
                 )
         return True
 
+    def after_commit(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after each commit that wrote transitions.
+
+        For effects that must not repeat after a restart (exported spans): act on transitions only
+        once they are on disk, so a crash before the commit redelivers them instead of repeating
+        what was already sent.
+        """
+        self._after_commit.append(listener)
+
     def commit(self) -> None:
         """Write the transitions and state changes since the last commit in one transaction."""
         if self._batch.empty:
             return
         batch, self._batch = self._batch, StateBatch()
         self.persistence.write(batch)
+        for listener in self._after_commit:
+            try:
+                listener()
+            except Exception:  # a broken listener must not stop polling
+                log.exception("after-commit listener failed")
 
     # -- queries -------------------------------------------------------------------------------
 
