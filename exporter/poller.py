@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from exporter.attribution import Plan, plan
@@ -556,5 +556,3 @@ class Poller:
         await asyncio.gather(self.poll_active(), self.list_new_racks())
         await self.fetch_finals()
 
-
-Job = Callable[[], Awaitable[None]]
