@@ -188,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many replicas share the racks (overrides sharding.total_shards)",
     )
 
+    tasks = sub.add_parser("tasks", help="list tasks, show one with its stage/step timings, cancel one")
+    _common(tasks)
+    config_flag(tasks)
+    tasks.add_argument("action", choices=["list", "show", "cancel"])
+    tasks.add_argument("task_id", nargs="?", help="the task (show, cancel)")
+    tasks.add_argument("--site", default=None, help="site id (default: every Flow-enabled site)")
+    tasks.add_argument("--rack", default=None, help="rack id (list; default: every rack of the site)")
+    tasks.add_argument("--all", action="store_true", help="list finished tasks too, not only active ones")
+    tasks.add_argument("--yes", action="store_true", help="really cancel (cancel does nothing without it)")
+
     # --- check-config ---
     check = sub.add_parser(
         "check-config", help="validate the config file and environment overrides, then exit"
@@ -305,7 +315,32 @@ async def _serve(args: argparse.Namespace) -> None:
     await server.serve()
 
 
-COMMANDS = ("run", "simulate", "demo", "check-config")
+COMMANDS = ("run", "simulate", "demo", "check-config", "tasks")
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from exporter.config import ConfigError, load_config
+    from exporter.taskcmd import run_tasks_command
+
+    if args.action in ("show", "cancel") and not args.task_id:
+        print(f"tasks {args.action} needs a task id", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        print(f"config error: {exc.message}", file=sys.stderr)
+        return 1
+    return asyncio.run(
+        run_tasks_command(
+            config,
+            args.action,
+            site=args.site,
+            rack=args.rack,
+            task_id=args.task_id,
+            active_only=not args.all,
+            confirmed=args.yes,
+        )
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -343,8 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         except KeyboardInterrupt:
             return 0
-    logs.setup(args.log_level or "info", args.log_format or "logfmt")
+    # The tasks command prints for a person: only warnings and errors go to the log.
+    quiet = args.command == "tasks"
+    logs.setup(args.log_level or ("warn" if quiet else "info"), args.log_format or "logfmt")
     try:
+        if args.command == "tasks":
+            return _tasks(args)
         if args.command == "simulate":
             asyncio.run(_serve(args))
         elif args.command == "demo":

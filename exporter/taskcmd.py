@@ -1,0 +1,144 @@
+"""``nico-task-exporter tasks``: list tasks, show one with its stage/step timings, cancel one.
+
+An operator's tool for the moment an alert fires: it talks to NICo directly with the exporter's
+configuration (same URL, org and credentials), not to the exporter. Cancelling happens only on
+explicit request (``tasks cancel ID --yes``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TextIO
+
+from exporter.client import NicoClient
+from exporter.config import Config
+from exporter.errors import NicoError
+from exporter.models import ReportStatus, Task
+from exporter.operations import Classifier
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _took(start: datetime | None, end: datetime | None, now: datetime) -> str:
+    if start is None:
+        return "-"
+    seconds = int(((end or now) - start).total_seconds())
+    text = (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+        if seconds >= 3600
+        else (f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
+    )
+    return text + ("" if end is not None else " (running)")
+
+
+def render_task(task: Task, *, site_id: str, now: datetime, classifier: Classifier | None = None) -> str:
+    """A task and its report as an operator reads it: what, where, when, which stage failed and why."""
+    op = (classifier or Classifier()).classify(task.description, task.report)
+    lines = [
+        f"task        {task.id}",
+        f"site        {site_id}",
+        f"status      {task.status.value}" + (f"  ({task.message})" if task.message else ""),
+        f"operation   {op.value}  ({task.description})",
+        f"rule        {task.rule_id or '-'}",
+        f"created     {_when(task.created)}",
+        f"started     {_when(task.started)}   queued {_took(task.created, task.started, now)}",
+        f"finished    {_when(task.finished)}   ran {_took(task.started, task.finished, now)}",
+        f"trace id    {task.id.replace('-', '')}",
+    ]
+    report = task.report
+    if report is None:
+        lines.append("report      none yet (Flow has not resolved the task's rule)")
+        return "\n".join(lines) + "\n"
+    lines += ["", f"{'stage':<7}{'step':<6}{'component':<12}{'status':<11}{'started':<21}{'took':<16}error"]
+    for stage in report.stages:
+        error = (stage.error or "").replace("\n", " ")
+        lines.append(
+            f"{stage.number:<7}{'':<6}{'':<12}{stage.status.value:<11}{_when(stage.started_at):<21}"
+            f"{_took(stage.started_at, stage.finished_at, now) if stage.status is not ReportStatus.PENDING else '-':<16}"
+            f"{error[:120]}"
+        )
+        for index, step in enumerate(stage.steps):
+            took = "-" if step.started_at is None else _took(step.started_at, step.finished_at, now)
+            count = f"x{step.total_components}" if step.total_components else ""
+            lines.append(
+                f"{'':<7}{index:<6}{(step.component_type.value + count):<12}{step.status.value:<11}"
+                f"{_when(step.started_at):<21}{took:<16}{(step.error or '').replace(chr(10), ' ')[:120]}"
+            )
+    if report.error:
+        lines += ["", f"error       {report.error}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_list(
+    rows: Sequence[tuple[str, str, Task]], now: datetime, classifier: Classifier | None = None
+) -> str:
+    c = classifier or Classifier()
+    out = [f"{'task':<38}{'status':<12}{'operation':<19}{'rack':<38}{'created':<21}age"]
+    for _, rack_id, task in rows:
+        out.append(
+            f"{task.id:<38}{task.status.value:<12}{c.classify(task.description, task.report).value:<19}"
+            f"{rack_id:<38}{_when(task.created):<21}{_took(task.created, task.finished, now)}"
+        )
+    return "\n".join(out) + "\n"
+
+
+async def run_tasks_command(
+    config: Config,
+    action: str,
+    *,
+    site: str | None,
+    rack: str | None = None,
+    task_id: str | None = None,
+    active_only: bool = True,
+    confirmed: bool = False,
+    out: TextIO = sys.stdout,
+) -> int:
+    """``list`` (a site's or a rack's tasks), ``show`` (one task), ``cancel`` (one task, with --yes)."""
+    classifier = Classifier(config.operations.extra_patterns)
+    kwargs = config.client_kwargs()
+    async with NicoClient(config.api.url, config.api.org, auth=config.token_source(), **kwargs) as client:
+        try:
+            sites = [site] if site else [s.id for s in (await client.list_sites()).items]
+            now = datetime.now(UTC)
+            if action == "list":
+                rows: list[tuple[str, str, Task]] = []
+                for site_id in sites:
+                    racks = [rack] if rack else [r.id for r in (await client.list_racks(site_id)).items]
+                    for rack_id in racks:
+                        listing = await client.list_rack_tasks(site_id, rack_id, active_only=active_only)
+                        rows.extend((site_id, rack_id, t) for t in listing.items)
+                rows.sort(key=lambda row: row[2].created or now)
+                out.write(render_list(rows, now, classifier))
+                return 0
+            assert task_id is not None
+            if action == "show":
+                task, site_id = await _find(client, sites, task_id)
+                out.write(render_task(task, site_id=site_id, now=now, classifier=classifier))
+                return 0
+            if action == "cancel":
+                if not confirmed:
+                    out.write(f"not cancelling {task_id}: add --yes to cancel it\n")
+                    return 2
+                task, site_id = await _find(client, sites, task_id)
+                cancelled = await client.cancel_task(site_id, task_id)
+                out.write(f"cancel requested: {task_id} is {cancelled.status.value}\n")
+                return 0
+        except NicoError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    raise ValueError(f"unknown action {action!r}")
+
+
+async def _find(client: NicoClient, sites: Sequence[str], task_id: str) -> tuple[Task, str]:
+    """The task, from the first site that has it (a task id names no site)."""
+    last: NicoError | None = None
+    for site_id in sites:
+        try:
+            return await client.get_task(site_id, task_id), site_id
+        except NicoError as exc:
+            last = exc
+    raise last if last is not None else NicoError(f"task {task_id} not found on any site")
