@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import client_overhead, polling, render
+from benchmarks import client_overhead, polling, render, tracing
 from benchmarks._common import print_table, record
 
 # name -> (runner, {key: target text})
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[Callable[[], dict[str, float]], dict[str, str]]] = {
             "racks_per_replica_at_10rps": "",
         },
     ),
+    "tracing": (tracing.run, {"spans_per_s": ""}),
 }
 
 

@@ -21,6 +21,7 @@ from exporter.poller import Intervals, Poller
 from exporter.scheduler import Runner
 from exporter.sharding import Shard
 from exporter.state import Store
+from exporter.tracing import TracingHandle, configure_tracing
 from exporter.web import MetricsServer
 
 log = logging.getLogger("exporter")
@@ -40,6 +41,7 @@ class Exporter:
     persistence: SqlitePersistence | NullPersistence
     registry: CollectorRegistry
     spans: SpanCounters
+    tracing: TracingHandle | None = None
 
 
 def build(config: Config) -> Exporter:
@@ -73,6 +75,14 @@ def build(config: Config) -> Exporter:
     task_metrics = TaskMetrics()
     store.subscribe(task_metrics)
     spans = SpanCounters()
+    # -- tracing (issue 5): off unless an OTLP endpoint is configured; spans leave after commits.
+    tracing = configure_tracing(config.tracing.service_name, spans)
+    if tracing is not None:
+        tracing.builder(
+            site_name=lambda site_id: health.site.name if (health := poller.health.get(site_id)) else "",
+            rack_name=lambda rack_id: entry.rack.name if (entry := poller.racks.get(rack_id)) else "",
+        ).attach(store)
+    # -- end tracing
     registry = CollectorRegistry(auto_describe=False)
     for standard in (ProcessCollector, PlatformCollector, GCCollector):
         standard(registry=registry)
@@ -87,7 +97,7 @@ def build(config: Config) -> Exporter:
             persistent=persistence.durable,
         )
     )
-    return Exporter(config, client, store, poller, Runner(poller), persistence, registry, spans)
+    return Exporter(config, client, store, poller, Runner(poller), persistence, registry, spans, tracing)
 
 
 async def _summaries(exporter: Exporter) -> None:
@@ -128,6 +138,8 @@ async def serve(exporter: Exporter, stop: asyncio.Event) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await summaries
         await exporter.client.aclose()
+        if exporter.tracing is not None:  # flush queued spans, bounded (tracing.SHUTDOWN_TIMEOUT_S)
+            await asyncio.to_thread(exporter.tracing.shutdown)
         exporter.persistence.close()
         log.info("stopped")
 

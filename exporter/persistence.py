@@ -96,7 +96,9 @@ class LoadedState:
 class Persistence(Protocol):
     def load(self) -> LoadedState: ...
 
-    def write(self, batch: StateBatch) -> None: ...
+    def write(self, batch: StateBatch) -> bool:
+        """Write one batch in one transaction; False (logged, counted) if it could not be written."""
+        ...
 
     def close(self) -> None: ...
 
@@ -110,8 +112,8 @@ class NullPersistence:
     def load(self) -> LoadedState:
         return LoadedState()
 
-    def write(self, batch: StateBatch) -> None:
-        return None
+    def write(self, batch: StateBatch) -> bool:
+        return True
 
     def close(self) -> None:
         return None
@@ -181,13 +183,15 @@ class SqlitePersistence:
         }
         return state
 
-    def write(self, batch: StateBatch) -> None:
+    def write(self, batch: StateBatch) -> bool:
         try:
             self._write(batch)
         except sqlite3.Error as exc:
             self.write_errors += 1
             # The store keeps working in memory; exactly-once across a restart is what is at risk.
             log.error("could not write the state file: %s", exc, extra={"path": str(self.path)})
+            return False
+        return True
 
     def _write(self, b: StateBatch) -> None:
         c = self._conn

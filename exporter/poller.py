@@ -555,4 +555,3 @@ class Poller:
         await self.discover_sites_and_racks()
         await asyncio.gather(self.poll_active(), self.list_new_racks())
         await self.fetch_finals()
-

@@ -195,7 +195,8 @@ class Store:
         if self._batch.empty:
             return
         batch, self._batch = self._batch, StateBatch()
-        self.persistence.write(batch)
+        if not self.persistence.write(batch):
+            return  # not on disk: effects wait for a commit that is (they may repeat after a restart)
         for listener in self._after_commit:
             try:
                 listener()

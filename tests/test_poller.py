@@ -201,11 +201,11 @@ class DiesBeforeCommit(SqlitePersistence):
         super().__init__(path)
         self.survive = survive
 
-    def write(self, batch: StateBatch) -> None:
+    def write(self, batch: StateBatch) -> bool:
         if self.survive <= 0:
             raise KilledError
         self.survive -= 1
-        super().write(batch)
+        return super().write(batch)
 
 
 class KilledError(BaseException):

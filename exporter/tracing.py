@@ -1,0 +1,529 @@
+"""OpenTelemetry traces of tasks: one trace per task, spans built from the store's transitions.
+
+A task becomes one trace whose id is the task UUID's 128 bits, so a metric exemplar's
+``trace_id`` (:func:`exporter.metrics.trace_id`) opens the same trace. The tree::
+
+    <operation>                 root: the task, created -> finished
+    ├── queue                   created -> started (-> finished if it never started)
+    ├── stage 1                 stage startedAt -> finishedAt
+    │   ├── stage 1 Compute     step startedAt -> finishedAt
+    │   └── stage 1 NVSwitch
+    └── stage 2 ...
+
+Span ids are a hash of (task id, level, stage number, step index): a span built twice (another
+replica, a restart) has the same id, and a child names its parent without the parent existing
+yet. Spans are built directly as :class:`ReadableSpan` with NICo's timestamps; nothing reads a
+clock, so :func:`stage_span`, :func:`step_span` and :func:`task_spans` are pure.
+
+Emission follows the store's exactly-once transitions: a stage or step span when it is final
+(``STAGE_FINISHED`` / ``STEP_FINISHED``), the root and queue spans when the task is terminal
+(``FINISHED``). :class:`SpanBuilder` keeps the spans of a poll pending and hands them to the
+batch processor only after the store committed the transitions (``Store.after_commit``): a crash
+before the commit redelivers them after the restart instead of sending them twice. Spans still
+in the batch queue when the process is killed are lost (at most once after the commit).
+
+Export (:func:`configure_tracing`) is OTLP over HTTP or gRPC, configured by the standard
+``OTEL_*`` environment; without an endpoint tracing is off and nothing is subscribed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import AttributeValue
+
+from exporter import __version__
+from exporter.metrics import SpanCounters, failure_context, trace_id
+from exporter.models import ReportStage, ReportStatus, ReportStep, TaskStatus
+from exporter.state import Kind, TaskRecord, Transition
+
+if TYPE_CHECKING:
+    from exporter.state import Store
+
+log = logging.getLogger(__name__)
+
+SCOPE = InstrumentationScope("exporter.tracing", __version__)
+DEFAULT_SERVICE_NAME = "nico"
+# Status-change events kept per task until its root span is built, and tasks kept with events:
+# a task changes status a handful of times; tasks that never finish must not grow memory.
+MAX_EVENTS_PER_TASK = 16
+MAX_TASKS_WITH_EVENTS = 10_000
+SHUTDOWN_TIMEOUT_S = 5.0
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RESULT = {
+    TaskStatus.SUCCEEDED: "success",
+    TaskStatus.FAILED: "failure",
+    TaskStatus.TERMINATED: "cancellation",
+}
+_RUN_RESULT = {ReportStatus.COMPLETED: "success", ReportStatus.FAILED: "failure"}
+
+Attributes = dict[str, AttributeValue]
+NameLookup = Callable[[str], str]
+
+
+def _no_name(_: str) -> str:
+    return ""
+
+
+# -- ids and times ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def trace_id_int(task_id: str) -> int:
+    """The task's trace id as an int: its UUID's 128 bits (the same as ``metrics.trace_id``)."""
+    return int(trace_id(task_id), 16)
+
+
+def span_id(task_id: str, level: str, stage_number: int = 0, step_index: int = 0) -> int:
+    """A deterministic, never-zero 64-bit span id for one span of one task.
+
+    ``level`` is ``task``, ``queue``, ``stage`` or ``step``; names and finish times play no part,
+    so the id is the same however often and wherever the span is built.
+    """
+    key = f"{task_id}/{level}/{stage_number}/{step_index}".encode()
+    value = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+    return value or 1
+
+
+def _ns(when: datetime) -> int:
+    """Epoch nanoseconds, exactly (no float rounding)."""
+    return (when - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def _first(*candidates: datetime | None) -> datetime | None:
+    for candidate in candidates:
+        if candidate is not None:
+            return candidate
+    return None
+
+
+def _seen(record: TaskRecord) -> datetime:
+    """Last resort for a missing timestamp: when the task was last observed."""
+    return datetime.fromtimestamp(record.observed_at, UTC)
+
+
+def _context(task_id: str, level: str, stage_number: int = 0, step_index: int = 0) -> SpanContext:
+    return SpanContext(
+        trace_id_int(task_id),
+        span_id(task_id, level, stage_number, step_index),
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+
+
+# -- pure translation: task -> spans ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpanSettings:
+    """What every span shares beyond its task: the resource, and inventory names by id."""
+
+    resource: Resource
+    site_name: NameLookup = _no_name
+    rack_name: NameLookup = _no_name
+
+
+def task_attributes(record: TaskRecord, settings: SpanSettings) -> Attributes:
+    """Attributes every span of the task carries: where it ran and what it is."""
+    task = record.task
+    attrs: Attributes = {
+        "nico.task.id": task.id,
+        "nico.task.operation": record.operation.value,
+        "nico.site.id": record.site_id,
+        "nico.rack.id": record.rack_id,
+    }
+    if site_name := settings.site_name(record.site_id):
+        attrs["nico.site.name"] = site_name
+    if rack_name := settings.rack_name(record.rack_id):
+        attrs["nico.rack.name"] = rack_name
+    return attrs
+
+
+def _span(
+    name: str,
+    context: SpanContext,
+    parent: SpanContext | None,
+    start: int,
+    end: int,
+    attrs: Attributes,
+    status: Status,
+    settings: SpanSettings,
+    events: Sequence[Event] = (),
+) -> ReadableSpan:
+    return ReadableSpan(
+        name,
+        context=context,
+        parent=parent,
+        resource=settings.resource,
+        attributes=attrs,
+        events=events,
+        kind=SpanKind.INTERNAL,
+        status=status,
+        start_time=start,
+        end_time=max(start, end),  # NICo's clocks may disagree by a second: never end before start
+        instrumentation_scope=SCOPE,
+    )
+
+
+def _run_status(status: ReportStatus, error: str | None) -> Status:
+    if status is ReportStatus.FAILED:
+        return Status(StatusCode.ERROR, error or None)
+    if status is ReportStatus.COMPLETED:
+        return Status(StatusCode.OK)
+    return Status(StatusCode.UNSET)
+
+
+def _stage_error(stage: ReportStage) -> str | None:
+    failed = next((s.error for s in stage.steps if s.status is ReportStatus.FAILED and s.error), None)
+    return stage.error or failed
+
+
+def stage_span(
+    record: TaskRecord, stage: ReportStage, settings: SpanSettings, *, ended: datetime | None = None
+) -> ReadableSpan:
+    """The span of one stage, child of the root.
+
+    ``ended`` is given for a stage still ``running`` when its task ended: the span ends there,
+    with status UNSET, result ``cancellation`` and ``nico.stage.unfinished=true``.
+    """
+    tid = record.id
+    start = _first(
+        stage.started_at, stage.finished_at, ended, record.task.started, record.task.created
+    ) or _seen(record)
+    end = _first(stage.finished_at, ended) or start
+    attrs = task_attributes(record, settings)
+    attrs.update(
+        {
+            "cicd.pipeline.task.name": f"stage {stage.number}",
+            "cicd.pipeline.task.run.id": f"{tid}/stage/{stage.number}",
+            "nico.stage.number": stage.number,
+        }
+    )
+    if ended is not None:
+        attrs["cicd.pipeline.task.run.result"] = "cancellation"
+        attrs["nico.stage.unfinished"] = True
+        status = Status(StatusCode.UNSET)
+    else:
+        if stage.status in _RUN_RESULT:
+            attrs["cicd.pipeline.task.run.result"] = _RUN_RESULT[stage.status]
+        status = _run_status(stage.status, _stage_error(stage))
+    return _span(
+        f"stage {stage.number}",
+        _context(tid, "stage", stage.number),
+        _context(tid, "task"),
+        _ns(start),
+        _ns(end),
+        attrs,
+        status,
+        settings,
+    )
+
+
+def step_span(
+    record: TaskRecord,
+    stage: ReportStage,
+    step: ReportStep,
+    index: int,
+    settings: SpanSettings,
+    *,
+    ended: datetime | None = None,
+) -> ReadableSpan:
+    """The span of one step (one component type within a stage), child of its stage.
+
+    ``ended`` as for :func:`stage_span` (attribute ``nico.step.unfinished=true``).
+    """
+    tid = record.id
+    name = f"stage {stage.number} {step.component_type.value}"
+    start = _first(step.started_at, stage.started_at, step.finished_at, ended, record.task.started) or _seen(
+        record
+    )
+    end = _first(step.finished_at, ended, stage.finished_at) or start
+    attrs = task_attributes(record, settings)
+    attrs.update(
+        {
+            "cicd.pipeline.task.name": name,
+            "cicd.pipeline.task.run.id": f"{tid}/stage/{stage.number}/step/{index}",
+            "nico.stage.number": stage.number,
+            "nico.step.index": index,
+            "nico.component.type": step.component_type.value,
+            "nico.step.total_components": step.total_components,
+        }
+    )
+    if ended is not None:
+        attrs["cicd.pipeline.task.run.result"] = "cancellation"
+        attrs["nico.step.unfinished"] = True
+        status = Status(StatusCode.UNSET)
+    else:
+        if step.status in _RUN_RESULT:
+            attrs["cicd.pipeline.task.run.result"] = _RUN_RESULT[step.status]
+        status = _run_status(step.status, step.error)
+    return _span(
+        name,
+        _context(tid, "step", stage.number, index),
+        _context(tid, "stage", stage.number),
+        _ns(start),
+        _ns(end),
+        attrs,
+        status,
+        settings,
+    )
+
+
+def status_event(transition: Transition) -> Event:
+    """A status change seen while polling, as a root span event (time: when it was observed)."""
+    attrs: Attributes = {"nico.task.status": transition.record.status.value}
+    if transition.previous_status is not None:
+        attrs["nico.task.previous_status"] = transition.previous_status.value
+    return Event("nico.task.status_changed", attrs, int(transition.observed_at * 1e9))
+
+
+def task_spans(
+    record: TaskRecord,
+    settings: SpanSettings,
+    *,
+    observed_at: float,
+    events: Sequence[Event] = (),
+) -> list[ReadableSpan]:
+    """The spans of a terminal task: the root, the queue wait, and stages or steps left running.
+
+    ``observed_at`` (epoch s) stands in for ``finished`` when NICo did not set it. Stages and
+    steps still ``running`` when the task ended end with it (see :func:`stage_span`); pending,
+    skipped and unknown ones never ran and get no span.
+    """
+    task = record.task
+    tid = record.id
+    finished = task.finished or datetime.fromtimestamp(observed_at, UTC)
+    created = _first(task.created, task.started) or finished
+    start_ns, end_ns = _ns(created), max(_ns(created), _ns(finished))
+    common = task_attributes(record, settings)
+    attrs: Attributes = {
+        **common,
+        "cicd.pipeline.name": record.operation.value,
+        "cicd.pipeline.run.id": tid,
+        "nico.task.description": task.description,
+        "nico.task.status": task.status.value,
+    }
+    if task.status in _RESULT:
+        attrs["cicd.pipeline.result"] = _RESULT[task.status]
+    if task.rule_id:
+        attrs["nico.rule.id"] = task.rule_id
+    if record.trays is not None:
+        attrs["nico.tray.ids"] = tuple(sorted(record.trays))
+    if task.status is TaskStatus.FAILED:
+        status = Status(StatusCode.ERROR, failure_context(record).error or None)
+    elif task.status is TaskStatus.SUCCEEDED:
+        status = Status(StatusCode.OK)
+    else:
+        status = Status(StatusCode.UNSET)
+    # Events outside the span look broken in trace views; observation times are clamped into it.
+    clamped = [Event(e.name, e.attributes, min(max(e.timestamp, start_ns), end_ns)) for e in events]
+    root = _span(
+        record.operation.value,
+        _context(tid, "task"),
+        None,
+        start_ns,
+        end_ns,
+        attrs,
+        status,
+        settings,
+        clamped,
+    )
+    spans = [root]
+    if task.created is not None:
+        queue_end = task.started or finished
+        queue_attrs: Attributes = {**common, "nico.task.started": task.started is not None}
+        spans.append(
+            _span(
+                "queue",
+                _context(tid, "queue"),
+                _context(tid, "task"),
+                _ns(task.created),
+                _ns(queue_end),
+                queue_attrs,
+                Status(StatusCode.UNSET),
+                settings,
+            )
+        )
+    if task.report is not None:
+        for stage in task.report.stages:
+            if stage.status is ReportStatus.RUNNING:
+                spans.append(stage_span(record, stage, settings, ended=finished))
+            for index, step in enumerate(stage.steps):
+                if step.status is ReportStatus.RUNNING:
+                    spans.append(step_span(record, stage, step, index, settings, ended=finished))
+    return spans
+
+
+# -- the subscriber --------------------------------------------------------------------------------
+
+
+class SpanBuilder:
+    """Store subscriber: transitions become spans, handed to ``sink`` after each commit.
+
+    Args:
+        sink: receives each finished span once (``BatchSpanProcessor.on_end``).
+        settings: resource and name lookups shared by every span.
+    """
+
+    def __init__(self, sink: Callable[[ReadableSpan], None], settings: SpanSettings) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.pending: list[ReadableSpan] = []
+        # Status changes by task until its root span is built (insertion order: oldest first).
+        self.events: dict[str, list[Event]] = {}
+
+    def attach(self, store: Store) -> None:
+        """Subscribe to ``store``'s transitions and hand spans over after its commits."""
+        store.subscribe(self.on_transition)
+        store.after_commit(self.flush)
+
+    def on_transition(self, t: Transition) -> None:
+        record = t.record
+        if t.kind is Kind.STAGE_FINISHED and t.stage is not None:
+            self.pending.append(stage_span(record, t.stage, self.settings))
+        elif t.kind is Kind.STEP_FINISHED and t.stage is not None and t.step is not None:
+            index = t.step_index if t.step_index is not None else 0
+            self.pending.append(step_span(record, t.stage, t.step, index, self.settings))
+        elif t.kind is Kind.STATUS_CHANGED:
+            self._remember(t)
+        elif t.kind is Kind.FINISHED:
+            events = self.events.pop(record.id, [])
+            self.pending.extend(task_spans(record, self.settings, observed_at=t.observed_at, events=events))
+        elif t.kind is Kind.VANISHED:
+            self.events.pop(record.id, None)
+
+    def _remember(self, t: Transition) -> None:
+        events = self.events.get(t.record.id)
+        if events is None:
+            if len(self.events) >= MAX_TASKS_WITH_EVENTS:
+                del self.events[next(iter(self.events))]
+            events = self.events[t.record.id] = []
+        if len(events) < MAX_EVENTS_PER_TASK:
+            events.append(status_event(t))
+
+    def flush(self) -> None:
+        """Hand the pending spans on: called once their transitions are on disk."""
+        pending, self.pending = self.pending, []
+        for span in pending:
+            self.sink(span)
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+
+class CountingSpanExporter(SpanExporter):
+    """Delegates to an OTLP exporter and counts spans exported and spans that failed."""
+
+    def __init__(self, inner: SpanExporter, counters: SpanCounters) -> None:
+        self.inner = inner
+        self.counters = counters
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:
+            log.exception("span export failed")
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self.counters.exported += len(spans)
+        else:
+            self.counters.errors += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+@dataclass
+class TracingHandle:
+    """Tracing when it is on: the batch processor, its exporter and the resource."""
+
+    processor: BatchSpanProcessor
+    exporter: CountingSpanExporter
+    resource: Resource
+    protocol: str
+    endpoint: str
+
+    def builder(self, *, site_name: NameLookup = _no_name, rack_name: NameLookup = _no_name) -> SpanBuilder:
+        return SpanBuilder(self.processor.on_end, SpanSettings(self.resource, site_name, rack_name))
+
+    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Flush queued spans and stop, within ``timeout_s`` even if the receiver is down.
+
+        The processor's own shutdown waits up to 30 s; past ``timeout_s`` the OTLP exporter is
+        shut down, which aborts its retries, and what is left is dropped.
+        """
+        worker = threading.Thread(target=self.processor.shutdown, name="tracing-shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            log.warning("span export did not finish in %.0fs; dropping the rest", timeout_s)
+            self.exporter.shutdown()
+
+
+def _env(environ: Mapping[str, str], *names: str) -> str:
+    return next((v.strip() for n in names if (v := environ.get(n, "")).strip()), "")
+
+
+def configure_tracing(
+    service_name: str = DEFAULT_SERVICE_NAME,
+    counters: SpanCounters | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> TracingHandle | None:
+    """Tracing as the standard ``OTEL_*`` environment asks, or ``None`` when it is off.
+
+    Off when ``OTEL_SDK_DISABLED=true``, ``OTEL_TRACES_EXPORTER=none``, or neither
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` nor ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set. The
+    protocol (``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL``) is ``http/protobuf`` (default) or
+    ``grpc``; headers, timeout, compression and TLS are read by the OTLP exporter itself, and
+    ``OTEL_BSP_*`` by the batch processor. Export runs on the processor's thread: it never blocks
+    polling or scrapes.
+    """
+    env = os.environ if environ is None else environ
+    if _env(env, "OTEL_SDK_DISABLED").lower() == "true":
+        return None
+    if _env(env, "OTEL_TRACES_EXPORTER").lower() == "none":
+        return None
+    traces_endpoint = _env(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    base_endpoint = _env(env, "OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not (traces_endpoint or base_endpoint):
+        return None
+    protocol = (
+        _env(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    )
+    inner: SpanExporter
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        endpoint = traces_endpoint or base_endpoint
+        inner = GrpcExporter(endpoint=endpoint)
+    else:
+        if protocol != "http/protobuf":
+            log.error("unsupported OTLP protocol %r; using http/protobuf", protocol)
+            protocol = "http/protobuf"
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        endpoint = traces_endpoint or base_endpoint.removesuffix("/") + "/v1/traces"
+        inner = HttpExporter(endpoint=endpoint)
+    exporter = CountingSpanExporter(inner, counters if counters is not None else SpanCounters())
+    resource = Resource.create({"service.name": service_name, "service.version": __version__})
+    handle = TracingHandle(BatchSpanProcessor(exporter), exporter, resource, protocol, endpoint)
+    log.info("tracing on", extra={"endpoint": endpoint, "protocol": protocol})
+    return handle

@@ -1,0 +1,675 @@
+"""Spans of tasks: the tree, ids, times, status mapping and exactly-once emission, in memory.
+
+Tasks go through a real :class:`Store` (observe, commit) with a :class:`SpanBuilder` attached,
+and spans land in an ``InMemorySpanExporter``; nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from exporter.app import build
+from exporter.config import Config, load_config
+from exporter.metrics import SpanCounters
+from exporter.models import Task
+from exporter.persistence import SqlitePersistence, StateBatch
+from exporter.simulator import ScenarioConfig
+from exporter.state import Store
+from exporter.tracing import (
+    CountingSpanExporter,
+    SpanBuilder,
+    SpanSettings,
+    configure_tracing,
+    span_id,
+)
+from tests.pollharness import Harness, expected_finished, simulation
+
+SITE = "11111111-1111-4111-8111-111111111111"
+RACK = "22222222-2222-4222-8222-222222222222"
+TRAY = "55555555-5555-4555-8555-555555555555"
+RULE = "88888888-8888-4888-8888-888888888888"
+T0 = 1_780_000_000.0
+NS = 1_000_000_000
+
+
+# -- builders --------------------------------------------------------------------------------------
+
+
+def tid(n: int) -> str:
+    return f"00000000-0000-4000-8000-{n:012d}"
+
+
+def iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat()
+
+
+def _times(out: dict[str, Any], start: float | None, end: float | None) -> dict[str, Any]:
+    if start is not None:
+        out["startedAt"] = iso(start)
+    if end is not None:
+        out["finishedAt"] = iso(end)
+    return out
+
+
+def step(
+    component: str,
+    status: str,
+    start: float | None = None,
+    end: float | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"componentType": component, "status": status, "totalComponents": 2}
+    if error is not None:
+        out["error"] = error
+    return _times(out, start, end)
+
+
+def stage(
+    number: int,
+    status: str,
+    *steps: dict[str, Any],
+    start: float | None = None,
+    end: float | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"number": number, "status": status, "steps": list(steps)}
+    if error is not None:
+        out["error"] = error
+    return _times(out, start, end)
+
+
+def task(
+    n: int,
+    status: str,
+    *stages: dict[str, Any],
+    created: float = T0,
+    started: float | None = T0 + 10,
+    finished: float | None = None,
+    rule_id: str | None = None,
+) -> Task:
+    data: dict[str, Any] = {
+        "id": tid(n),
+        "status": status,
+        "description": "API power on Rack",
+        "created": iso(created),
+        "report": {"version": 1, "stages": list(stages)},
+    }
+    if started is not None:
+        data["started"] = iso(started)
+    if finished is not None:
+        data["finished"] = iso(finished)
+    if rule_id is not None:
+        data["ruleId"] = rule_id
+    return Task.model_validate(data)
+
+
+@dataclass
+class World:
+    """A store with a span builder attached; spans land in ``memory`` after each commit."""
+
+    store: Store = field(default_factory=Store)
+    memory: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
+
+    def __post_init__(self) -> None:
+        settings = SpanSettings(
+            Resource.create({"service.name": "nico"}),
+            site_name=lambda site: "site-a" if site == SITE else "",
+            rack_name=lambda rack: "rack-1" if rack == RACK else "",
+        )
+        self.builder = SpanBuilder(SimpleSpanProcessor(self.memory).on_end, settings)
+        self.builder.attach(self.store)
+
+    def observe(self, t: Task, at: float, *, commit: bool = True) -> None:
+        self.store.observe(SITE, RACK, t, at)
+        if commit:
+            self.store.commit()
+
+    def spans(self) -> dict[str, ReadableSpan]:
+        out = {s.name: s for s in self.memory.get_finished_spans()}
+        assert len(out) == len(self.memory.get_finished_spans()), "span names repeat"
+        return out
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def ns(at: float) -> int:
+    return int(at) * NS
+
+
+def parent_id(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def span_ids(span: ReadableSpan) -> tuple[int, int]:
+    assert span.context is not None
+    return span.context.trace_id, span.context.span_id
+
+
+def succeeded(n: int = 1) -> Task:
+    return task(
+        n,
+        "Succeeded",
+        stage(
+            1,
+            "completed",
+            step("PowerShelf", "completed", T0 + 10, T0 + 20),
+            start=T0 + 10,
+            end=T0 + 20,
+        ),
+        stage(
+            2,
+            "completed",
+            step("Compute", "completed", T0 + 20, T0 + 50),
+            step("NVSwitch", "completed", T0 + 20, T0 + 40),
+            start=T0 + 20,
+            end=T0 + 50,
+        ),
+        finished=T0 + 50,
+        rule_id=RULE,
+    )
+
+
+# -- ids -------------------------------------------------------------------------------------------
+
+
+def test_span_ids_are_deterministic_distinct_and_never_zero() -> None:
+    keys = [("task", 0, 0), ("queue", 0, 0), ("stage", 1, 0), ("stage", 2, 0)]
+    keys += [("step", s, i) for s in (1, 2) for i in range(3)]
+    ids = [span_id(tid(n), level, number, index) for n in range(50) for level, number, index in keys]
+    assert 0 not in ids
+    assert all(0 < i < 2**64 for i in ids)
+    assert len(set(ids)) == len(ids)
+    assert span_id(tid(1), "step", 2, 1) == span_id(tid(1), "step", 2, 1)
+
+
+# -- the tree --------------------------------------------------------------------------------------
+
+
+def test_a_succeeded_task_is_one_trace_with_the_tree(world: World) -> None:
+    world.observe(succeeded(), T0 + 60)
+    spans = world.spans()
+    assert set(spans) == {"power_on", "queue", "stage 1", "stage 2", "stage 1 PowerShelf"} | {
+        "stage 2 Compute",
+        "stage 2 NVSwitch",
+    }
+    want_trace = uuid.UUID(tid(1)).int
+    assert {span_ids(s)[0] for s in spans.values()} == {want_trace}
+    root = spans["power_on"]
+    root_id = span_ids(root)[1]
+    assert root.parent is None
+    assert root_id == span_id(tid(1), "task")
+    assert parent_id(spans["queue"]) == root_id
+    assert parent_id(spans["stage 1"]) == root_id
+    assert parent_id(spans["stage 2"]) == root_id
+    assert parent_id(spans["stage 1 PowerShelf"]) == span_ids(spans["stage 1"])[1]
+    assert parent_id(spans["stage 2 Compute"]) == span_ids(spans["stage 2"])[1]
+    assert span_ids(spans["stage 2 NVSwitch"])[1] == span_id(tid(1), "step", 2, 1)
+    # Explicit times from NICo's timestamps.
+    assert (root.start_time, root.end_time) == (ns(T0), ns(T0 + 50))
+    assert (spans["queue"].start_time, spans["queue"].end_time) == (ns(T0), ns(T0 + 10))
+    assert (spans["stage 2"].start_time, spans["stage 2"].end_time) == (ns(T0 + 20), ns(T0 + 50))
+    assert (spans["stage 2 NVSwitch"].start_time, spans["stage 2 NVSwitch"].end_time) == (
+        ns(T0 + 20),
+        ns(T0 + 40),
+    )
+    assert all(s.status.status_code is StatusCode.OK for n, s in spans.items() if n != "queue")
+    assert spans["queue"].status.status_code is StatusCode.UNSET
+
+
+def test_span_ids_are_stable_across_builders() -> None:
+    first, second = World(), World()
+    first.observe(succeeded(), T0 + 60)
+    # Another process sees the same task in two steps: same spans, same ids.
+    second.observe(task(1, "Running", stage(1, "completed", start=T0 + 10, end=T0 + 20)), T0 + 30)
+    second.observe(succeeded(), T0 + 75)
+
+    def ids(w: World) -> dict[str, tuple[int, int, int | None]]:
+        return {n: (*span_ids(s), parent_id(s)) for n, s in w.spans().items()}
+
+    assert ids(first) == ids(second)
+
+
+def test_stage_spans_leave_when_final_and_the_root_only_when_the_task_ends(world: World) -> None:
+    world.observe(
+        task(
+            1,
+            "Running",
+            stage(
+                1, "completed", step("PowerShelf", "completed", T0 + 10, T0 + 20), start=T0 + 10, end=T0 + 20
+            ),
+            stage(2, "running", step("Compute", "running", T0 + 20), start=T0 + 20),
+        ),
+        T0 + 30,
+    )
+    assert set(world.spans()) == {"stage 1", "stage 1 PowerShelf"}
+    world.observe(succeeded(), T0 + 60)
+    world.observe(succeeded(), T0 + 75)  # seen again: nothing new
+    names = [s.name for s in world.memory.get_finished_spans()]
+    assert Counter(names) == Counter(set(names))
+    assert "power_on" in names and "stage 2 Compute" in names
+
+
+def test_spans_are_handed_over_only_after_the_commit(world: World) -> None:
+    world.observe(succeeded(), T0 + 60, commit=False)
+    assert world.memory.get_finished_spans() == ()
+    assert world.builder.pending
+    world.store.commit()
+    assert len(world.memory.get_finished_spans()) == 7
+    assert world.builder.pending == []
+
+
+# -- status mapping and the steps that never ran ---------------------------------------------------
+
+
+def test_a_failed_fail_fast_task_has_error_spans_and_none_for_pending_stages(world: World) -> None:
+    world.observe(
+        task(
+            1,
+            "Failed",
+            stage(
+                1, "completed", step("PowerShelf", "completed", T0 + 10, T0 + 20), start=T0 + 10, end=T0 + 20
+            ),
+            stage(
+                2,
+                "failed",
+                step("Compute", "failed", T0 + 20, T0 + 30, error="BMC unreachable"),
+                step("NVSwitch", "completed", T0 + 20, T0 + 25),
+                start=T0 + 20,
+                end=T0 + 30,
+            ),
+            stage(3, "pending", step("Compute", "pending")),
+            finished=T0 + 31,
+        ),
+        T0 + 40,
+    )
+    spans = world.spans()
+    assert set(spans) == {
+        "power_on",
+        "queue",
+        "stage 1",
+        "stage 1 PowerShelf",
+        "stage 2",
+        "stage 2 Compute",
+        "stage 2 NVSwitch",
+    }
+    root = spans["power_on"]
+    assert root.status.status_code is StatusCode.ERROR
+    assert root.status.description == "BMC unreachable"
+    assert root.attributes is not None and root.attributes["cicd.pipeline.result"] == "failure"
+    assert spans["stage 2"].status.status_code is StatusCode.ERROR
+    assert spans["stage 2"].status.description == "BMC unreachable"
+    assert spans["stage 2 Compute"].status.status_code is StatusCode.ERROR
+    assert spans["stage 2 Compute"].status.description == "BMC unreachable"
+    assert spans["stage 2 NVSwitch"].status.status_code is StatusCode.OK
+    attrs = spans["stage 2 Compute"].attributes
+    assert attrs is not None and attrs["cicd.pipeline.task.run.result"] == "failure"
+
+
+def test_a_terminated_task_ends_its_running_stages_with_it(world: World) -> None:
+    world.observe(
+        task(
+            1,
+            "Running",
+            stage(
+                1, "completed", step("PowerShelf", "completed", T0 + 10, T0 + 20), start=T0 + 10, end=T0 + 20
+            ),
+            stage(2, "running", step("Compute", "running", T0 + 20), start=T0 + 20),
+        ),
+        T0 + 30,
+    )
+    world.observe(
+        task(
+            1,
+            "Terminated",
+            stage(
+                1, "completed", step("PowerShelf", "completed", T0 + 10, T0 + 20), start=T0 + 10, end=T0 + 20
+            ),
+            stage(2, "running", step("Compute", "running", T0 + 20), start=T0 + 20),
+            stage(3, "pending"),
+            finished=T0 + 45,
+        ),
+        T0 + 50,
+    )
+    spans = world.spans()
+    assert set(spans) == {"power_on", "queue", "stage 1", "stage 1 PowerShelf", "stage 2", "stage 2 Compute"}
+    root = spans["power_on"]
+    assert root.status.status_code is StatusCode.UNSET
+    assert root.attributes is not None and root.attributes["cicd.pipeline.result"] == "cancellation"
+    for name, flag in (("stage 2", "nico.stage.unfinished"), ("stage 2 Compute", "nico.step.unfinished")):
+        span = spans[name]
+        assert span.status.status_code is StatusCode.UNSET
+        assert (span.start_time, span.end_time) == (ns(T0 + 20), ns(T0 + 45))
+        assert span.attributes is not None
+        assert span.attributes[flag] is True
+        assert span.attributes["cicd.pipeline.task.run.result"] == "cancellation"
+    assert parent_id(spans["stage 2"]) == span_id(tid(1), "task")
+    assert spans["stage 1"].attributes is not None
+    assert "nico.stage.unfinished" not in spans["stage 1"].attributes
+
+
+def test_skipped_stages_and_steps_get_no_span(world: World) -> None:
+    world.observe(
+        task(
+            1,
+            "Succeeded",
+            stage(
+                1,
+                "completed",
+                step("Compute", "completed", T0 + 10, T0 + 20),
+                step("NVSwitch", "skipped"),
+                start=T0 + 10,
+                end=T0 + 20,
+            ),
+            stage(2, "skipped", step("PowerShelf", "skipped")),
+            finished=T0 + 20,
+        ),
+        T0 + 30,
+    )
+    assert set(world.spans()) == {"power_on", "queue", "stage 1", "stage 1 Compute"}
+
+
+def test_an_end_before_its_start_is_clamped(world: World) -> None:
+    world.observe(
+        task(
+            1,
+            "Succeeded",
+            stage(1, "completed", step("Compute", "completed", T0 + 30, T0 + 29), start=T0 + 30, end=T0 + 28),
+            created=T0,
+            started=T0 + 10,
+            finished=T0 - 5,
+        ),
+        T0 + 40,
+    )
+    spans = world.spans()
+    for name, start in (("power_on", T0), ("stage 1", T0 + 30), ("stage 1 Compute", T0 + 30)):
+        assert (spans[name].start_time, spans[name].end_time) == (ns(start), ns(start)), name
+
+
+# -- attributes and events -------------------------------------------------------------------------
+
+
+def test_attributes_follow_the_cicd_conventions_and_name_the_task(world: World) -> None:
+    world.observe(task(1, "Running", stage(1, "running", start=T0 + 10)), T0 + 20)
+    world.store.attribute(tid(1), [TRAY])
+    world.observe(succeeded(), T0 + 60)
+    spans = world.spans()
+    root = spans["power_on"]
+    assert root.resource.attributes["service.name"] == "nico"
+    assert dict(root.attributes or {}) == {
+        "cicd.pipeline.name": "power_on",
+        "cicd.pipeline.run.id": tid(1),
+        "cicd.pipeline.result": "success",
+        "nico.task.id": tid(1),
+        "nico.task.operation": "power_on",
+        "nico.task.description": "API power on Rack",
+        "nico.task.status": "Succeeded",
+        "nico.site.id": SITE,
+        "nico.site.name": "site-a",
+        "nico.rack.id": RACK,
+        "nico.rack.name": "rack-1",
+        "nico.rule.id": RULE,
+        "nico.tray.ids": (TRAY,),
+    }
+    step_attrs = dict(spans["stage 2 NVSwitch"].attributes or {})
+    assert step_attrs == {
+        "cicd.pipeline.task.name": "stage 2 NVSwitch",
+        "cicd.pipeline.task.run.id": f"{tid(1)}/stage/2/step/1",
+        "cicd.pipeline.task.run.result": "success",
+        "nico.task.id": tid(1),
+        "nico.task.operation": "power_on",
+        "nico.site.id": SITE,
+        "nico.site.name": "site-a",
+        "nico.rack.id": RACK,
+        "nico.rack.name": "rack-1",
+        "nico.stage.number": 2,
+        "nico.step.index": 1,
+        "nico.component.type": "NVSwitch",
+        "nico.step.total_components": 2,
+    }
+    stage_attrs = spans["stage 2"].attributes or {}
+    assert stage_attrs["cicd.pipeline.task.run.id"] == f"{tid(1)}/stage/2"
+    assert stage_attrs["nico.stage.number"] == 2
+
+
+def test_status_changes_become_events_on_the_root(world: World) -> None:
+    world.observe(task(1, "Pending", started=None), T0 + 5)
+    world.observe(task(1, "Running", stage(1, "running", start=T0 + 10)), T0 + 20)
+    world.observe(succeeded(), T0 + 60)  # observed after it finished: clamped into the span
+    root = world.spans()["power_on"]
+    events = [(e.name, dict(e.attributes or {}), e.timestamp) for e in root.events]
+    assert events == [
+        ("nico.task.status_changed", {"nico.task.status": "Pending"}, ns(T0 + 5)),
+        (
+            "nico.task.status_changed",
+            {"nico.task.status": "Running", "nico.task.previous_status": "Pending"},
+            ns(T0 + 20),
+        ),
+        (
+            "nico.task.status_changed",
+            {"nico.task.status": "Succeeded", "nico.task.previous_status": "Running"},
+            ns(T0 + 50),
+        ),
+    ]
+    assert world.builder.events == {}  # forgotten once the root left
+
+
+def test_a_task_that_never_started_queued_until_it_ended(world: World) -> None:
+    world.observe(task(1, "Terminated", started=None, finished=T0 + 30), T0 + 40)
+    spans = world.spans()
+    assert set(spans) == {"power_on", "queue"}
+    assert (spans["queue"].start_time, spans["queue"].end_time) == (ns(T0), ns(T0 + 30))
+    assert (spans["queue"].attributes or {})["nico.task.started"] is False
+
+
+# -- exactly once across a restart -----------------------------------------------------------------
+
+
+class DiesBeforeCommit(SqlitePersistence):
+    """Stands for kill -9 after ``survive`` commits: the next batch never reaches the disk."""
+
+    def __init__(self, path: Path, survive: int) -> None:
+        super().__init__(path)
+        self.survive = survive
+
+    def write(self, batch: StateBatch) -> bool:
+        if self.survive <= 0:
+            raise KilledError
+        self.survive -= 1
+        return super().write(batch)
+
+
+class KilledError(BaseException):
+    """Nothing after it runs, not even handlers for Exception: the after-commit hand-over neither."""
+
+
+def traced(h: Harness, memory: InMemorySpanExporter) -> None:
+    SpanBuilder(SimpleSpanProcessor(memory).on_end, SpanSettings(Resource.create({}))).attach(h.store)
+
+
+@pytest.mark.parametrize("survive", [40, 200])
+async def test_a_kill_then_a_restart_sends_each_span_once(tmp_path: Path, survive: int) -> None:
+    scenario = ScenarioConfig(
+        seed=31 + survive,
+        sites=1,
+        racks_per_site=3,
+        arrivals_per_rack_per_hour=12,
+        failure_rate=0.15,
+        cancel_rate=0.1,
+        history_hours=1,
+        horizon_hours=1.5,
+    )
+    sim, clock = simulation(scenario)
+    db = tmp_path / "state.db"
+    memory = InMemorySpanExporter()
+    victim = Harness(sim, clock, persistence=DiesBeforeCommit(db, survive))
+    traced(victim, memory)
+    with pytest.raises(KilledError):
+        await victim.run(2 * 3600, step=2)
+    sent_before = len(memory.get_finished_spans())
+    assert victim.started_at is not None
+    await victim.close()
+    survivor = Harness(sim, clock, persistence=SqlitePersistence(db))
+    traced(survivor, memory)
+    await survivor.run(3 * 3600, step=2)
+    await survivor.close()
+
+    spans = memory.get_finished_spans()
+    assert sent_before > 0 and len(spans) > sent_before
+    ids = Counter(span_ids(s) for s in spans)
+    assert [k for k, n in ids.items() if n > 1] == []
+    roots = Counter(uuid.UUID(int=span_ids(s)[0]) for s in spans if s.parent is None)
+    expected = expected_finished(sim, victim.started_at)
+    assert len(expected) > 10
+    assert {str(t): n for t, n in roots.items()} == dict.fromkeys(expected, 1)
+
+
+# -- export and configuration ----------------------------------------------------------------------
+
+
+class Scripted(SpanExporter):
+    def __init__(self, results: Sequence[SpanExportResult | Exception]) -> None:
+        self.results = list(results)
+        self.shut = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def shutdown(self) -> None:
+        self.shut = True
+
+
+def test_the_counting_exporter_counts_by_result() -> None:
+    counters = SpanCounters()
+    inner = Scripted([SpanExportResult.SUCCESS, SpanExportResult.FAILURE, RuntimeError("boom")])
+    exporter = CountingSpanExporter(inner, counters)
+    batch = [ReadableSpan("a"), ReadableSpan("b")]
+    assert exporter.export(batch) is SpanExportResult.SUCCESS
+    assert exporter.export(batch) is SpanExportResult.FAILURE
+    assert exporter.export(batch[:1]) is SpanExportResult.FAILURE
+    assert (counters.exported, counters.errors) == (2, 3)
+    exporter.shutdown()
+    assert inner.shut
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": ""},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "true"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_TRACES_EXPORTER": "none"},
+    ],
+)
+def test_tracing_is_off_without_an_endpoint_or_when_disabled(env: dict[str, str]) -> None:
+    assert configure_tracing("nico", SpanCounters(), env) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "protocol", "endpoint"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}, "http/protobuf", "http://c:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/x"}, "http/protobuf", "http://c:4318/x"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+            "grpc",
+            "http://c:4317",
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json",
+            },
+            "http/protobuf",
+            "http://c:4318/v1/traces",
+        ),
+    ],
+)
+def test_tracing_follows_the_otel_environment(env: dict[str, str], protocol: str, endpoint: str) -> None:
+    handle = configure_tracing("nico-test", SpanCounters(), env)
+    assert handle is not None
+    try:
+        assert (handle.protocol, handle.endpoint) == (protocol, endpoint)
+        assert handle.resource.attributes["service.name"] == "nico-test"
+    finally:
+        handle.shutdown(timeout_s=2)
+
+
+def test_shutdown_is_bounded_when_the_receiver_is_down() -> None:
+    counters = SpanCounters()
+    # Port 9 (discard) on loopback: nothing listens, every attempt is refused and retried.
+    handle = configure_tracing("nico", counters, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    assert handle is not None
+    builder = handle.builder()
+    world = World()
+    builder.attach(world.store)
+    world.observe(succeeded(), T0 + 60)
+    began = time.monotonic()
+    handle.shutdown(timeout_s=1.0)
+    assert time.monotonic() - began < 5
+    assert counters.exported == 0
+
+
+def test_a_broken_sink_does_not_stop_polling(world: World) -> None:
+    def broken(_: ReadableSpan) -> None:
+        raise RuntimeError("queue exploded")
+
+    world.builder.sink = broken
+    world.observe(succeeded(), T0 + 60)  # logged by the store, not raised
+    assert world.store.is_known_terminal(tid(1))
+
+
+# -- wiring ----------------------------------------------------------------------------------------
+
+
+def _config(tmp_path: Path) -> Config:
+    env = {
+        "NICO_EXPORTER_API__URL": "http://127.0.0.1:9",
+        "NICO_EXPORTER_API__ORG": "acme",
+        "NICO_TOKEN": "t",
+        "NICO_EXPORTER_STATE__PATH": str(tmp_path / "state.db"),
+        "NICO_EXPORTER_TRACING__SERVICE_NAME": "nico-east",
+    }
+    return load_config(None, env)
+
+
+def test_build_wires_tracing_only_when_an_endpoint_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    off = build(_config(tmp_path))
+    assert off.tracing is None
+    off.persistence.close()
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    on = build(_config(tmp_path))
+    try:
+        assert on.tracing is not None
+        assert on.tracing.resource.attributes["service.name"] == "nico-east"
+        assert on.tracing.exporter.counters is on.spans  # the collector renders these counters
+        # One subscriber and one after-commit listener more than without tracing.
+        assert len(on.store._subscribers) == len(off.store._subscribers) + 1
+        assert len(on.store._after_commit) == len(off.store._after_commit) + 1
+    finally:
+        on.tracing.shutdown(timeout_s=1) if on.tracing else None
+        on.persistence.close()
