@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from exporter.auth import StaticToken
 from exporter.client import ClientHooks, NicoClient, RequestEvent, RetryPolicy
-from exporter.persistence import NullPersistence, Persistence
+from exporter.persistence import NullPersistence, Persistence, SqlitePersistence, StateBatch
 from exporter.poller import Intervals, Poller
 from exporter.sharding import Shard
 from exporter.simulator import ManualClock, ScenarioConfig, Simulation, SimulatorConfig, create_app
@@ -140,3 +141,21 @@ def expected_finished(sim: Simulation, since: float, *, racks: set[str] | None =
         if truth.finished.timestamp() > since:
             out[truth.id] = truth.status
     return out
+
+
+class DiesBeforeCommit(SqlitePersistence):
+    """The process is killed after ``survive`` commits: the next batch never reaches the disk."""
+
+    def __init__(self, path: Path, survive: int) -> None:
+        super().__init__(path)
+        self.survive = survive
+
+    def write(self, batch: StateBatch) -> bool:
+        if self.survive <= 0:
+            raise KilledError
+        self.survive -= 1
+        return super().write(batch)
+
+
+class KilledError(BaseException):
+    """Stands for kill -9: nothing after it runs, not even exception handlers for Exception."""

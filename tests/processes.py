@@ -103,3 +103,79 @@ def _healthy(url: str) -> bool:
 
 def truth(url: str) -> dict[str, Any]:
     return dict(httpx.get(url + "/_sim/truth", timeout=10).json())
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def exporter_config(
+    tmp: Path, sim_url: str, *, name: str = "exporter", port: int | None = None
+) -> tuple[Path, int]:
+    """A config for a fast end-to-end exporter against ``sim_url``; returns (path, metrics port).
+
+    Polls every second at a 50 req/s budget, keeps its state in ``<name>.db`` and serves
+    ``/metrics`` on 127.0.0.1 only.
+    """
+    port = port or free_port()
+    path = tmp / f"{name}.yaml"
+    path.write_text(
+        f"""
+api: {{url: "{sim_url}", org: acme, token: sim-token, timeout: 3s, max_requests_per_second: 50}}
+polling: {{active_interval: 1s, tray_interval: 2s, reconcile_interval: 3s, discovery_interval: 20s,
+  final_fetch_interval: 1s}}
+state: {{path: "{tmp / f"{name}.db"}"}}
+web: {{listen_address: "127.0.0.1:{port}"}}
+"""
+    )
+    return path, port
+
+
+def start_prometheus(
+    prometheus: str,
+    tmp: Path,
+    exporter_port: int,
+    *extra_args: str,
+    rule_files: tuple[Path, ...] = (),
+    alertmanager: str | None = None,
+) -> tuple[Process, str]:
+    """Debian's ``prometheus`` on 127.0.0.1, scraping the exporter every second; returns (process, URL)."""
+    port = free_port()
+    rules = "".join(f'\n  - "{r}"' for r in rule_files)
+    alerting = (
+        f'\nalerting:\n  alertmanagers: [{{static_configs: [{{targets: ["{alertmanager}"]}}]}}]'
+        if alertmanager
+        else ""
+    )
+    config = tmp / "prometheus.yml"
+    config.write_text(
+        f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: nico-task-exporter
+    static_configs: [{{targets: ["127.0.0.1:{exporter_port}"]}}]
+rule_files:{rules or " []"}{alerting}
+"""
+    )
+    proc = Process(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+            *extra_args,
+        ],
+        tmp / "prometheus.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(url + "/-/ready") or not proc.alive(), 60, "Prometheus to be ready")
+        assert proc.alive(), proc.output()[-2000:]
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, url

@@ -16,12 +16,12 @@ import pytest
 
 from exporter.errors import BadPayload
 from exporter.models import ComponentType
-from exporter.persistence import SqlitePersistence, StateBatch, open_state
+from exporter.persistence import SqlitePersistence, open_state
 from exporter.poller import Intervals
 from exporter.sharding import Shard
 from exporter.simulator import ScenarioConfig
 from exporter.state import Kind
-from tests.pollharness import Harness, expected_finished, simulation
+from tests.pollharness import DiesBeforeCommit, Harness, KilledError, expected_finished, simulation
 
 QUICK_STAGES = {"power": (1.0, 3.0), "firmware": (2.0, 4.0), "bring_up": (2.0, 4.0)}
 
@@ -192,24 +192,6 @@ async def test_restart_from_the_state_file_mid_run(tmp_path: Path) -> None:
     # The finished totals continue across the restart instead of starting over.
     assert sum(second.store.totals.tasks.values()) == len(expected)
     await second.close()
-
-
-class DiesBeforeCommit(SqlitePersistence):
-    """The process is killed after ``survive`` commits: the next batch never reaches the disk."""
-
-    def __init__(self, path: Path, survive: int) -> None:
-        super().__init__(path)
-        self.survive = survive
-
-    def write(self, batch: StateBatch) -> bool:
-        if self.survive <= 0:
-            raise KilledError
-        self.survive -= 1
-        return super().write(batch)
-
-
-class KilledError(BaseException):
-    """Stands for kill -9: nothing after it runs, not even exception handlers for Exception."""
 
 
 @pytest.mark.parametrize("survive", [3, 60, 250])

@@ -26,7 +26,7 @@ from exporter.app import build
 from exporter.config import Config, load_config
 from exporter.metrics import SpanCounters
 from exporter.models import Task
-from exporter.persistence import SqlitePersistence, StateBatch
+from exporter.persistence import SqlitePersistence
 from exporter.simulator import ScenarioConfig
 from exporter.state import Store
 from exporter.tracing import (
@@ -36,7 +36,7 @@ from exporter.tracing import (
     configure_tracing,
     span_id,
 )
-from tests.pollharness import Harness, expected_finished, simulation
+from tests.pollharness import DiesBeforeCommit, Harness, KilledError, expected_finished, simulation
 
 SITE = "11111111-1111-4111-8111-111111111111"
 RACK = "22222222-2222-4222-8222-222222222222"
@@ -479,24 +479,6 @@ def test_a_task_that_never_started_queued_until_it_ended(world: World) -> None:
 
 
 # -- exactly once across a restart -----------------------------------------------------------------
-
-
-class DiesBeforeCommit(SqlitePersistence):
-    """Stands for kill -9 after ``survive`` commits: the next batch never reaches the disk."""
-
-    def __init__(self, path: Path, survive: int) -> None:
-        super().__init__(path)
-        self.survive = survive
-
-    def write(self, batch: StateBatch) -> bool:
-        if self.survive <= 0:
-            raise KilledError
-        self.survive -= 1
-        return super().write(batch)
-
-
-class KilledError(BaseException):
-    """Nothing after it runs, not even handlers for Exception: the after-commit hand-over neither."""
 
 
 def traced(h: Harness, memory: InMemorySpanExporter) -> None:

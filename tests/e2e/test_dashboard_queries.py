@@ -22,7 +22,14 @@ import pytest
 
 from exporter import dashboards
 from tests.e2e.test_prometheus import binary
-from tests.processes import Process, exporter_command, free_port, simulator, wait_until
+from tests.processes import (
+    Process,
+    exporter_command,
+    exporter_config,
+    simulator,
+    start_prometheus,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -59,51 +66,17 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
         # have something to show.
         faults = {"error_5xx": 0.03, "unknown_status": 0.05}
         assert httpx.put(sim + "/_sim/faults", json=faults, timeout=5).status_code == 200
-        exporter_port, prom_port = free_port(), free_port()
-        config = tmp / "exporter.yaml"
-        config.write_text(
-            f"""
-api: {{url: "{sim}", org: acme, token: sim-token, timeout: 3s, max_requests_per_second: 50}}
-polling: {{active_interval: 1s, tray_interval: 2s, reconcile_interval: 3s, discovery_interval: 20s}}
-state: {{path: "{tmp / "state.db"}"}}
-web: {{listen_address: "127.0.0.1:{exporter_port}"}}
-"""
-        )
-        prom_config = tmp / "prometheus.yml"
-        prom_config.write_text(
-            f"""
-global: {{scrape_interval: 1s, evaluation_interval: 1s}}
-scrape_configs:
-  - job_name: nico-task-exporter
-    static_configs: [{{targets: ["127.0.0.1:{exporter_port}"]}}]
-"""
-        )
+        config, exporter_port = exporter_config(tmp, sim)
         exporter = Process(exporter_command("run", "--config.file", str(config)), tmp / "exporter.log")
-        server = Process(
-            [
-                prometheus,
-                f"--config.file={prom_config}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-                "--enable-feature=exemplar-storage",
-                "--log.level=warn",
-            ],
-            tmp / "prometheus.log",
+        server, prom_url = start_prometheus(
+            prometheus, tmp, exporter_port, "--enable-feature=exemplar-storage"
         )
         try:
-            p = Prom(f"http://127.0.0.1:{prom_port}")
-            wait_until(lambda: _ok(p.url + "/-/ready"), 60, "Prometheus to be ready")
+            p = Prom(prom_url)
             yield p
         finally:
             server.stop()
             exporter.stop()
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _missing(prom: Prom, values: dict[str, str]) -> list[str]:

@@ -17,34 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import Process, exporter_command, simulator, truth, wait_until
+from tests.processes import Process, exporter_command, exporter_config, simulator, truth, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def _config(tmp: Path, url: str) -> Path:
-    path = tmp / "config.yaml"
-    path.write_text(
-        f"""
-api:
-  url: {url}
-  org: acme
-  token: sim-token
-  timeout: 5s
-  max_requests_per_second: 50
-polling:
-  active_interval: 1s
-  tray_interval: 5s
-  reconcile_interval: 3s
-  discovery_interval: 30s
-  final_fetch_interval: 1s
-state:
-  path: {tmp / "state.db"}
-log:
-  level: info
-"""
-    )
-    return path
 
 
 def _persisted(db: Path) -> tuple[Counter[str], dict[str, float]]:
@@ -82,8 +57,8 @@ def test_kill_minus_nine_then_restart_under_faults_counts_each_task_once(tmp_pat
     with simulator(tmp_path, *sim_args) as url:
         faults = {"error_5xx": 0.1, "truncated_json": 0.05, "reset": 0.05, "seed": 9}
         assert httpx.put(url + "/_sim/faults", json=faults, timeout=5).status_code == 200
-        config = _config(tmp_path, url)
-        db = tmp_path / "state.db"
+        config, _ = exporter_config(tmp_path, url)
+        db = tmp_path / "exporter.db"
         first = Process(exporter_command("run", "--config.file", str(config)), tmp_path / "exporter-1.log")
         wait_until(
             lambda: db.exists() and sum(_persisted(db)[0].values()) >= 3, 60, "the first finished tasks"

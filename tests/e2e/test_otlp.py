@@ -28,7 +28,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import Process, exporter_command, free_port, simulator, truth, wait_until
+from tests.processes import (
+    Process,
+    exporter_command,
+    exporter_config,
+    free_port,
+    simulator,
+    truth,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -117,31 +125,6 @@ SIM_ARGS = [
 ]  # fmt: skip
 
 
-def _config(tmp: Path, url: str, port: int, name: str) -> Path:
-    path = tmp / f"{name}.yaml"
-    path.write_text(
-        f"""
-api:
-  url: {url}
-  org: acme
-  token: sim-token
-  timeout: 5s
-  max_requests_per_second: 50
-polling:
-  active_interval: 1s
-  tray_interval: 5s
-  reconcile_interval: 3s
-  discovery_interval: 30s
-  final_fetch_interval: 1s
-state:
-  path: {tmp / f"{name}.db"}
-web:
-  listen_address: 127.0.0.1:{port}
-"""
-    )
-    return path
-
-
 def _otel_env(endpoint: str) -> dict[str, str]:
     return {
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
@@ -194,7 +177,7 @@ def _settled(received: Received, quiet: float = 1.0) -> bool:
 def test_every_finished_task_has_one_root_span_and_a_kill_sends_no_span_twice(tmp_path: Path) -> None:
     received = Received()
     with simulator(tmp_path, *SIM_ARGS) as url, receiver(received) as (endpoint, _):
-        config = _config(tmp_path, url, free_port(), "exporter")
+        config, _ = exporter_config(tmp_path, url)
         db = tmp_path / "exporter.db"
         env = _otel_env(endpoint)
         first = Process(exporter_command("run", "--config.file", str(config)), tmp_path / "first.log", env)
@@ -247,7 +230,7 @@ def test_a_receiver_that_goes_away_costs_an_error_count_not_health(tmp_path: Pat
     with simulator(tmp_path, *SIM_ARGS) as url:
         port = free_port()
         metrics = f"http://127.0.0.1:{port}/metrics"
-        config = _config(tmp_path, url, port, "exporter")
+        config, _ = exporter_config(tmp_path, url, port=port)
         with receiver(received) as (endpoint, _):
             env = _otel_env(endpoint)
             proc = Process(exporter_command("run", "--config.file", str(config)), tmp_path / "run.log", env)

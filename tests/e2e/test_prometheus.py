@@ -22,7 +22,16 @@ import httpx
 import pytest
 
 from tests.conftest import skip_or_fail
-from tests.processes import Process, exporter_command, free_port, simulator, truth, wait_until
+from tests.processes import (
+    Process,
+    exporter_command,
+    exporter_config,
+    http_ok,
+    simulator,
+    start_prometheus,
+    truth,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -57,32 +66,6 @@ class Stack:
         return httpx.get(self.exporter + "/metrics", headers=headers, timeout=10)
 
 
-def _exporter_config(tmp: Path, sim: str, port: int) -> Path:
-    path = tmp / "exporter.yaml"
-    path.write_text(
-        f"""
-api: {{url: "{sim}", org: acme, token: sim-token, timeout: 3s, max_requests_per_second: 50}}
-polling: {{active_interval: 1s, tray_interval: 3s, reconcile_interval: 3s, discovery_interval: 20s}}
-state: {{path: "{tmp / "state.db"}"}}
-web: {{listen_address: "127.0.0.1:{port}"}}
-"""
-    )
-    return path
-
-
-def _prometheus_config(tmp: Path, exporter_port: int) -> Path:
-    path = tmp / "prometheus.yml"
-    path.write_text(
-        f"""
-global: {{scrape_interval: 1s, evaluation_interval: 1s}}
-scrape_configs:
-  - job_name: nico-task-exporter
-    static_configs: [{{targets: ["127.0.0.1:{exporter_port}"]}}]
-"""
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus = binary("prometheus")
@@ -95,40 +78,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "--stage-seconds", "power=1:4,firmware=2:6", "--queue-timeout", "10",
     ]  # fmt: skip
     with simulator(tmp, *sim_args) as sim:
-        exporter_port, prom_port = free_port(), free_port()
-        config = _exporter_config(tmp, sim, exporter_port)
+        config, exporter_port = exporter_config(tmp, sim)
         exporter = Process(exporter_command("run", "--config.file", str(config)), tmp / "exporter.log")
-        prom = Process(
-            [
-                prometheus,
-                f"--config.file={_prometheus_config(tmp, exporter_port)}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-                "--log.level=warn",
-            ],
-            tmp / "prometheus.log",
-        )
+        prom, prom_url = start_prometheus(prometheus, tmp, exporter_port)
         try:
-            s = Stack(
-                sim,
-                f"http://127.0.0.1:{exporter_port}",
-                f"http://127.0.0.1:{prom_port}",
-                tmp / "state.db",
-                exporter,
-            )
-            wait_until(lambda: _ok(s.prometheus + "/-/ready"), 60, "Prometheus to be ready")
-            wait_until(lambda: _ok(s.exporter + "/readyz"), 60, "the exporter to be ready")
+            s = Stack(sim, f"http://127.0.0.1:{exporter_port}", prom_url, tmp / "exporter.db", exporter)
+            wait_until(lambda: http_ok(s.exporter + "/readyz"), 60, "the exporter to be ready")
             yield s
         finally:
             prom.stop()
             exporter.stop()
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _expected_finished(sim: str, db: Path) -> Counter[tuple[str, str]]:
