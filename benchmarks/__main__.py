@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import client_overhead, polling, render, tracing
+from benchmarks import client_overhead, paging, polling, render, tracing
 from benchmarks._common import print_table, record
 
 # name -> (runner, {key: target text})
@@ -28,6 +28,8 @@ BENCHMARKS: dict[str, tuple[Callable[[], dict[str, float]], dict[str, str]]] = {
         },
     ),
     "tracing": (tracing.run, {"spans_per_s": ""}),
+    # alerts (issue 6): detection to page, simulator -> exporter -> Prometheus -> Alertmanager
+    "paging": (paging.run, {"page_latency_s": "<= 60", "page_latency_max_s": ""}),
 }
 
 

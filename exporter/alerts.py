@@ -1,0 +1,590 @@
+"""Alert and recording rules, rendered from one file of thresholds and selectors.
+
+``python -m exporter.alerts`` reads ``alerts/config.yml`` (every variable, documented there) and
+writes ``alerts/nico-task-exporter.rules.yml`` and ``deploy/prometheusrule.yaml``, the same
+groups as a Prometheus rule file and as a Kubernetes ``PrometheusRule``. This is the monitoring
+mixin way: change a threshold in the variables, re-render, commit both outputs
+(``tests/test_alerts.py`` fails when the committed files differ from what the generator renders).
+
+Rule shapes:
+
+- Per-task alerts join ``nico:task:info`` (the task's operation, the site's and rack's names,
+  and ``trace_id``: the task UUID without dashes, the id of the task's trace), so every page names
+  where and what without a lookup.
+- ``NicoTaskStuck`` follows kube-state-metrics' ``KubeJobNotCompleted``: seconds since the task
+  started, over a per-operation threshold, at warning and at critical under one alert name; plus
+  a Running task whose ``updated`` has not moved for long (``condition="no_progress"``).
+- ``NicoTaskFailed`` is an event: ``nico_task_failure_info`` exists for a failed task until the
+  exporter's TTL (1 h) has passed, so the alert fires at once (``for: 0m``) and stays up long
+  enough to page, carrying the failure context as labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exporter.config import parse_duration
+from exporter.operations import OPERATIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_PATH = ROOT / "alerts" / "config.yml"
+RULES_PATH = ROOT / "alerts" / "nico-task-exporter.rules.yml"
+PROMETHEUS_RULE_PATH = ROOT / "deploy" / "prometheusrule.yaml"
+
+ALERTS = (
+    "NicoTaskFailed",
+    "NicoTaskStuck",
+    "NicoTaskWaitingTooLong",
+    "NicoTaskFailureRateHigh",
+    "NicoTrayRepeatedFailures",
+    "NicoSiteDown",
+    "NicoExporterDataStale",
+    "NicoExporterDown",
+    "NicoAPIThrottled",
+)
+SEVERITIES = ("critical", "warning", "info")
+TASK_KEY = "site_id, rack_id, task_id"
+_UUID = "([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{12})"
+
+
+# -- the variables -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """How long a task of one operation may run: warning, then critical (seconds)."""
+
+    warning: float
+    critical: float
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """Every threshold and selector the rules use; ``alerts/config.yml`` documents each one."""
+
+    selector: str
+    up_selector: str
+    runbook_url_base: str
+    trace_url_prefix: str
+    prometheus_rule_name: str
+    prometheus_rule_labels: Mapping[str, str]
+    severity: Mapping[str, str]
+    for_: Mapping[str, float]
+    task_failed_keep_firing_for: float
+    stuck_default: Thresholds
+    stuck: Mapping[str, Thresholds]
+    stuck_no_progress_after: float
+    waiting_after: float
+    failure_ratio: float
+    failure_ratio_window: float
+    failure_ratio_min_tasks: float
+    tray_failures: int
+    tray_failures_window: float
+    stale_after: float
+    throttled_rate: float
+    throttled_window: float
+
+    def stuck_for(self, operation: str) -> Thresholds:
+        return self.stuck.get(operation, self.stuck_default)
+
+
+def _seconds(value: object, where: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _thresholds(raw: Mapping[str, Any], where: str) -> Thresholds:
+    t = Thresholds(
+        _seconds(raw["warning"], f"{where}.warning"), _seconds(raw["critical"], f"{where}.critical")
+    )
+    if t.critical <= t.warning:
+        raise ValueError(f"{where}: critical must be longer than warning")
+    return t
+
+
+def config_from_mapping(raw: Mapping[str, Any]) -> AlertConfig:
+    """An ``AlertConfig`` from the parsed variables file; raises ``ValueError`` naming a bad key."""
+    try:
+        alerts: Mapping[str, Mapping[str, Any]] = raw["alerts"]
+        unknown = set(alerts) - set(ALERTS)
+        if unknown or set(alerts) != set(ALERTS):
+            raise ValueError(f"alerts: want exactly {', '.join(ALERTS)}; unknown {sorted(unknown)}")
+        # NicoTaskStuck's running-too-long rules are warning and critical by design; its variable
+        # is the severity of the no-progress rule.
+        severity = {name: str(alerts[name]["severity"]) for name in ALERTS if name != "NicoTaskStuck"}
+        severity["NicoTaskStuck"] = str(alerts["NicoTaskStuck"]["no_progress_severity"])
+        for name, sev in severity.items():
+            if sev not in SEVERITIES:
+                raise ValueError(f"alerts.{name}.severity: {sev!r} is not one of {SEVERITIES}")
+        for_ = {name: _seconds(alerts[name].get("for", 0), f"alerts.{name}.for") for name in ALERTS}
+        failed, stuck, waiting = (
+            alerts["NicoTaskFailed"],
+            alerts["NicoTaskStuck"],
+            alerts["NicoTaskWaitingTooLong"],
+        )
+        rate, tray = alerts["NicoTaskFailureRateHigh"], alerts["NicoTrayRepeatedFailures"]
+        stale, throttled = alerts["NicoExporterDataStale"], alerts["NicoAPIThrottled"]
+        per_op = {
+            str(op): _thresholds(t, f"NicoTaskStuck.operations.{op}") for op, t in stuck["operations"].items()
+        }
+        bad_ops = set(per_op) - set(OPERATIONS)
+        if bad_ops:
+            raise ValueError(f"NicoTaskStuck.operations: unknown operation(s) {sorted(bad_ops)}")
+        return AlertConfig(
+            selector=str(raw["selector"]),
+            up_selector=str(raw["up_selector"]),
+            runbook_url_base=str(raw["runbook_url_base"]).rstrip("/"),
+            trace_url_prefix=str(raw.get("trace_url_prefix") or ""),
+            prometheus_rule_name=str(raw["prometheus_rule"]["name"]),
+            prometheus_rule_labels={str(k): str(v) for k, v in raw["prometheus_rule"]["labels"].items()},
+            severity=severity,
+            for_=for_,
+            task_failed_keep_firing_for=_seconds(failed.get("keep_firing_for", 0), "keep_firing_for"),
+            stuck_default=_thresholds(stuck["default"], "NicoTaskStuck.default"),
+            stuck=per_op,
+            stuck_no_progress_after=_seconds(stuck["no_progress_after"], "NicoTaskStuck.no_progress_after"),
+            waiting_after=_seconds(waiting["after"], "NicoTaskWaitingTooLong.after"),
+            failure_ratio=float(rate["ratio"]),
+            failure_ratio_window=_seconds(rate["window"], "NicoTaskFailureRateHigh.window"),
+            failure_ratio_min_tasks=float(rate["min_tasks"]),
+            tray_failures=int(tray["failures"]),
+            tray_failures_window=_seconds(tray["window"], "NicoTrayRepeatedFailures.window"),
+            stale_after=_seconds(stale["after"], "NicoExporterDataStale.after"),
+            throttled_rate=float(throttled["rate"]),
+            throttled_window=_seconds(throttled["window"], "NicoAPIThrottled.window"),
+        )
+    except KeyError as exc:
+        raise ValueError(f"missing variable {exc.args[0]!r}") from None
+
+
+def load_config(path: Path = CONFIG_PATH) -> AlertConfig:
+    """The variables file, parsed and checked."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: want a YAML mapping")
+    return config_from_mapping(raw)
+
+
+# -- PromQL helpers ------------------------------------------------------------------------------
+
+
+def _d(seconds: float) -> str:
+    """A Prometheus duration (``15m``), for ranges and ``for``."""
+    whole = round(seconds)
+    if whole <= 0:
+        return "0s"
+    out = ""
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        count, whole = divmod(whole, size)
+        if count:
+            out += f"{count}{unit}"
+    return out
+
+
+def _n(value: float) -> str:
+    """A number as PromQL writes it (no trailing ``.0``)."""
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class _Promql:
+    config: AlertConfig
+
+    def m(self, name: str, *matchers: str) -> str:
+        """``name{selector, matchers}``, leaving out an empty selector."""
+        parts = [p for p in (self.config.selector, *matchers) if p]
+        return f"{name}{{{', '.join(parts)}}}" if parts else name
+
+    def named_site(self, expr: str, key: str) -> str:
+        """``expr`` with the site's name, kept (without it) when the site has no info series."""
+        return (
+            f"(\n  {expr}\n) * on (site_id) group_left (site_name) nico:site:info\n"
+            f"or on ({key}) (\n  {expr}\n)"
+        )
+
+
+# -- rules ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Rules:
+    config: AlertConfig
+    records: list[dict[str, Any]] = field(default_factory=list)
+    task_alerts: list[dict[str, Any]] = field(default_factory=list)
+    exporter_alerts: list[dict[str, Any]] = field(default_factory=list)
+
+    def alert(
+        self,
+        group: list[dict[str, Any]],
+        name: str,
+        expr: str,
+        summary: str,
+        description: str,
+        *,
+        severity: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        for_: float | None = None,
+        keep_firing_for: float = 0.0,
+        trace: bool = False,
+    ) -> None:
+        c = self.config
+        rule: dict[str, Any] = {"alert": name, "expr": expr}
+        wait = c.for_[name] if for_ is None else for_
+        if wait > 0:
+            rule["for"] = _d(wait)
+        if keep_firing_for > 0:
+            rule["keep_firing_for"] = _d(keep_firing_for)
+        rule["labels"] = {"severity": severity or c.severity[name], **(labels or {})}
+        annotations = {
+            "summary": summary,
+            "description": description,
+            "runbook_url": f"{c.runbook_url_base}/{name}.md",
+        }
+        if trace and c.trace_url_prefix:
+            annotations["trace_url"] = c.trace_url_prefix + "{{ $labels.trace_id }}"
+        rule["annotations"] = annotations
+        group.append(rule)
+
+
+# A name, or the id when the name is unknown (its info series missing).
+_RACK = "{{ or $labels.rack_name $labels.rack_id }}"
+_SITE = "{{ or $labels.site_name $labels.site_id }}"
+_WHERE = f"rack {_RACK} ({{{{ $labels.rack_id }}}}) at site {_SITE} ({{{{ $labels.site_id }}}})"
+_STAGE = (
+    '{{ with printf "nico_task_current_stage{task_id=%q}" $labels.task_id | query }}'
+    ", in stage {{ . | first | value }}{{ end }}"
+)
+
+
+def _task_records(r: _Rules, q: _Promql) -> None:
+    c = r.config
+    by_task = f"max by ({TASK_KEY})"
+    r.records += [
+        {"record": "nico:site:info", "expr": f"max by (site_id, site_name) ({q.m('nico_site_info')})"},
+        {
+            "record": "nico:rack:info",
+            "expr": f"max by (site_id, rack_id, rack_name) ({q.m('nico_rack_info')})",
+        },
+        {
+            # The task's operation, site and rack names and trace id, for every per-task alert.
+            "record": "nico:task:info",
+            "expr": (
+                "label_replace(\n"
+                "  (\n"
+                f"      max by ({TASK_KEY}, operation) ({q.m('nico_task_info')})\n"
+                "    * on (site_id) group_left (site_name) nico:site:info\n"
+                "    * on (site_id, rack_id) group_left (rack_name) nico:rack:info\n"
+                "  )\n"
+                f"  or on ({TASK_KEY})\n"
+                f"  max by ({TASK_KEY}, operation) ({q.m('nico_task_info')}),\n"
+                f'  "trace_id", "$1$2$3$4$5", "task_id", "{_UUID}"\n'
+                ")"
+            ),
+        },
+    ]
+    info = f"on ({TASK_KEY}) group_left (operation, site_name, rack_name, trace_id) nico:task:info"
+
+    def since(timestamp: str, statuses: str) -> str:
+        status = f'status="{statuses}"' if "|" not in statuses else f'status=~"{statuses}"'
+        return (
+            f"(time() - {by_task} ({q.m(timestamp)}))\n"
+            f"  * {info}\n"
+            f"and on ({TASK_KEY})\n"
+            f"  {by_task} ({q.m('nico_task_status', status)}) == 1"
+        )
+
+    r.records += [
+        {
+            "record": "nico:task_running:seconds",
+            "expr": since("nico_task_started_timestamp_seconds", "Running"),
+        },
+        {
+            "record": "nico:task_unchanged:seconds",
+            "expr": since("nico_task_updated_timestamp_seconds", "Running"),
+        },
+        {
+            "record": "nico:task_waiting:seconds",
+            "expr": since("nico_task_created_timestamp_seconds", "Pending|Waiting"),
+        },
+    ]
+    w = _d(c.failure_ratio_window)
+    outcomes = q.m("nico_tasks_finished_total", 'status=~"Succeeded|Failed"')
+    failed = q.m("nico_tasks_finished_total", 'status="Failed"')
+    r.records += [
+        {
+            "record": f"site_id_operation:nico_tasks_finished:increase{w}",
+            "expr": f"sum by (site_id, operation) (\n  increase({outcomes}[{w}])\n)",
+        },
+        {
+            "record": f"site_id_operation:nico_tasks_failed:ratio{w}",
+            "expr": (
+                "sum by (site_id, operation) (\n"
+                f"  increase({failed}[{w}])\n"
+                ")\n"
+                f"/ site_id_operation:nico_tasks_finished:increase{w}"
+            ),
+        },
+    ]
+
+
+def _stuck_expr(c: AlertConfig, level: str) -> str:
+    listed = sorted(c.stuck)
+    arms = [
+        f'nico:task_running:seconds{{operation="{op}"}} > {_n(getattr(c.stuck[op], level))}' for op in listed
+    ]
+    rest = f'{{operation!~"{"|".join(listed)}"}}' if listed else ""
+    arms.append(f"nico:task_running:seconds{rest} > {_n(getattr(c.stuck_default, level))}")
+    return "\n  or ".join(arms)
+
+
+def _task_alerts(r: _Rules, q: _Promql) -> None:
+    c, g = r.config, r.task_alerts
+    failure_labels = "operation, stage_number, component_type, reason, error"
+    r.alert(
+        g,
+        "NicoTaskFailed",
+        (
+            f"max by ({TASK_KEY}, {failure_labels}) ({q.m('nico_task_failure_info')})\n"
+            f"  * on ({TASK_KEY}) group_left (site_name, rack_name, trace_id) nico:task:info"
+        ),
+        "NICo task {{ $labels.operation }} failed on rack " + _RACK + " at site " + _SITE,
+        (
+            "Task {{ $labels.task_id }} ({{ $labels.operation }}) failed in stage {{ $labels.stage_number }} "
+            "on {{ $labels.component_type }}: {{ $labels.error }}. "
+            f"Where: {_WHERE}. Trace id: {{{{ $labels.trace_id }}}}."
+        ),
+        keep_firing_for=c.task_failed_keep_firing_for,
+        trace=True,
+    )
+    for level in ("warning", "critical"):
+        r.alert(
+            g,
+            "NicoTaskStuck",
+            _stuck_expr(c, level),
+            "NICo task {{ $labels.operation }} running too long on rack " + _RACK + " at site " + _SITE,
+            (
+                "Task {{ $labels.task_id }} ({{ $labels.operation }}) has been running for "
+                "{{ $value | humanizeDuration }}" + _STAGE + f", past its {level} threshold. "
+                f"Where: {_WHERE}. Trace id: {{{{ $labels.trace_id }}}}."
+            ),
+            severity=level,
+            labels={"condition": "running_too_long"},
+            trace=True,
+        )
+    r.alert(
+        g,
+        "NicoTaskStuck",
+        f"nico:task_unchanged:seconds > {_n(c.stuck_no_progress_after)}",
+        "NICo task {{ $labels.operation }} has made no progress on rack " + _RACK + " at site " + _SITE,
+        (
+            "Task {{ $labels.task_id }} ({{ $labels.operation }}) is Running but has not changed for "
+            "{{ $value | humanizeDuration }}" + _STAGE + ". "
+            f"Where: {_WHERE}. Trace id: {{{{ $labels.trace_id }}}}."
+        ),
+        labels={"condition": "no_progress"},
+        trace=True,
+    )
+    r.alert(
+        g,
+        "NicoTaskWaitingTooLong",
+        f"nico:task_waiting:seconds > {_n(c.waiting_after)}",
+        "NICo task {{ $labels.operation }} queued too long on rack " + _RACK + " at site " + _SITE,
+        (
+            "Task {{ $labels.task_id }} ({{ $labels.operation }}) has waited {{ $value | humanizeDuration }} "
+            "without starting; NICo expires queued tasks after about 1h. "
+            f"Where: {_WHERE}. Trace id: {{{{ $labels.trace_id }}}}."
+        ),
+        trace=True,
+    )
+    w = _d(c.failure_ratio_window)
+    ratio = (
+        f"site_id_operation:nico_tasks_failed:ratio{w} > {_n(c.failure_ratio)}\n"
+        f"  and on (site_id, operation)\n"
+        f"  site_id_operation:nico_tasks_finished:increase{w} >= {_n(c.failure_ratio_min_tasks)}"
+    )
+    r.alert(
+        g,
+        "NicoTaskFailureRateHigh",
+        q.named_site(ratio.replace("\n", "\n  "), "site_id, operation"),
+        "Many {{ $labels.operation }} tasks fail at site " + _SITE,
+        (
+            "{{ $value | humanizePercentage }} of the {{ $labels.operation }} tasks that finished at site "
+            + _SITE
+            + " ({{ $labels.site_id }}) in the last "
+            f"{w} failed (threshold {c.failure_ratio:.0%}, at least {_n(c.failure_ratio_min_tasks)} tasks)."
+        ),
+    )
+    tw = _d(c.tray_failures_window)
+    failures = q.m("nico_tray_task_failures_total")
+    # A tray's counter series appears with its first failure (value 1), which increase() cannot
+    # see; a series younger than the window is therefore judged by its value.
+    tray = (
+        f"(\n"
+        f"    increase({failures}[{tw}]) >= {c.tray_failures}\n"
+        f"  or\n"
+        f"    {failures} >= {c.tray_failures} unless {failures} offset {tw}\n"
+        f")\n"
+        f"* on (site_id, rack_id) group_left (rack_name) nico:rack:info\n"
+        f"* on (site_id) group_left (site_name) nico:site:info"
+    )
+    r.alert(
+        g,
+        "NicoTrayRepeatedFailures",
+        tray,
+        "Tray {{ $labels.tray_id }} keeps failing tasks on rack " + _RACK + " at site " + _SITE,
+        (
+            '{{ $labels.tray_type }} tray {{ $labels.tray_id }} was in {{ $value | printf "%.0f" }} failed tasks '
+            f"in the last {tw} (threshold {c.tray_failures}). "
+            f"Where: {_WHERE}."
+        ),
+    )
+
+
+def _exporter_alerts(r: _Rules, q: _Promql) -> None:
+    c, g = r.config, r.exporter_alerts
+    site = f"site {_SITE} ({{{{ $labels.site_id }}}})"
+    r.alert(
+        g,
+        "NicoSiteDown",
+        q.named_site(f"{q.m('nico_site_up')} == 0", "site_id, instance"),
+        "NICo site " + _SITE + " does not answer the exporter",
+        (
+            f"The exporter's polls of {site} have failed for at least {_d(c.for_['NicoSiteDown'])} "
+            "(nico_site_up is 0): its tasks are not being watched, and their alerts are muted."
+        ),
+    )
+    r.alert(
+        g,
+        "NicoExporterDataStale",
+        q.named_site(
+            f"time() - {q.m('nico_exporter_last_successful_poll_timestamp_seconds')} > {_n(c.stale_after)}",
+            "site_id, instance",
+        ),
+        "NICo task data for site " + _SITE + " is stale",
+        (
+            f"The last successful poll of {site} by {{{{ $labels.instance }}}} was "
+            "{{ $value | humanizeDuration }} ago "
+            f"(threshold {_d(c.stale_after)}): task alerts for the site cannot be trusted."
+        ),
+    )
+    up = f"up{{{c.up_selector}}}" if c.up_selector else "up"
+    r.alert(
+        g,
+        "NicoExporterDown",
+        f"{up} == 0\nor\nabsent({up})",
+        "The NICo task exporter is down",
+        (
+            "Prometheus cannot scrape the exporter{{ with $labels.instance }} {{ . }}{{ end }} "
+            f"({up} is 0 or absent) for {_d(c.for_['NicoExporterDown'])}: "
+            "no NICo task is watched and no task alert can fire."
+        ),
+    )
+    tw = _d(c.throttled_window)
+    throttled = q.m("nico_exporter_api_requests_total", 'code="429"')
+    r.alert(
+        g,
+        "NicoAPIThrottled",
+        f"sum by (job, instance) (\n  rate({throttled}[{tw}])\n) > {_n(c.throttled_rate)}",
+        "NICo is throttling the exporter (HTTP 429)",
+        (
+            '{{ $value | printf "%.2f" }} requests/s from {{ $labels.instance }} were answered 429 Too Many Requests '
+            f"over {tw} (threshold {_n(c.throttled_rate)}/s): polls are delayed and data goes stale."
+        ),
+    )
+
+
+def rule_groups(config: AlertConfig) -> list[dict[str, Any]]:
+    """The rule groups: task rules (records first, then the alerts that use them), exporter rules."""
+    r, q = _Rules(config), _Promql(config)
+    _task_records(r, q)
+    _task_alerts(r, q)
+    _exporter_alerts(r, q)
+    return [
+        {"name": "nico-task-exporter.tasks", "rules": [*r.records, *r.task_alerts]},
+        {"name": "nico-task-exporter.exporter", "rules": r.exporter_alerts},
+    ]
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block scalars for multi-line expressions, keys in insertion order."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+_HEADER = (
+    "# Generated by `python -m exporter.alerts` from alerts/config.yml; do not edit by hand.\n"
+    "# Alerts, thresholds and routing: docs/alerts.md. Runbooks: docs/runbooks/<AlertName>.md.\n"
+)
+
+
+def _dump(data: object) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=1_000_000, allow_unicode=True)
+
+
+def render_rules(config: AlertConfig) -> str:
+    """The Prometheus rule file."""
+    return _HEADER + _dump({"groups": rule_groups(config)})
+
+
+def render_prometheus_rule(config: AlertConfig) -> str:
+    """The same groups as a Kubernetes ``monitoring.coreos.com/v1`` ``PrometheusRule``."""
+    doc = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": config.prometheus_rule_name, "labels": dict(config.prometheus_rule_labels)},
+        "spec": {"groups": rule_groups(config)},
+    }
+    return _HEADER + _dump(doc)
+
+
+def write(config: AlertConfig, rules_path: Path = RULES_PATH, rule_path: Path | None = None) -> list[Path]:
+    """Write the rule file (and the PrometheusRule, when ``rule_path`` is given); returns the paths."""
+    rules_path.parent.mkdir(parents=True, exist_ok=True)
+    rules_path.write_text(render_rules(config), encoding="utf-8")
+    written = [rules_path]
+    if rule_path is not None:
+        rule_path.parent.mkdir(parents=True, exist_ok=True)
+        rule_path.write_text(render_prometheus_rule(config), encoding="utf-8")
+        written.append(rule_path)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exporter.alerts", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", type=Path, default=CONFIG_PATH, help="the variables file (alerts/config.yml)"
+    )
+    parser.add_argument("--rules", type=Path, default=RULES_PATH, help="where to write the rule file")
+    parser.add_argument(
+        "--prometheus-rule", type=Path, default=PROMETHEUS_RULE_PATH, help="where to write the PrometheusRule"
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in write(config, args.rules, args.prometheus_rule):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,311 @@
+"""The pager path end to end: simulator -> exporter -> Prometheus (the rules) -> Alertmanager -> webhook.
+
+Five parts on 127.0.0.1, each started here: the simulator, the exporter, Debian's ``prometheus``
+evaluating the generated rules (short thresholds, 1 s evaluation), ``prometheus-alertmanager``
+with the example's grouping and inhibition (its receivers pointed at this test), and an HTTP
+server in this test that receives the webhook and serves ``docs/runbooks`` (so a runbook link can
+be followed). The simulator fails one task and leaves another stuck; both must page with their
+context; then the site goes down, ``NicoSiteDown`` pages and mutes the site's task alerts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from exporter import alerts
+from tests.conftest import skip_or_fail
+from tests.processes import Process, exporter_command, free_port, simulator, truth, wait_until
+
+pytestmark = pytest.mark.e2e
+
+RUNBOOKS = alerts.ROOT / "docs" / "runbooks"
+FAIL_ERROR = "BMC unreachable: NVSwitch tray did not answer"
+
+
+def binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        skip_or_fail(
+            f"`{name}` is not installed (Debian: apt-get install prometheus prometheus-alertmanager)"
+        )
+    assert path is not None
+    return path
+
+
+@dataclass
+class Receiver:
+    """Webhook notifications received, and the runbooks served, by the test's HTTP server."""
+
+    url: str
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def alerts(self, name: str, status: str = "firing") -> list[dict[str, Any]]:
+        with self.lock:
+            return [
+                a
+                for n in self.notifications
+                for a in n["alerts"]
+                if a["labels"]["alertname"] == name and a["status"] == status
+            ]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    receiver: Receiver
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        with self.receiver.lock:
+            self.receiver.notifications.append(body)
+        self.send_response(200)
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        name = self.path.removeprefix("/runbooks/")
+        path = RUNBOOKS / name
+        if self.path.startswith("/runbooks/") and "/" not in name and path.is_file():
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/markdown")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        else:
+            self.send_error(404)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class Stack:
+    sim: str
+    prometheus: str
+    alertmanager: str
+    receiver: Receiver
+
+    def am_alerts(self) -> list[dict[str, Any]]:
+        resp = httpx.get(self.alertmanager + "/api/v2/alerts", timeout=5)
+        resp.raise_for_status()
+        return list(resp.json())
+
+
+def _rules(tmp: Path, receiver_url: str) -> Path:
+    """The generated rules with test thresholds: seconds instead of minutes, no ``for``."""
+    config = alerts.load_config()
+    config = dataclasses.replace(
+        config,
+        runbook_url_base=receiver_url + "/runbooks",
+        for_=dict.fromkeys(alerts.ALERTS, 0.0),
+        stuck={"power_on": alerts.Thresholds(2, 4)},
+        stuck_no_progress_after=3600,
+    )
+    path = tmp / "rules.yml"
+    alerts.write(config, path)
+    return path
+
+
+def _alertmanager_config(tmp: Path, receiver_url: str) -> Path:
+    """The example's routing tree, grouping and inhibition, every receiver replaced by the test's."""
+    config = yaml.safe_load((alerts.ROOT / "alerts" / "alertmanager.example.yml").read_text())
+    config["receivers"] = [{"name": "test", "webhook_configs": [{"url": receiver_url + "/hook"}]}]
+    route = config["route"]
+    route.update(receiver="test", group_wait="1s", group_interval="1s")
+    for child in route["routes"]:
+        child["receiver"] = "test"
+    path = tmp / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prometheus, alertmanager = binary("prometheus"), binary("prometheus-alertmanager")
+    tmp = tmp_path_factory.mktemp("alertmanager-e2e")
+    receiver = Receiver("")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"receiver": receiver}))
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sim_args = ["--sites", "1", "--racks", "2", "--non-flow-sites", "0", "--quiet-scenario"]
+    with simulator(tmp, *sim_args) as sim:
+        exporter_port, prom_port, am_port = free_port(), free_port(), free_port()
+        exporter_config = tmp / "exporter.yaml"
+        exporter_config.write_text(
+            f"""
+api: {{url: "{sim}", org: acme, token: sim-token, timeout: 2s, max_requests_per_second: 50}}
+polling: {{active_interval: 1s, tray_interval: 2s, reconcile_interval: 5s, discovery_interval: 30s}}
+state: {{path: "{tmp / "state.db"}"}}
+web: {{listen_address: "127.0.0.1:{exporter_port}"}}
+"""
+        )
+        prometheus_config = tmp / "prometheus.yml"
+        prometheus_config.write_text(
+            f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: ["{_rules(tmp, receiver.url)}"]
+alerting:
+  alertmanagers: [{{static_configs: [{{targets: ["127.0.0.1:{am_port}"]}}]}}]
+scrape_configs:
+  - job_name: nico-task-exporter
+    static_configs: [{{targets: ["127.0.0.1:{exporter_port}"]}}]
+"""
+        )
+        procs = [
+            Process(exporter_command("run", "--config.file", str(exporter_config)), tmp / "exporter.log"),
+            Process(
+                [
+                    alertmanager,
+                    f"--config.file={_alertmanager_config(tmp, receiver.url)}",
+                    f"--storage.path={tmp / 'am'}",
+                    f"--web.listen-address=127.0.0.1:{am_port}",
+                    "--cluster.listen-address=",
+                    "--log.level=warn",
+                ],
+                tmp / "alertmanager.log",
+            ),
+            Process(
+                [
+                    prometheus,
+                    f"--config.file={prometheus_config}",
+                    f"--storage.tsdb.path={tmp / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                    "--rules.alert.resend-delay=1s",
+                    "--log.level=warn",
+                ],
+                tmp / "prometheus.log",
+            ),
+        ]
+        s = Stack(sim, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", receiver)
+        try:
+            wait_until(lambda: _ok(f"http://127.0.0.1:{exporter_port}/readyz"), 60, "the exporter")
+            wait_until(lambda: _ok(s.alertmanager + "/-/ready"), 60, "Alertmanager")
+            wait_until(lambda: _ok(s.prometheus + "/-/ready"), 60, "Prometheus")
+            yield s
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+            server.shutdown()
+            server.server_close()
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _create(sim: str, body: dict[str, Any]) -> str:
+    resp = httpx.post(sim + "/_sim/tasks", json=body, timeout=5)
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["taskId"])
+
+
+def _one(stack: Stack, name: str, task_id: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def arrived() -> bool:
+        found[:] = [a for a in stack.receiver.alerts(name) if a["labels"].get("task_id") == task_id]
+        return bool(found)
+
+    wait_until(arrived, 60, f"{name} for task {task_id} at the webhook", interval=0.5)
+    return found[0]
+
+
+def _check_runbook(alert: dict[str, Any], receiver: Receiver) -> None:
+    url = alert["annotations"]["runbook_url"]
+    name = alert["labels"]["alertname"]
+    assert url == f"{receiver.url}/runbooks/{name}.md"
+    assert (RUNBOOKS / f"{name}.md").is_file()
+    resp = httpx.get(url, timeout=5)
+    assert resp.status_code == 200 and resp.text.startswith(f"# {name}")
+
+
+def test_failed_and_stuck_tasks_page_then_a_site_outage_mutes_them(stack: Stack) -> None:
+    state = truth(stack.sim)
+    site = state["sites"][0]
+    rack_a, rack_b = (r["id"] for r in site["racks"][:2])
+    failed_id = _create(
+        stack.sim,
+        {
+            "siteId": site["id"],
+            "rackId": rack_a,
+            "operation": "power_on",
+            "outcome": "fail",
+            "failStage": 2,
+            "error": FAIL_ERROR,
+            "stageSeconds": 1,
+        },
+    )
+    stuck_id = _create(
+        stack.sim,
+        {
+            "siteId": site["id"],
+            "rackId": rack_b,
+            "operation": "power_on",
+            "outcome": "stuck",
+            "stageSeconds": 1,
+        },
+    )
+
+    failed = _one(stack, "NicoTaskFailed", failed_id)
+    labels = failed["labels"]
+    assert labels["severity"] == "critical"
+    assert labels["site_id"] == site["id"] and labels["site_name"] == site["name"]
+    assert labels["rack_id"] == rack_a and labels["rack_name"] == site["racks"][0]["name"]
+    assert labels["operation"] == "power_on"
+    assert labels["stage_number"] == "2"
+    assert labels["component_type"] == "NVSwitch"  # power_on's stage 2 acts on the NVSwitch trays
+    assert labels["error"] == FAIL_ERROR and labels["reason"] == "unreachable"
+    assert labels["trace_id"] == failed_id.replace("-", "")
+    description = failed["annotations"]["description"]
+    for part in (failed_id, FAIL_ERROR, site["name"], labels["rack_name"], labels["trace_id"], "stage 2"):
+        assert part in description
+    _check_runbook(failed, stack.receiver)
+
+    stuck = _one(stack, "NicoTaskStuck", stuck_id)
+    assert stuck["labels"]["condition"] == "running_too_long"
+    assert stuck["labels"]["site_id"] == site["id"] and stuck["labels"]["rack_id"] == rack_b
+    assert stuck["labels"]["operation"] == "power_on"
+    assert stuck["labels"]["trace_id"] == stuck_id.replace("-", "")
+    assert "in stage" in stuck["annotations"]["description"]
+    _check_runbook(stuck, stack.receiver)
+    assert {a["labels"]["task_id"] for a in stack.receiver.alerts("NicoTaskFailed")} == {failed_id}
+
+    resp = httpx.post(f"{stack.sim}/_sim/sites/{site['id']}/down", json={}, timeout=5)
+    assert resp.status_code == 200
+    wait_until(
+        lambda: any(a["labels"]["site_id"] == site["id"] for a in stack.receiver.alerts("NicoSiteDown")),
+        60,
+        "NicoSiteDown at the webhook",
+        interval=0.5,
+    )
+
+    def muted() -> bool:
+        by_name: dict[str, list[dict[str, Any]]] = {}
+        for alert in stack.am_alerts():
+            if alert["labels"].get("site_id") == site["id"]:
+                by_name.setdefault(alert["labels"]["alertname"], []).append(alert)
+        down = by_name.get("NicoSiteDown", [])
+        tasks = by_name.get("NicoTaskFailed", []) + by_name.get("NicoTaskStuck", [])
+        return (
+            bool(down)
+            and all(a["status"]["state"] == "active" for a in down)
+            and {a["labels"]["task_id"] for a in tasks} >= {failed_id, stuck_id}
+            and all(a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"] for a in tasks)
+        )
+
+    wait_until(muted, 30, "the site's task alerts to be inhibited by NicoSiteDown", interval=0.5)
+    httpx.post(f"{stack.sim}/_sim/sites/{site['id']}/up", json={}, timeout=5)

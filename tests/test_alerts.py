@@ -1,0 +1,184 @@
+"""The alert rules: generated from alerts/config.yml, valid, unit-tested, documented, routable."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter import alerts
+from tests.conftest import skip_or_fail
+
+ROOT = alerts.ROOT
+TESTS_DIR = ROOT / "alerts" / "tests"
+EXAMPLE = ROOT / "alerts" / "alertmanager.example.yml"
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        skip_or_fail(
+            f"`{name}` is not installed (Debian: apt-get install prometheus prometheus-alertmanager)"
+        )
+    assert path is not None
+    return path
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, check=False, cwd=ROOT)
+
+
+def _alert_rules(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def _committed_groups() -> list[dict[str, Any]]:
+    return list(yaml.safe_load(alerts.RULES_PATH.read_text())["groups"])
+
+
+def test_committed_files_are_what_the_generator_renders() -> None:
+    config = alerts.load_config()
+    assert alerts.RULES_PATH.read_text() == alerts.render_rules(config), (
+        "alerts/nico-task-exporter.rules.yml is stale: run `python -m exporter.alerts`"
+    )
+    assert alerts.PROMETHEUS_RULE_PATH.read_text() == alerts.render_prometheus_rule(config), (
+        "deploy/prometheusrule.yaml is stale: run `python -m exporter.alerts`"
+    )
+
+
+def test_prometheus_rule_has_the_same_groups_as_the_rule_file() -> None:
+    rule = yaml.safe_load(alerts.PROMETHEUS_RULE_PATH.read_text())
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["kind"] == "PrometheusRule"
+    assert rule["metadata"]["name"]
+    assert rule["spec"]["groups"] == _committed_groups()
+
+
+def test_every_alert_of_the_contract_is_defined() -> None:
+    names = {rule["alert"] for rule in _alert_rules(_committed_groups())}
+    assert names == set(alerts.ALERTS)
+    product = ROOT.parent / "shared" / "PRODUCT.md"
+    if product.exists():
+        contract = product.read_text()
+        assert all(f"`{name}`" in contract for name in alerts.ALERTS)
+
+
+def test_every_alert_is_actionable() -> None:
+    for rule in _alert_rules(_committed_groups()):
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in alerts.SEVERITIES, name
+        annotations = rule["annotations"]
+        assert annotations["summary"] and annotations["description"], name
+        url = annotations["runbook_url"]
+        assert url == f"{alerts.load_config().runbook_url_base}/{name}.md"
+        runbook = ROOT / "docs" / "runbooks" / f"{name}.md"
+        assert runbook.exists(), f"no runbook for {name}"
+        text = runbook.read_text()
+        assert text.startswith(f"# {name}\n")
+        for section in ("## Meaning", "## Impact", "## Diagnosis", "## Mitigation", "## Escalation"):
+            assert section in text, f"{runbook.name} lacks {section}"
+
+
+def test_stuck_has_warning_and_critical_and_no_progress() -> None:
+    stuck = [r for r in _alert_rules(_committed_groups()) if r["alert"] == "NicoTaskStuck"]
+    assert {(r["labels"]["severity"], r["labels"]["condition"]) for r in stuck} == {
+        ("warning", "running_too_long"),
+        ("critical", "running_too_long"),
+        ("warning", "no_progress"),
+    }
+    config = alerts.load_config()
+    critical = next(r for r in stuck if r["labels"]["severity"] == "critical")
+    for operation, thresholds in config.stuck.items():
+        assert f'{{operation="{operation}"}} > {thresholds.critical:g}' in critical["expr"]
+
+
+def test_trace_url_is_added_only_when_a_tracing_ui_is_configured() -> None:
+    config = alerts.load_config()
+    assert "trace_url" not in alerts.render_rules(dataclasses.replace(config, trace_url_prefix=""))
+    traced = dataclasses.replace(config, trace_url_prefix="https://jaeger.example.com/trace/")
+    failed = next(r for r in _alert_rules(alerts.rule_groups(traced)) if r["alert"] == "NicoTaskFailed")
+    assert failed["annotations"]["trace_url"] == "https://jaeger.example.com/trace/{{ $labels.trace_id }}"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("alerts", "NicoSiteDown", "severity"), "page", "severity"),
+        (("alerts", "NicoTaskStuck", "operations", "reboot"), {"warning": "1m", "critical": "2m"}, "reboot"),
+        (("alerts", "NicoTaskStuck", "default"), {"warning": "2h", "critical": "1h"}, "critical must be"),
+        (("alerts", "NicoTaskWaitingTooLong", "after"), "soon", "after"),
+    ],
+)
+def test_bad_variables_are_named(path: tuple[str, ...], value: object, message: str) -> None:
+    raw = yaml.safe_load(alerts.CONFIG_PATH.read_text())
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ValueError, match=message):
+        alerts.config_from_mapping(raw)
+
+
+def test_the_generator_writes_both_files(tmp_path: Path) -> None:
+    rules, rule = tmp_path / "rules.yml", tmp_path / "deploy" / "rule.yaml"
+    assert alerts.main(["--rules", str(rules), "--prometheus-rule", str(rule)]) == 0
+    assert rules.read_text() == alerts.RULES_PATH.read_text()
+    assert rule.read_text() == alerts.PROMETHEUS_RULE_PATH.read_text()
+
+
+def test_promtool_accepts_the_rules() -> None:
+    result = _run(_tool("promtool"), "check", "rules", str(alerts.RULES_PATH))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_promtool_tests_that_fire_and_stay_silent() -> None:
+    for name in alerts.ALERTS:
+        path = TESTS_DIR / f"{name}.yml"
+        assert path.exists(), f"no promtool test for {name}"
+        cases = [
+            case
+            for test in yaml.safe_load(path.read_text())["tests"]
+            for case in test.get("alert_rule_test", [])
+            if case["alertname"] == name
+        ]
+        assert any(case.get("exp_alerts") for case in cases), f"{name}: no firing case"
+        assert any(not case.get("exp_alerts") for case in cases), f"{name}: no silent case"
+        for case in cases:
+            for alert in case.get("exp_alerts") or []:
+                assert {"summary", "description", "runbook_url"} <= set(alert["exp_annotations"])
+                assert "severity" in alert["exp_labels"]
+
+
+def test_promtool_unit_tests_pass() -> None:
+    files = sorted(str(p) for p in TESTS_DIR.glob("*.yml"))
+    result = _run(_tool("promtool"), "test", "rules", *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alertmanager_example_is_valid() -> None:
+    result = _run(_tool("amtool"), "check-config", str(EXAMPLE))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alertmanager_example_routes_pages_groups_by_site_and_inhibits() -> None:
+    config = yaml.safe_load(EXAMPLE.read_text())
+    route = config["route"]
+    assert route["group_by"] == ["alertname", "site_id"]
+    receivers = {r["name"]: r for r in config["receivers"]}
+    critical = next(r for r in route["routes"] if 'severity="critical"' in r["matchers"])
+    assert "routing_key_file" in receivers[critical["receiver"]]["pagerduty_configs"][0]
+    warning = next(r for r in route["routes"] if 'severity="warning"' in r["matchers"])
+    assert receivers[warning["receiver"]].get("webhook_configs")
+    inhibit = config["inhibit_rules"]
+    for source in ("NicoSiteDown", "NicoExporterDataStale"):
+        rule = next(r for r in inhibit if r["source_matchers"] == [f'alertname="{source}"'])
+        assert rule["equal"] == ["site_id"]
+        assert (
+            "NicoTaskStuck" in rule["target_matchers"][0] and "NicoTaskFailed" in rule["target_matchers"][0]
+        )
+    assert any(r["source_matchers"] == ['severity="critical"'] and "task_id" in r["equal"] for r in inhibit)
