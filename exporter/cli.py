@@ -8,10 +8,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter import __version__, logs
 from exporter.addresses import parse_listen_address
+
+if TYPE_CHECKING:
+    from exporter.simulator import Simulation
 
 log = logging.getLogger("exporter")
 
@@ -246,7 +249,7 @@ def _traffic_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _simulation(args: argparse.Namespace) -> object:
+def _simulation(args: argparse.Namespace) -> Simulation:
     from exporter.simulator import FaultConfig, ScenarioConfig, Simulation, SimulatorConfig
 
     if args.quiet_scenario:
@@ -287,26 +290,11 @@ def _simulation(args: argparse.Namespace) -> object:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
+    from exporter.simulator.server import simulator_server
 
-    from exporter.simulator import Simulation, create_app
-    from exporter.simulator.server import quiet_simulated_resets
-
-    quiet_simulated_resets()
     sim = _simulation(args)
-    assert isinstance(sim, Simulation)
     host, port = args.listen
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(sim),
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            date_header=False,
-        )
-    )
+    server = simulator_server(sim, host, port)
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host  # noqa: S104
     base = f"http://{shown}:{port}"
     auth = "no auth" if args.no_auth else f"Authorization: Bearer {sim.config.tokens[0]}"

@@ -15,13 +15,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import uvicorn
-
 from exporter import app
 from exporter.config import load_config
-from exporter.simulator import FaultConfig, ScenarioConfig, Simulation, SimulatorConfig, create_app
+from exporter.simulator import FaultConfig, ScenarioConfig, Simulation, SimulatorConfig
 from exporter.simulator.scenario import DEFAULT_STAGE_SECONDS
-from exporter.simulator.server import quiet_simulated_resets
+from exporter.simulator.server import simulator_server
 
 TOKEN = "sim-token"  # noqa: S105 - the simulator's own demo token
 
@@ -80,20 +78,9 @@ def _line(exporter: app.Exporter, url: str) -> str:
 
 async def run_demo(options: DemoOptions) -> None:
     """Serve the simulator and run the exporter against it until Ctrl-C."""
-    quiet_simulated_resets()
     sim = demo_simulation(options.speed, options.seed, options.sites, options.racks)
     host, port = options.simulator
-    sim_server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(sim),
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            date_header=False,
-        )
-    )
+    sim_server = simulator_server(sim, host, port)
     sim_task = asyncio.create_task(sim_server.serve())
     while not sim_server.started:
         if sim_task.done():

@@ -22,12 +22,11 @@ from exporter.simulator.clock import AcceleratedClock, Clock, ManualClock
 from exporter.simulator.faults import FaultConfig
 from exporter.simulator.operations import Operation
 from exporter.simulator.scenario import ScenarioConfig
-from exporter.simulator.server import quiet_simulated_resets, serve, serve_simulation
+from exporter.simulator.server import quiet_simulated_resets, simulator_server
 from exporter.simulator.simulation import (
     Simulation,
     SimulatorConfig,
     TaskTruth,
-    build_demo_simulation,
 )
 from exporter.simulator.world import CancelRefused, Outcome, SimulationError
 
@@ -44,9 +43,7 @@ __all__ = [
     "SimulationError",
     "SimulatorConfig",
     "TaskTruth",
-    "build_demo_simulation",
     "create_app",
     "quiet_simulated_resets",
-    "serve",
-    "serve_simulation",
+    "simulator_server",
 ]

@@ -7,7 +7,7 @@ import logging
 import uvicorn
 
 from exporter.simulator.app import SimulatedReset, create_app
-from exporter.simulator.simulation import Simulation, SimulatorConfig
+from exporter.simulator.simulation import Simulation
 
 
 class _HideSimulatedResets(logging.Filter):
@@ -25,14 +25,19 @@ def quiet_simulated_resets() -> None:
         logger.addFilter(_HideSimulatedResets())
 
 
-def serve(sim_config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Build a :class:`Simulation` from ``sim_config`` and serve it until interrupted."""
-    serve_simulation(Simulation(sim_config), host, port)
+def simulator_server(sim: Simulation, host: str = "127.0.0.1", port: int = 8080) -> uvicorn.Server:
+    """A uvicorn server for ``sim``, to ``serve()`` in a running event loop.
 
-
-def serve_simulation(sim: Simulation, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve an existing simulation (e.g. :func:`build_demo_simulation`) until interrupted."""
+    uvicorn's own ``Date`` header is off: the simulator stamps responses with its simulated clock.
+    """
     quiet_simulated_resets()
-    uvicorn.run(
-        create_app(sim), host=host, port=port, log_level="warning", access_log=False, date_header=False
+    config = uvicorn.Config(
+        create_app(sim),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        date_header=False,
     )
+    return uvicorn.Server(config)

@@ -396,23 +396,3 @@ def _truth(task: Task, *, purged: bool = False) -> TaskTruth:
         error=task.error,
         report=None if task.report is None else report_json(task.report),
     )
-
-
-def build_demo_simulation(speed: float = 10.0, seed: int = 7) -> Simulation:
-    """The demo preset: 2 sites x 8 racks, a realistic mix, a few failures, one stuck task.
-
-    Time runs ``speed`` times faster than real time and starts with two hours of history, so
-    dashboards have data at once.
-    """
-    scenario = ScenarioConfig(
-        seed=seed,
-        sites=2,
-        racks_per_site=8,
-        non_flow_sites=1,
-        arrivals_per_rack_per_hour=3.0,
-        failure_rate=0.08,
-        cancel_rate=0.03,
-        stuck_tasks=1,
-        history_hours=2.0,
-    )
-    return Simulation(SimulatorConfig(scenario=scenario, speed=speed))
