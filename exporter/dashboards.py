@@ -810,24 +810,13 @@ FLEET = DashboardSpec(
     ),
 )
 
-_OPERATION_VARIABLE = {
-    "name": "operation",
-    "label": "Operation",
-    "type": "query",
-    "datasource": PROMETHEUS,
-    "query": f"label_values(nico_task_stage_duration_seconds_count{{{S}}}, operation)",
-    "regex": "",
-    "description": "Operations that ran stages on the chosen sites.",
-    "current": {"text": ["All"], "value": ["$__all"]},
-    "hide": 0,
-    "includeAll": True,
-    "allValue": ".*",
-    "multi": True,
-    "options": [],
-    "refresh": 2,
-    "sort": 1,
-    "skipUrlSync": False,
-}
+_OPERATION_VARIABLE = _query_variable(
+    "operation",
+    "Operation",
+    f"label_values(nico_task_stage_duration_seconds_count{{{S}}}, operation)",
+    "",
+    "Operations that ran stages on the chosen sites.",
+)
 SO = f'{S}, operation=~"$operation"'
 
 
