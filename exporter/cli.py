@@ -48,6 +48,17 @@ def _ranges(value: str) -> dict[str, tuple[float, float]]:
         raise argparse.ArgumentTypeError(f"want FAMILY=MIN:MAX,... not {value!r}") from None
 
 
+def _int_range(value: str) -> tuple[int, int]:
+    low, sep, high = value.partition(":")
+    try:
+        bounds = (int(low), int(high if sep else low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN:MAX, got {value!r}") from None
+    if not 0 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX, got {value!r}")
+    return bounds
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     # No defaults here: absent flags leave the config file's ``log:`` section in charge.
     parser.add_argument(
@@ -83,6 +94,12 @@ def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -
     )
     parser.add_argument("--arrivals-per-rack-per-hour", type=float, default=3.0)
     parser.add_argument("--failure-rate", type=float, default=0.08)
+    parser.add_argument(
+        "--tray-scoped-fraction",
+        type=float,
+        default=0.3,
+        help="share of submissions made on tray endpoints (tasks on disjoint trays run at once)",
+    )
     parser.add_argument("--stuck-tasks", type=int, default=1)
     parser.add_argument("--history-hours", type=float, default=2.0)
     parser.add_argument(
@@ -120,13 +137,43 @@ def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -
         "--rate-limit",
         type=float,
         default=0.0,
-        help="enable NICo's per-IP limiter at this many req/s, burst 3x (default off, as in NICo)",
+        help="enable NICo's per-IP limiter at this many req/s (default off, as in NICo)",
     )
     parser.add_argument(
-        "--queue-timeout", type=float, default=3600.0, help="simulated seconds before a Waiting task expires"
+        "--rate-limit-burst", type=int, default=30, help="the limiter's burst (default 30, as in NICo)"
     )
     parser.add_argument(
-        "--legacy-routes-only", action="store_true", help="serve /rack/task/{id} only (older NICo)"
+        "--nico-version",
+        choices=["2.0", "1.6"],
+        default="2.0",
+        help="the REST server to behave as (default 2.0; 1.6: no reports, no includeReport)",
+    )
+    parser.add_argument(
+        "--task-list-paging",
+        action="store_true",
+        help="task lists accept pageNumber/pageSize as the OpenAPI spec says (no NICo release does)",
+    )
+    parser.add_argument(
+        "--history-tasks-per-rack",
+        type=_int_range,
+        default=(0, 0),
+        metavar="MIN:MAX",
+        help="finished tasks each rack has before the simulation starts, e.g. 50:500",
+    )
+    parser.add_argument(
+        "--list-order",
+        choices=["heap", "insertion", "shuffle"],
+        default="heap",
+        help="row order of task lists (default heap: updated rows move to the end)",
+    )
+    parser.add_argument(
+        "--leak-queue-timeout",
+        type=float,
+        default=0.0,
+        help="simulated seconds before a Waiting leak-detection task expires (0: Flow's 1 h)",
+    )
+    parser.add_argument(
+        "--legacy-routes-only", action="store_true", help="serve /rack/task/{id} only (NICo before 1.6)"
     )
 
 
@@ -264,8 +311,10 @@ def _simulation(args: argparse.Namespace) -> Simulation:
             non_flow_sites=args.non_flow_sites,
             arrivals_per_rack_per_hour=args.arrivals_per_rack_per_hour,
             failure_rate=args.failure_rate,
+            tray_scoped_fraction=args.tray_scoped_fraction,
             stuck_tasks=args.stuck_tasks,
             history_hours=args.history_hours,
+            history_tasks_per_rack=args.history_tasks_per_rack,
             horizon_hours=args.horizon_hours,
             **_traffic_overrides(args),
         )
@@ -277,11 +326,14 @@ def _simulation(args: argparse.Namespace) -> Simulation:
         tokens=tuple(args.token or ("sim-token",)),
         client_credentials={args.client_id: args.client_secret},
         require_auth=not args.no_auth,
+        nico_version=args.nico_version,
+        task_list_paging=args.task_list_paging,
         rate_limit=args.rate_limit > 0,
         rate_limit_rate=args.rate_limit or 10.0,
-        rate_limit_burst=max(1, int(args.rate_limit * 3)) if args.rate_limit > 0 else 30,
+        rate_limit_burst=args.rate_limit_burst,
+        list_order=args.list_order,
         legacy_routes_only=args.legacy_routes_only,
-        queue_timeout_s=args.queue_timeout,
+        leak_queue_timeout_s=args.leak_queue_timeout,
     )
     for token in config.tokens:
         logs.register_secret(token)

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import random
+import re
 import ssl
 import time
 from collections import OrderedDict
@@ -41,6 +42,8 @@ from exporter.errors import (
     RateLimited,
     RouteMissing,
     ServerError,
+    TaskNotCancellable,
+    TaskNotOnSite,
     TransportError,
     Unauthorized,
 )
@@ -64,9 +67,17 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 MAX_PAGE_SIZE = 100
+# What NICo returns when no page is asked for (pagination.go; paginator.DefaultLimit): on v2.0
+# every task list is this many rows at most.
+DEFAULT_PAGE_SIZE = 20
 # Every page is a Temporal workflow on the site: a listing never fetches more than this many
 # (50,000 tasks), whatever total the server claims.
 MAX_PAGES = 500
+_PAGING_KEYS = ("pageNumber", "pageSize")
+THROTTLED_PAUSE_S = 1.0
+_UNKNOWN_PARAM = re.compile(r"^Unknown query parameter specified in request: (\S+)$")
+# The router's 404 bodies: inside /v2 (middleware/notfound.go) and Echo's own.
+_ROUTER_404 = frozenset({"The requested path could not be found", "The requested path was not found"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +130,12 @@ class RetryPolicy:
 
 @dataclass
 class Listing(Generic[M]):
-    """The result of paging through one list endpoint.
+    """The rows one list call (or one paged walk) returned.
 
-    ``total`` is the server's last ``X-Pagination.total`` (``None`` if it never sent a usable
-    one). ``complete`` says every page was fetched; pages of a changing, unordered set can still
-    skip items, which is why the poller reconciles. ``rejected`` counts items dropped as invalid.
+    ``total`` is the server's ``X-Pagination.total``, the exact size of the filtered set
+    (``None`` if no usable header came). ``complete`` is true only when the rows cover
+    ``total``: on NICo v2.0 a task list is the first 20 rows, so a rack with more tasks than
+    that is never listed completely. ``rejected`` counts items dropped as invalid.
     """
 
     items: list[M]
@@ -135,6 +147,19 @@ class Listing(Generic[M]):
     # The server's clock (its ``Date`` header) when the first page was answered: compared with
     # NICo's own timestamps, it is immune to clock skew between NICo and the exporter.
     server_date: float | None = None
+
+
+@dataclass
+class ServerProfile:
+    """What the client has learned about this server's task lists.
+
+    ``task_list_paging``: None until known; False once the server refused ``pageNumber`` or
+    ``pageSize`` (NICo v2.0: every task list is then its first 20 rows); True once it paged.
+    ``task_reports``: False once it refused ``includeReport`` (NICo 1.6: tasks carry no report).
+    """
+
+    task_list_paging: bool | None = None
+    task_reports: bool = True
 
 
 @dataclass
@@ -182,7 +207,7 @@ class NicoClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout_s: float = 30.0,
         max_requests_per_second: float = 10.0,
-        burst: int = 30,
+        burst: int = 10,
         max_concurrency: int = 8,
         retry: RetryPolicy | None = None,
         hooks: ClientHooks | None = None,
@@ -207,6 +232,8 @@ class NicoClient:
         self._concurrency = asyncio.Semaphore(max(1, max_concurrency))
         self._rng = rng or random.Random()
         self._legacy_task_routes = False
+        self.profile = ServerProfile()
+        self._paging_probe = asyncio.Lock()
         self.max_pages = max_pages
         self.task_cache_size = task_cache_size
         self._parsed_tasks: OrderedDict[str, tuple[int, Task]] = OrderedDict()
@@ -273,15 +300,20 @@ class NicoClient:
         *,
         active_only: bool = True,
         include_report: bool = True,
+        first_page_only: bool = False,
         deadline: float | None = None,
         priority: int = Priority.ACTIVE_POLL,
     ) -> Listing[Task]:
-        """Every task of a rack, including tasks started from its trays' endpoints."""
-        return await self._paged(
-            Task,
+        """The tasks of a rack, including tasks started from its trays' endpoints.
+
+        On a server that pages task lists every page is fetched (``first_page_only``: one
+        one-row page, enough for the total); on NICo v2.0 this is one call: the first 20 rows.
+        """
+        return await self._task_listing(
             "/rack/{id}/task",
             f"/rack/{rack_id}/task",
             _task_params(site_id, active_only, include_report),
+            first_page_only=first_page_only,
             priority=priority,
             deadline=deadline,
         )
@@ -297,43 +329,105 @@ class NicoClient:
         priority: int = Priority.TRAY_ATTRIBUTION,
     ) -> Listing[Task]:
         """The tasks that target one tray (by tray UUID, not ``componentId``)."""
-        return await self._paged(
-            Task,
+        return await self._task_listing(
             "/tray/{id}/task",
             f"/tray/{tray_id}/task",
             _task_params(site_id, active_only, include_report),
+            first_page_only=False,
             priority=priority,
             deadline=deadline,
         )
 
-    async def count_rack_tasks(
+    def recheck_task_list_paging(self) -> None:
+        """Ask once more whether task lists page (the discovery job calls this): a server that
+        was upgraded or replaced is found out at the next task list."""
+        if self.profile.task_list_paging is False:
+            self.profile.task_list_paging = None
+
+    async def _task_listing(
         self,
-        site_id: str,
-        rack_id: str,
+        endpoint: str,
+        path: str,
+        params: dict[str, Any],
         *,
-        active_only: bool = False,
-        deadline: float | None = None,
-        priority: int = Priority.RECONCILIATION,
-    ) -> int:
-        """``X-Pagination.total`` of a rack's task list, from a one-item page (a cheap probe)."""
-        params = _task_params(site_id, active_only, include_report=False)
-        params["pageSize"] = 1
-        resp = await self._request(
-            "GET",
-            "/rack/{id}/task",
-            f"/rack/{rack_id}/task",
-            params=params,
-            priority=priority,
-            deadline=deadline,
+        first_page_only: bool,
+        priority: int,
+        deadline: float | None,
+    ) -> Listing[Task]:
+        """A task list as this server allows it; learns from a 400 naming a parameter it refuses.
+
+        While it is not known whether task lists page, one call at a time asks (with paging
+        parameters) and the others wait for its answer, so a v2.0 server refuses one call, not
+        one per rack.
+        """
+        if self.profile.task_list_paging is None:
+            async with self._paging_probe:
+                if self.profile.task_list_paging is None:
+                    return await self._task_listing_once(
+                        endpoint,
+                        path,
+                        params,
+                        first_page_only=first_page_only,
+                        priority=priority,
+                        deadline=deadline,
+                    )
+        return await self._task_listing_once(
+            endpoint, path, params, first_page_only=first_page_only, priority=priority, deadline=deadline
         )
-        pagination = self._pagination(resp, "/rack/{id}/task")
-        if pagination is None:
-            raise BadPayload(
-                "no usable X-Pagination header on /rack/{id}/task",
-                endpoint="/rack/{id}/task",
-                reason="bad_pagination",
+
+    async def _task_listing_once(
+        self,
+        endpoint: str,
+        path: str,
+        params: dict[str, Any],
+        *,
+        first_page_only: bool,
+        priority: int,
+        deadline: float | None,
+    ) -> Listing[Task]:
+        while True:
+            query = dict(params)
+            if not self.profile.task_reports:
+                query.pop("includeReport", None)
+            paged = self.profile.task_list_paging is not False
+            try:
+                if paged:
+                    listing = await self._paged(
+                        Task,
+                        endpoint,
+                        path,
+                        query,
+                        priority=priority,
+                        deadline=deadline,
+                        page_size=1 if first_page_only else MAX_PAGE_SIZE,
+                        max_pages=1 if first_page_only else self.max_pages,
+                    )
+                    self.profile.task_list_paging = True
+                    return listing
+                return await self._unpaged(Task, endpoint, path, query, priority=priority, deadline=deadline)
+            except BadRequest as err:
+                if not self._learn_from(err, paged=paged):
+                    raise
+
+    def _learn_from(self, err: BadRequest, *, paged: bool) -> bool:
+        """Whether ``err`` is NICo refusing a parameter we can do without (then stop sending it)."""
+        match = _UNKNOWN_PARAM.match(err.detail)
+        key = match.group(1) if match else None
+        if paged and key in _PAGING_KEYS:
+            self.profile.task_list_paging = False
+            log.info(
+                "task lists on this server do not page: each is its first 20 rows",
+                extra={"endpoint": err.endpoint, "parameter": key},
             )
-        return pagination.total
+            return True
+        if key == "includeReport" and self.profile.task_reports:
+            self.profile.task_reports = False
+            log.warning(
+                "this server's task lists take no includeReport (NICo 1.6): no stage or step data",
+                extra={"endpoint": err.endpoint},
+            )
+            return True
+        return False
 
     async def get_task(
         self,
@@ -417,20 +511,28 @@ class NicoClient:
         *,
         priority: int,
         deadline: float | None,
+        page_size: int = MAX_PAGE_SIZE,
+        max_pages: int | None = None,
     ) -> Listing[M]:
-        """Follow ``X-Pagination.total`` at ``pageSize=100``, dropping ids repeated across pages."""
+        """Follow ``X-Pagination.total`` page by page, dropping ids repeated across pages."""
+        limit = self.max_pages if max_pages is None else max_pages
         seen: set[str] = set()
         items: list[M] = []
         total: int | None = None
         rejected = duplicates = 0
         page = 1
         server_date: float | None = None
+
+        def done(complete: bool) -> Listing[M]:
+            covered = complete and rejected == 0 and (total is None or len(items) >= total)
+            return Listing(items, total, page, covered, rejected, duplicates, server_date)
+
         while True:
             resp = await self._request(
                 "GET",
                 endpoint,
                 path,
-                params={**params, "pageNumber": page, "pageSize": MAX_PAGE_SIZE},
+                params={**params, "pageNumber": page, "pageSize": page_size},
                 priority=priority,
                 deadline=deadline,
             )
@@ -446,26 +548,53 @@ class NicoClient:
             if pagination is not None:
                 total = pagination.total
                 # The server's own page size decides the offsets, whatever we asked for.
-                size = min(pagination.page_size, MAX_PAGE_SIZE)
+                size = max(1, min(pagination.page_size, MAX_PAGE_SIZE))
                 if page >= max(1, math.ceil(total / size)):
-                    return Listing(items, total, page, True, rejected, duplicates, server_date)
+                    return done(True)
                 if raw_count == 0:
                     # The set shrank while we paged: what we have is all there is, but not proof.
-                    return Listing(items, total, page, False, rejected, duplicates, server_date)
-            elif raw_count < MAX_PAGE_SIZE:
-                return Listing(items, total, page, True, rejected, duplicates, server_date)
-            if (good and not fresh) or page >= self.max_pages:
-                # A page of nothing but repeats means the server ignores pageNumber; the page
-                # cap bounds a runaway total. Either way, each further page is a Temporal workflow.
+                    return done(False)
+            elif raw_count < page_size:
+                return done(True)
+            if page >= limit:
+                return done(False)
+            if good and not fresh:
+                # A page of nothing but repeats means the server ignores pageNumber; each further
+                # page would be another Temporal workflow.
                 log.warning(
-                    "stopped paging after %d pages (total=%s, repeats=%s)",
-                    page,
-                    total,
-                    bool(good and not fresh),
-                    extra={"endpoint": endpoint},
+                    "stopped paging: a page repeated the last",
+                    extra={"endpoint": endpoint, "pages": page, "total": total},
                 )
-                return Listing(items, total, page, False, rejected, duplicates, server_date)
+                return done(False)
             page += 1
+
+    async def _unpaged(
+        self,
+        model: type[M],
+        endpoint: str,
+        path: str,
+        params: dict[str, Any],
+        *,
+        priority: int,
+        deadline: float | None,
+    ) -> Listing[M]:
+        """One list call without paging parameters: the server's first page (20 rows on NICo)."""
+        resp = await self._request("GET", endpoint, path, params=params, priority=priority, deadline=deadline)
+        good, bad = self._parse_page(model, resp, endpoint)
+        items = dedupe_by_id(good, set())
+        pagination = self._pagination(resp, endpoint)
+        raw_count = len(resp.body) if isinstance(resp.body, list) else 0
+        total = pagination.total if pagination is not None else None
+        covered = len(items) >= total if total is not None else raw_count < DEFAULT_PAGE_SIZE
+        return Listing(
+            items,
+            total,
+            1,
+            covered and not bad,
+            len(bad),
+            len(good) - len(items),
+            _http_date(resp.headers.get("Date")),
+        )
 
     def _parse_page(self, model: type[M], resp: _Response, endpoint: str) -> tuple[list[M], list[BadPayload]]:
         good: list[M]
@@ -582,6 +711,7 @@ class NicoClient:
         reauthenticated = False
         while True:
             attempt += 1
+            started = time.monotonic()
             try:
                 return await self._attempt(
                     method, endpoint, path, params, json_body, priority, deadline, attempt
@@ -597,14 +727,19 @@ class NicoClient:
                 if not (retry and err.retryable) or attempt >= self.retry.max_attempts:
                     raise
                 pause = self.retry.delay(attempt, self._rng)
-                if deadline is not None and time.monotonic() + pause >= deadline:
+                took = time.monotonic() - started
+                # An attempt that cannot finish in time (the last one took longer than what is
+                # left) would only cost NICo another workflow: give up with the real error.
+                if deadline is not None and time.monotonic() + pause + took >= deadline:
                     raise
                 log.debug(
-                    "retrying after %s (attempt %d, %.2fs)",
-                    type(err).__name__,
-                    attempt,
-                    pause,
-                    extra={"endpoint": endpoint},
+                    "retrying",
+                    extra={
+                        "endpoint": endpoint,
+                        "error": type(err).__name__,
+                        "attempt": attempt,
+                        "pause_s": pause,
+                    },
                 )
                 await asyncio.sleep(pause)
 
@@ -670,6 +805,10 @@ class NicoClient:
             return _Response(status, body, resp.headers)
         if status == 401:
             self.auth.invalidate(token)
+        if status == 429:
+            # NICo says nothing about when to come back; its bucket refills at the same rate as
+            # ours, so a second's pause for every caller lets it fill again.
+            self.limiter.penalize(THROTTLED_PAUSE_S)
         raise _error_for(resp, endpoint, token)
 
 
@@ -740,11 +879,11 @@ def _error_for(resp: httpx.Response, endpoint: str, token: str | None = None) ->
         nico_body = APIError.model_validate_json(resp.content)
     except ValidationError:
         nico_body = None
-    is_nico = nico_body is not None and nico_body.source is not None
-    message = (nico_body.message if nico_body is not None else "") or resp.reason_phrase or "no message"
+    detail = (nico_body.message if nico_body is not None else "") or ""
     if token:
         # A proxy or a buggy server could echo the credential back: it must not reach our logs.
-        message = message.replace(token, "<redacted>")
+        detail = detail.replace(token, "<redacted>")
+    message = detail or resp.reason_phrase or "no message"
     text = f"{resp.request.method} {endpoint}: HTTP {status}: {message[:300]}"
     kind: type[NicoError]
     if status == 401:
@@ -752,21 +891,27 @@ def _error_for(resp: httpx.Response, endpoint: str, token: str | None = None) ->
     elif status == 403:
         kind = Forbidden
     elif status in (404, 405):
-        # NICo's own 404s carry {"source": "nico"}; a router's "Not Found" does not.
-        kind = NotFound if (status == 404 and is_nico) else RouteMissing
+        # An object's 404 has a NICo body with its own message. The router's 404 has a NICo
+        # body too, told apart by its message; any other 404 or 405 is no NICo route at all.
+        is_object = status == 404 and nico_body is not None and bool(nico_body.source)
+        kind = NotFound if is_object and detail not in _ROUTER_404 else RouteMissing
     elif status == 412:
         kind = FlowDisabled
     elif status == 429:
         kind = RateLimited
     elif status == 501:
         kind = NicoError
+    elif status >= 500 and "no rows in result set" in detail and "/task/{id}" in endpoint:
+        kind = TaskNotOnSite
+    elif status >= 500 and "cannot be cancelled" in detail:
+        kind = TaskNotCancellable
     elif status >= 500:
         kind = ServerError
     elif 400 <= status < 500:
         kind = BadRequest
     else:
         kind = NicoError
-    return kind(text, endpoint=endpoint, status=status)
+    return kind(text, endpoint=endpoint, status=status, detail=detail)
 
 
 __all__: Sequence[str] = (

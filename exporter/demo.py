@@ -56,7 +56,7 @@ def demo_simulation(speed: float, seed: int, sites: int = 2, racks: int = 8) -> 
         scenario=scenario,
         faults=FaultConfig(),
         tokens=(TOKEN,),
-        queue_timeout_s=3600.0 / speed,
+        leak_queue_timeout_s=3600.0 / speed,
     )
     return Simulation(config)
 

@@ -162,6 +162,7 @@ def fleet_series(fleet: Fleet) -> dict[str, int]:
     counts: dict[str, int] = {
         "nico_tasks": s * len(fleet.active) * ops,
         "nico_tasks_finished_total": s * finished_statuses * ops,
+        "nico_tasks_unobserved_total": s,
         "nico_task_duration_seconds": _histogram_series(
             "nico_task_duration_seconds", s * finished_statuses * ops
         ),

@@ -17,11 +17,15 @@ class NicoError(Exception):
 
     retryable: bool = False
 
-    def __init__(self, message: str, *, endpoint: str = "", status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, endpoint: str = "", status: int | None = None, detail: str = ""
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.endpoint = endpoint
         self.status = status
+        # NICo's own ``message`` from the error body ("" when there was none).
+        self.detail = detail
 
 
 class TransportError(NicoError):
@@ -43,7 +47,18 @@ class NotFound(NicoError):
 
 
 class RouteMissing(NotFound):
-    """404 or 405 from the HTTP router: this server does not have the route at all."""
+    """The server has no such route: its router's 404 ("The requested path could not be
+    found"), a 405, or a 404 that is not NICo's at all."""
+
+
+class TaskNotOnSite(NicoError):
+    """``GET /task/{id}`` answered Flow's "sql: no rows in result set" (a 500): this site's Flow
+    has no such task. NICo never answers 404 for a missing task. Not retried at once (the site
+    agent already tried twice); the caller decides how often to ask again."""
+
+
+class TaskNotCancellable(NicoError):
+    """Cancel refused because the task already succeeded or failed (Flow's plain error, a 500)."""
 
 
 class BadRequest(NicoError):

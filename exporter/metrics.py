@@ -71,6 +71,13 @@ FAMILIES: tuple[Family, ...] = (
         "Tasks seen becoming terminal (Succeeded, Failed, Terminated), each counted once; continues across restarts.",
     ),
     _f(
+        "nico_tasks_unobserved_total",
+        "counter",
+        "site_id",
+        "Tasks created and finished between two polls where no list could name them (NICo v2.0 "
+        "lists stop at 20 rows), from each rack's creation counter; each counted once, across restarts.",
+    ),
+    _f(
         "nico_task_duration_seconds",
         "histogram",
         "site_id status operation",
@@ -140,7 +147,8 @@ FAMILIES: tuple[Family, ...] = (
         "nico_task_failure_info",
         "gauge",
         "site_id rack_id task_id operation stage_number component_type reason error",
-        "Always 1: why a failed task (within the TTL) failed; error cut to 128 characters.",
+        "Always 1: why a failed task (within the TTL) failed; error without Flow's "
+        "'stage N failed: component type T failed:' wrapping, cut to 128 characters.",
     ),
     _f(
         "nico_task_stage_status",
@@ -414,6 +422,16 @@ class FailureContext:
     error: str
 
 
+# Flow wraps a stage's error as "stage N failed: component type T failed: <cause>"
+# (flow/internal/task/executor/temporalworkflow/workflow/helpers.go:342-343, :431).
+_FLOW_WRAPPING = re.compile(r"^(stage \d+ failed: |component type \S+ failed: )+")
+
+
+def error_cause(error: str) -> str:
+    """Flow's error without its wrapping: the stage and component type are labels of their own."""
+    return _FLOW_WRAPPING.sub("", error.strip(), count=1) or error
+
+
 def failure_context(record: TaskRecord) -> FailureContext:
     """Where and why a failed task failed: the first failed stage and step of its report."""
     report = record.task.report
@@ -425,10 +443,10 @@ def failure_context(record: TaskRecord) -> FailureContext:
             step = failed_steps[0] if failed_steps else None
             error = (step.error if step else None) or stage.error or report.error or record.task.message or ""
             kinds = ",".join(sorted({s.component_type.value for s in failed_steps})) or "unknown"
-            return FailureContext(str(stage.number), kinds, error)
+            return FailureContext(str(stage.number), kinds, error_cause(error))
         if report.error:
-            return FailureContext("", "unknown", report.error)
-    return FailureContext("", "unknown", record.task.message or "")
+            return FailureContext("", "unknown", error_cause(report.error))
+    return FailureContext("", "unknown", error_cause(record.task.message or ""))
 
 
 def short_error(error: str) -> str:
@@ -604,12 +622,19 @@ class NicoCollector(Collector):
         self._samples = cache
         tasks = _filled(self._gauge("nico_tasks"), active.items())
         finished = _filled(self._counter("nico_tasks_finished_total"), self.store.totals.tasks.items())
+        # Every watched site has the counter from the start (0 until a task goes unseen).
+        counted = self.store.totals.unobserved
+        unobserved = _filled(
+            self._counter("nico_tasks_unobserved_total"),
+            (((site,), counted.get(site, 0)) for site in set(counted) | set(self.poller.health)),
+        )
         tray_tasks = _filled(self._gauge("nico_tray_tasks"), trays.items())
         tray_failures = _filled(
             self._counter("nico_tray_task_failures_total"), self.store.totals.tray_failures.items()
         )
         yield tasks
         yield finished
+        yield unobserved
         for name in _PER_TASK:
             if name != "nico_task_stage_status" or self.per_task_stages:
                 yield families[name]

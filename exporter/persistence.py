@@ -1,9 +1,9 @@
 """What exactly-once needs across restarts, in SQLite (stdlib ``sqlite3``, WAL).
 
 Kept: delivered transition keys of tracked tasks, terminal task ids (pruned by age), rack
-baselines and expected task counts, finished totals (so counters continue instead of
-resetting), per-tray failure totals, and the tasks being tracked (to fetch them again after a
-restart). Each poll's changes are written in one transaction, so a kill -9 at any moment leaves
+ledgers (baseline, creation counter, tasks seen and counted unobserved), finished and unobserved
+totals (so counters continue instead of resetting), per-tray failure totals, and the tasks being
+tracked or named and awaiting their final fetch (to fetch them again after a restart). Each poll's changes are written in one transaction, so a kill -9 at any moment leaves
 either all of a poll's transitions or none: none are then delivered again, once.
 
 A corrupt file is moved aside and a fresh one started; an unwritable one leaves the exporter
@@ -25,13 +25,15 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS racks (
-    rack_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, baselined_at REAL, known_count INTEGER NOT NULL
+    rack_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, baselined_at REAL, baseline_total INTEGER,
+    last_total INTEGER, seen_new INTEGER NOT NULL DEFAULT 0, unobserved INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS unobserved (site_id TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS terminal (task_id TEXT PRIMARY KEY, rack_id TEXT NOT NULL, finished_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS terminal_finished ON terminal (finished_at);
 CREATE TABLE IF NOT EXISTS delivered (key TEXT PRIMARY KEY, task_id TEXT NOT NULL);
@@ -50,6 +52,13 @@ CREATE TABLE IF NOT EXISTS tracked (
 """
 
 TrackedRow = tuple[str, str, frozenset[str] | None]
+# site_id, baselined_at, baseline_total, last_total, seen_new, unobserved
+RackRow = tuple[str, float | None, int | None, int | None, int, int]
+
+# Schema 1 kept a different rack row (a listing's expected count): its ledgers start afresh.
+_MIGRATE_FROM_1 = """
+DROP TABLE racks;
+"""
 
 
 @dataclass
@@ -58,9 +67,10 @@ class StateBatch:
 
     delivered: list[tuple[str, str]] = field(default_factory=list)
     terminal: dict[str, tuple[str, float]] = field(default_factory=dict)
-    racks: dict[str, tuple[str, float | None, int]] = field(default_factory=dict)
+    racks: dict[str, RackRow] = field(default_factory=dict)
     totals: dict[tuple[str, str, str], int] = field(default_factory=dict)
     tray_failures: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    unobserved: dict[str, int] = field(default_factory=dict)
     tracked: dict[str, TrackedRow] = field(default_factory=dict)
     untracked: set[str] = field(default_factory=set)
     forget_delivered: set[str] = field(default_factory=set)
@@ -75,6 +85,7 @@ class StateBatch:
                 self.racks,
                 self.totals,
                 self.tray_failures,
+                self.unobserved,
                 self.tracked,
                 self.untracked,
                 self.forget_delivered,
@@ -85,11 +96,12 @@ class StateBatch:
 
 @dataclass
 class LoadedState:
-    racks: dict[str, tuple[str, float | None, int]] = field(default_factory=dict)
+    racks: dict[str, RackRow] = field(default_factory=dict)
     terminal: dict[str, float] = field(default_factory=dict)
     delivered: list[tuple[str, str]] = field(default_factory=list)
     totals: dict[tuple[str, str, str], int] = field(default_factory=dict)
     tray_failures: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    unobserved: dict[str, int] = field(default_factory=dict)
     tracked: dict[str, TrackedRow] = field(default_factory=dict)
 
 
@@ -150,15 +162,23 @@ class SqlitePersistence:
             if check is None or check[0] != "ok":
                 conn.close()
                 raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no answer'}")
-            conn.executescript(_SCHEMA)
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is not None and int(row[0]) == 1:
+                log.warning(
+                    "state file from an older exporter: rack ledgers start again",
+                    extra={"path": str(self.path)},
+                )
+                conn.executescript(_MIGRATE_FROM_1)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            elif row is not None and int(row[0]) != SCHEMA_VERSION:
+                conn.close()
+                raise sqlite3.DatabaseError(f"schema version {row[0]}, this exporter writes {SCHEMA_VERSION}")
+            conn.executescript(_SCHEMA)
             if row is None:
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
-            elif int(row[0]) != SCHEMA_VERSION:
-                conn.close()
-                raise sqlite3.DatabaseError(f"schema version {row[0]}, this exporter writes {SCHEMA_VERSION}")
             conn.execute("CREATE TABLE IF NOT EXISTS _probe (x)")  # fails now if read-only
             conn.execute("DROP TABLE _probe")
             return conn
@@ -170,7 +190,13 @@ class SqlitePersistence:
     def load(self) -> LoadedState:
         c = self._conn
         state = LoadedState()
-        state.racks = {r: (s, b, int(n)) for r, s, b, n in c.execute("SELECT * FROM racks")}
+        state.racks = {
+            r: (s, b, bt, lt, int(n), int(u))
+            for r, s, b, bt, lt, n, u in c.execute(
+                "SELECT rack_id, site_id, baselined_at, baseline_total, last_total, seen_new, unobserved FROM racks"
+            )
+        }
+        state.unobserved = {s: int(n) for s, n in c.execute("SELECT site_id, count FROM unobserved")}
         state.terminal = {t: float(f) for t, _, f in c.execute("SELECT * FROM terminal")}
         state.delivered = [(k, t) for k, t in c.execute("SELECT key, task_id FROM delivered")]
         state.totals = {(s, st, o): int(n) for s, st, o, n in c.execute("SELECT * FROM totals")}
@@ -203,8 +229,12 @@ class SqlitePersistence:
                 [(t, r, f) for t, (r, f) in b.terminal.items()],
             )
             c.executemany(
-                "INSERT OR REPLACE INTO racks (rack_id, site_id, baselined_at, known_count) VALUES (?, ?, ?, ?)",
-                [(r, s, at, n) for r, (s, at, n) in b.racks.items()],
+                "INSERT OR REPLACE INTO racks (rack_id, site_id, baselined_at, baseline_total, last_total,"
+                " seen_new, unobserved) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r, *row) for r, row in b.racks.items()],
+            )
+            c.executemany(
+                "INSERT OR REPLACE INTO unobserved (site_id, count) VALUES (?, ?)", list(b.unobserved.items())
             )
             c.executemany(
                 "INSERT OR REPLACE INTO totals (site_id, status, operation, count) VALUES (?, ?, ?, ?)",

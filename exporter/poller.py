@@ -1,22 +1,35 @@
-"""The polling jobs: discovery, active polls, final fetches, tray attribution, reconciliation.
+"""The polling jobs: discovery, rack polls, final fetches, tray attribution.
 
 Every NICo call runs a Temporal workflow on the site, so the jobs spend calls carefully and share
-the client's token bucket by priority: final fetch > active poll > tray attribution >
-reconciliation > discovery. When the budget cannot hold the configured freshness the poller says
-so (a warning naming the shortfall, and ``stats``) and sheds the low-priority jobs first.
+the client's token bucket by priority: final fetch > rack poll > tray attribution > counter
+reads and listings that name unexplained tasks > discovery. When the budget cannot hold the
+configured freshness the poller says so (a warning naming the shortfall, and ``stats``) and sheds
+the low-priority jobs first.
 
+NICo v2.0's task lists take no paging parameters: each is its first 20 rows, with an exact
+``X-Pagination.total``. The engine needs no list longer than that (docs/polling.md):
+
+- rack poll, per rack and active interval, one call in steady state:
+  - an idle rack reads its all-tasks total (a creation counter: NICo never deletes a task);
+    only when it moved is the active list read;
+  - a rack with active tasks reads ``activeOnly=true&includeReport=true``, complete while the
+    rack has 20 or fewer active tasks; its total is read every ``reconcile_interval``.
+
+  A task that leaves a complete active list is fetched at once with ``GET /task/{id}``. When a
+  rack has more than 20 active tasks, the known ones not returned are followed by id, and the
+  unknown ones are found on the trays' active lists. After a counter read and the active list
+  that follows it, tasks the counter includes that nobody could name are counted unobserved.
+  On a server that pages task lists (the spec's reading) they are named instead, by listing the
+  rack, only when the counter says there is something to find.
+- final fetch: ``GET /task/{id}`` (report always included) for the terminal status, ``finished``
+  and final report; retried with backoff until it succeeds. A task the site does not have
+  (Flow's "no rows" 500) is asked for a few times, then recorded as vanished.
+- tray attribution, once per task while it is active: rack-wide steps need no call; otherwise
+  the ``activeOnly=true`` lists of trays of the types its report names, stopping when found. A
+  task that ends first settles with what was found.
 - discovery: sites (configured, or every Flow-enabled one), their racks, their trays (one paged
   ``GET /tray?siteId=`` per site). Racks this shard does not own are ignored; racks that
-  disappear drop their state.
-- active poll, per rack: ``GET /rack/{id}/task?activeOnly=true&includeReport=true``. One call
-  covers the rack's 35 trays. A task that leaves the active set is queued for a final fetch.
-- final fetch: ``GET /task/{id}`` (report always included) for the terminal status, ``finished``
-  and final report; retried with backoff until it succeeds; a 404 is recorded as vanished.
-- tray attribution, once per task: rack-wide steps need no call; otherwise a scan of
-  ``GET /tray/{id}/task`` over trays of the types the report names, stopping when found.
-- reconciliation, per rack: a ``pageSize=1`` probe compares ``X-Pagination.total`` with what the
-  store expects; only a difference pages the full list, to find tasks that started and finished
-  between active polls. The first full listing of a rack sets its baseline.
+  disappear drop their state. It also re-checks whether the server pages task lists.
 """
 
 from __future__ import annotations
@@ -28,8 +41,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from exporter.attribution import Plan, plan
-from exporter.client import NicoClient
-from exporter.errors import FlowDisabled, NicoError, NotFound
+from exporter.client import Listing, NicoClient
+from exporter.errors import FlowDisabled, NicoError, NotFound, TaskNotOnSite
 from exporter.models import ComponentType, Rack, Site, Task, Tray
 from exporter.ratelimit import Priority
 from exporter.sharding import Shard
@@ -37,15 +50,21 @@ from exporter.state import Store
 
 log = logging.getLogger(__name__)
 
-# Attribution passes before a task is settled with the trays found so far (a task that ended
-# before it could be seen on its trays' lists).
+# Attribution passes before an active task is settled with the trays found so far.
 MAX_ATTRIBUTION_PASSES = 3
 FINAL_FETCH_MAX_BACKOFF = 60.0
+# How often a task the site says it does not have is asked for before it is taken as gone.
+NOT_ON_SITE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
 class Intervals:
-    """How often each job runs, in seconds."""
+    """How often each job runs, in seconds.
+
+    ``reconcile``: how often a rack with active tasks reads its all-tasks total (an idle rack
+    reads it at every active poll), and the least time between two listings of one rack that
+    name unexplained tasks on a paging server.
+    """
 
     active: float = 15.0
     trays: float = 60.0
@@ -68,11 +87,19 @@ class SiteHealth:
 
 @dataclass
 class RackEntry:
+    """What the poller keeps for one rack between polls (none of it needs to survive a restart)."""
+
     site_id: str
     rack: Rack
     trays: list[Tray] = field(default_factory=list)
     last_poll: float | None = None
-    last_reconcile: float | None = None
+    # When the all-tasks total was last read (clock seconds).
+    total_read_at: float | None = None
+    # The last active list's total: more than 20 means the list could not show them all.
+    active_total: int = 0
+    # Active tasks the last active list neither showed nor knew: found on the trays' lists.
+    hidden_active: int = 0
+    named_at: float | None = None
 
 
 @dataclass
@@ -81,6 +108,7 @@ class FinalFetch:
     rack_id: str
     attempts: int = 0
     not_before: float = 0.0
+    not_on_site: int = 0
 
 
 @dataclass
@@ -112,8 +140,11 @@ class PollerStats:
     shed: dict[str, int] = field(default_factory=dict)
     discoveries: int = 0
     discovery_errors: int = 0
+    total_reads: int = 0
+    active_lists: int = 0
     full_listings: int = 0
     tray_scans: int = 0
+    followed: int = 0
 
 
 class Poller:
@@ -156,10 +187,7 @@ class Poller:
         self.ready = False
         self._last_overrun = False
         self._last_discovery = 0.0
-        # Racks that left the inventory in this run: if they come back, list them in full (their
-        # tasks may have ended while they were away).
-        self._relist: set[str] = set()
-        for task_id, (site_id, rack_id, _) in store.recovered.items():
+        for task_id, site_id, rack_id in store.awaiting_fetch():
             self.final_fetches[task_id] = FinalFetch(site_id, rack_id)
 
     # -- budget ------------------------------------------------------------------------------------
@@ -170,7 +198,7 @@ class Poller:
 
     def _shed(self, job: str) -> None:
         self.stats.shed[job] = self.stats.shed.get(job, 0) + 1
-        log.info("budget saturated: skipped this %s run", job, extra={"job": job})
+        log.info("budget saturated: skipped a run", extra={"job": job})
 
     def _check_budget(self) -> None:
         iv = self.intervals
@@ -181,28 +209,28 @@ class Poller:
         if budget <= 0:
             self.stats.freshness_shortfall_seconds = 0.0
             return
-        # The active polls alone take racks/budget seconds of the whole budget per cycle.
+        # The rack polls alone take racks/budget seconds of the whole budget per cycle.
         shortfall = max(0.0, racks / budget - iv.active)
         self.stats.freshness_shortfall_seconds = shortfall
         if required > budget:
             log.warning(
-                "%d racks polled every %gs need about %.1f req/s, over the budget of %g req/s: "
-                "rack data will be up to %.0fs old and low-priority jobs will be shed; raise "
-                "api.max_requests_per_second if NICo allows, lengthen polling.active_interval, or shard",
-                racks,
-                iv.active,
-                required,
-                budget,
-                iv.active + shortfall,
-                extra={"required_rps": round(required, 2), "budget_rps": budget},
+                "request budget too small for the racks polled: rack data will be older than the "
+                "active interval and low-priority jobs will be shed; raise api.max_requests_per_second "
+                "if NICo allows, lengthen polling.active_interval, or shard",
+                extra={
+                    "racks": racks,
+                    "active_interval_s": iv.active,
+                    "required_rps": round(required, 2),
+                    "budget_rps": budget,
+                    "data_age_s": round(iv.active + shortfall),
+                },
             )
 
     # -- discovery ---------------------------------------------------------------------------------
 
     async def discover(self) -> None:
-        """The discovery job: refresh the inventory, then list new and returning racks in full."""
+        """The discovery job: refresh the inventory."""
         await self.discover_sites_and_racks()
-        await self.list_new_racks()
 
     async def discover_sites_and_racks(self) -> None:
         """Refresh sites, racks and trays; drop racks and sites that went away."""
@@ -214,23 +242,20 @@ class Poller:
             self._shed("discovery")
             return
         self._last_discovery = self.monotonic()
+        self.client.recheck_task_list_paging()
         deadline = time.monotonic() + self.intervals.discovery
         self.stats.discoveries += 1
         try:
             listing = await self.client.list_sites(flow_enabled=True, deadline=deadline)
         except NicoError as exc:
             self.stats.discovery_errors += 1
-            log.error("site discovery failed: %s", exc, extra={"endpoint": "/site"})
+            log.error("site discovery failed", extra={"endpoint": "/site", "error": str(exc)})
             return
         sites = {s.id: s for s in listing.items if s.flow_enabled or not s.capabilities}
         if self.site_filter:
             missing = [s for s in self.site_filter if s not in sites]
             if missing:
-                log.warning(
-                    "configured sites not found among Flow-enabled sites: %s",
-                    ", ".join(missing),
-                    extra={"sites": missing},
-                )
+                log.warning("configured sites not found among Flow-enabled sites", extra={"sites": missing})
             sites = {sid: s for sid, s in sites.items() if sid in self.site_filter}
         results = await asyncio.gather(*(self._discover_site(site, deadline) for site in sites.values()))
         seen_racks: set[str] = set()
@@ -247,6 +272,13 @@ class Poller:
             )
             self.store.drop_rack(rack_id)
             del self.racks[rack_id]
+        # A rack that is not there cannot be asked about its tasks; one that came back (or was
+        # found after a restart) fetches the ones it had running when it went.
+        for task_id in [t for t, f in self.final_fetches.items() if f.rack_id not in self.racks]:
+            del self.final_fetches[task_id]
+        for task_id, site_id, rack_id in self.store.awaiting_fetch():
+            if rack_id in self.racks:
+                self._queue_final(task_id, site_id, rack_id)
         for site_id in set(self.health) - set(sites):
             log.info("site left the inventory", extra={"site_id": site_id})
             del self.health[site_id]
@@ -263,7 +295,7 @@ class Poller:
             return set()
         except NicoError as exc:
             self.stats.discovery_errors += 1
-            log.error("rack/tray discovery failed: %s", exc, extra={"site_id": site.id})
+            log.error("rack and tray discovery failed", extra={"site_id": site.id, "error": str(exc)})
             return None
         by_rack: dict[str, list[Tray]] = {}
         for tray in trays.items:
@@ -282,10 +314,10 @@ class Poller:
             entry.trays = sorted(by_rack.get(rack.id, []), key=lambda t: t.id)
         return owned
 
-    # -- active polls ------------------------------------------------------------------------------
+    # -- rack polls --------------------------------------------------------------------------------
 
     async def poll_active(self) -> None:
-        """Poll every owned rack's active tasks once, within one active interval."""
+        """Poll every owned rack once, within one active interval."""
         started = time.monotonic()
         deadline = started + self.intervals.active
         # Least recently polled first: when the budget is short the racks left over go first next
@@ -307,11 +339,13 @@ class Poller:
             if failed:
                 health.last_error = failed[0]
                 log.warning(
-                    "%d of %d rack polls failed: %s",
-                    len(failed),
-                    len(errors),
-                    failed[0],
-                    extra={"site_id": site_id},
+                    "rack polls failed",
+                    extra={
+                        "site_id": site_id,
+                        "failed": len(failed),
+                        "racks": len(errors),
+                        "error": failed[0],
+                    },
                 )
         elapsed = time.monotonic() - started
         self.stats.cycles += 1
@@ -320,48 +354,184 @@ class Poller:
         if self._last_overrun:
             self.stats.cycle_overruns += 1
 
+    def _busy(self, rack_id: str, entry: RackEntry) -> bool:
+        return entry.active_total > 0 or bool(self.store.active_ids(rack_id))
+
     async def _poll_rack(self, rack_id: str, entry: RackEntry, deadline: float) -> str | None:
+        """One rack's poll: its counter or its active list (or both), then what they call for."""
         try:
-            listing = await self.client.list_rack_tasks(
-                entry.site_id, rack_id, active_only=True, include_report=True, deadline=deadline
-            )
+            ledger = self.store.ledger(rack_id)
+            if ledger is None or ledger.baselined_at is None:
+                await self._baseline(rack_id, entry, deadline)
+            else:
+                await self._poll_known_rack(rack_id, entry, deadline)
         except NicoError as exc:
             return f"{type(exc).__name__}: {exc}"
-        now = self.clock()
-        left = self.observe_active(entry.site_id, rack_id, listing.items, now, complete=listing.complete)
-        entry.last_poll = now
-        # Fetch the tasks that just left the active set now rather than at the next final-fetch
-        # run: the terminal state is what pages someone.
-        if left:
-            await asyncio.gather(*(self._fetch_final(tid, self.final_fetches[tid], deadline) for tid in left))
+        finally:
             self.store.commit()
+        entry.last_poll = self.clock()
         return None
 
-    def observe_active(
-        self, site_id: str, rack_id: str, tasks: Iterable[Task], now: float, *, complete: bool
-    ) -> list[str]:
-        """Apply one rack's active list: observe each task; returns ids newly queued for a final fetch."""
-        seen: set[str] = set()
-        queued: list[str] = []
+    async def _baseline(self, rack_id: str, entry: RackEntry, deadline: float) -> None:
+        """A rack seen for the first time: its active list (tasks active now are counted when they
+        finish), then its all-tasks total as the base of its creation counter."""
+        listing = await self._active_list(rack_id, entry, deadline)
+        self.store.begin_baseline(rack_id, entry.site_id, listing.server_date or self.clock())
+        fetch = self._apply_active(rack_id, entry, listing, in_baseline=True)
+        _, rows = await self._read_total(rack_id, entry, deadline)
+        self._apply_rows(rack_id, entry, rows, in_baseline=True)
+        await self._fetch_now(fetch, deadline)
+
+    async def _poll_known_rack(self, rack_id: str, entry: RackEntry, deadline: float) -> None:
+        busy = self._busy(rack_id, entry)
+        ledger = self.store.ledger(rack_id)
+        assert ledger is not None
+        overdue = (
+            entry.total_read_at is None or self.clock() - entry.total_read_at >= self.intervals.reconcile
+        )
+        read_total = not busy or ledger.baseline_total is None or (overdue and not self._saturated())
+        moved, rows = False, list[Task]()
+        if read_total:
+            moved, rows = await self._read_total(rack_id, entry, deadline)
+        if not (busy or moved):
+            self._apply_rows(rack_id, entry, rows, in_baseline=False)
+            return  # idle, and nothing was created since the last poll
+        listing = await self._active_list(rack_id, entry, deadline)
+        fetch = self._apply_active(rack_id, entry, listing)
+        # The counter's rows after the active list: a finished task they name is then judged with
+        # every active task of the count already seen (see Store._absorbed).
+        self._apply_rows(rack_id, entry, rows, in_baseline=False)
+        await self._fetch_now(fetch + self._due_on(rack_id), deadline)
+        if read_total:
+            await self._settle(rack_id, entry, listing, deadline)
+
+    async def _read_total(self, rack_id: str, entry: RackEntry, deadline: float) -> tuple[bool, list[Task]]:
+        """Read the rack's all-tasks total; returns (whether it moved, the rows that came with it).
+
+        On NICo v2.0 the rows are the rack's first 20 tasks in storage order, usually its oldest:
+        a rack with a short history is named whole by them, and any new task among them is
+        fetched and counted by name.
+        """
+        listing = await self.client.list_rack_tasks(
+            entry.site_id,
+            rack_id,
+            active_only=False,
+            include_report=False,
+            first_page_only=True,
+            deadline=deadline,
+            priority=Priority.ACTIVE_POLL,
+        )
+        self.stats.total_reads += 1
+        entry.total_read_at = self.clock()
+        moved = listing.total is not None and self.store.observe_total(rack_id, listing.total)
+        return moved, listing.items
+
+    def _due_on(self, rack_id: str) -> list[str]:
+        """Final fetches of the rack's named tasks that are due now."""
+        now = self.monotonic()
+        return [t for t, f in self.final_fetches.items() if f.rack_id == rack_id and f.not_before <= now]
+
+    async def _active_list(self, rack_id: str, entry: RackEntry, deadline: float) -> Listing[Task]:
+        listing = await self.client.list_rack_tasks(
+            entry.site_id, rack_id, active_only=True, include_report=True, deadline=deadline
+        )
+        self.stats.active_lists += 1
+        return listing
+
+    def _apply_rows(
+        self, rack_id: str, entry: RackEntry, tasks: Iterable[Task], *, in_baseline: bool
+    ) -> None:
+        """Rows without reports (all-tasks or tray lists): new names are tracked or fetched."""
+        now = self.clock()
         for task in tasks:
+            if self.store.is_known(task.id):
+                continue  # tracked, counted or queued already: the active list and fetches follow it
+            if self.store.observe(
+                entry.site_id, rack_id, task, now, with_report=False, in_baseline=in_baseline
+            ):
+                self._queue_final(task.id, entry.site_id, rack_id)
+
+    def _apply_active(
+        self, rack_id: str, entry: RackEntry, listing: Listing[Task], *, in_baseline: bool = False
+    ) -> list[str]:
+        """Apply one rack's active list; returns ids to fetch now (left the list, or not shown)."""
+        now = self.clock()
+        with_report = self.client.profile.task_reports
+        queued: list[str] = []
+        seen: set[str] = set()
+        for task in listing.items:
             seen.add(task.id)
-            needs_fetch = self.store.observe(site_id, rack_id, task, now, with_report=True)
-            if needs_fetch and self._queue_final(task.id, site_id, rack_id):
-                queued.append(task.id)
-        if complete:
-            # Only a complete listing is evidence of absence (pages can skip a task).
-            for task_id in self.store.active_ids(rack_id) - seen:
-                if self._queue_final(task_id, site_id, rack_id):
-                    queued.append(task_id)
-        self.store.commit()
+            if self.store.observe(
+                entry.site_id, rack_id, task, now, with_report=with_report, in_baseline=in_baseline
+            ):
+                queued += self._queue_final(task.id, entry.site_id, rack_id)
+        missing = self.store.active_ids(rack_id) - seen
+        total = listing.total if listing.total is not None else len(listing.items)
+        entry.active_total = total
+        if not listing.complete:
+            # More active tasks than one list shows: follow the known ones by id, find the others
+            # on the trays' active lists.
+            entry.hidden_active = max(0, total - len(seen) - len(missing))
+            self.stats.followed += len(missing)
+        else:
+            entry.hidden_active = 0
+        for task_id in missing:
+            # Absent from a complete list: it left. From an incomplete one: follow it by id.
+            queued += self._queue_final(task_id, entry.site_id, rack_id)
         return queued
 
-    def _queue_final(self, task_id: str, site_id: str, rack_id: str) -> bool:
-        """Queue a final fetch; False if one is already queued."""
-        if task_id in self.final_fetches:
+    async def _settle(self, rack_id: str, entry: RackEntry, listing: Listing[Task], deadline: float) -> None:
+        """After a counter read and the active list that followed it: count the unnamed tasks."""
+        total = listing.total if listing.total is not None else len(listing.items)
+        unseen = 0 if listing.complete else max(0, total - len(listing.items))
+        if self.store.unexplained(rack_id) - unseen <= 0:
+            return
+        if self.client.profile.task_list_paging:
+            # A paging server can name them: list the rack, at most once per reconcile interval.
+            if entry.named_at is not None and self.clock() - entry.named_at < self.intervals.reconcile:
+                return
+            if not await self._name_by_listing(rack_id, entry, deadline):
+                return
+        added = self.store.settle(rack_id, unseen)
+        if added:
+            log.info("tasks created and finished between polls", extra={"rack_id": rack_id, "count": added})
+
+    async def _name_by_listing(self, rack_id: str, entry: RackEntry, deadline: float) -> bool:
+        """List every task of the rack (paging servers only); True when the list was complete."""
+        entry.named_at = self.clock()
+        try:
+            listing = await self.client.list_rack_tasks(
+                entry.site_id,
+                rack_id,
+                active_only=False,
+                include_report=False,
+                deadline=deadline,
+                priority=Priority.RECONCILIATION,
+            )
+        except NicoError as exc:
+            log.info("rack listing failed", extra={"rack_id": rack_id, "error": str(exc)})
             return False
+        self.stats.full_listings += 1
+        if listing.total is not None:
+            self.store.observe_total(rack_id, listing.total)  # rows are judged against their count
+        self._apply_rows(rack_id, entry, listing.items, in_baseline=False)
+        await self._fetch_now(
+            [t for t in self.final_fetches if self.final_fetches[t].rack_id == rack_id], deadline
+        )
+        return listing.complete
+
+    def _queue_final(self, task_id: str, site_id: str, rack_id: str) -> list[str]:
+        """Queue a final fetch; returns ``[task_id]`` if newly queued, else ``[]``."""
+        if task_id in self.final_fetches:
+            return [task_id] if self.final_fetches[task_id].not_before <= self.monotonic() else []
         self.final_fetches[task_id] = FinalFetch(site_id, rack_id)
-        return True
+        return [task_id]
+
+    async def _fetch_now(self, task_ids: list[str], deadline: float) -> None:
+        # The terminal state is what pages someone: fetch at once, not at the next final-fetch run.
+        due = [(tid, self.final_fetches[tid]) for tid in task_ids if tid in self.final_fetches]
+        if due:
+            await asyncio.gather(*(self._fetch_final(tid, pending, deadline) for tid, pending in due))
 
     # -- final fetches -----------------------------------------------------------------------------
 
@@ -378,32 +548,53 @@ class Poller:
     async def _fetch_final(self, task_id: str, pending: FinalFetch, deadline: float) -> None:
         try:
             task = await self.client.get_task(pending.site_id, task_id, deadline=deadline)
+        except TaskNotOnSite:
+            pending.not_on_site += 1
+            if pending.not_on_site >= NOT_ON_SITE_ATTEMPTS:
+                log.warning(
+                    "task not on its site: recorded as vanished",
+                    extra={"task_id": task_id, "rack_id": pending.rack_id, "attempts": pending.not_on_site},
+                )
+                self._vanish(task_id)
+            else:
+                self._back_off(task_id, pending, "task not on its site")
+            return
         except NotFound:
             log.warning(
-                "task vanished before its final fetch", extra={"task_id": task_id, "rack_id": pending.rack_id}
+                "task not found: recorded as vanished", extra={"task_id": task_id, "rack_id": pending.rack_id}
             )
-            self.store.vanish(task_id, self.clock())
-            self.final_fetches.pop(task_id, None)
+            self._vanish(task_id)
             return
         except NicoError as exc:
-            pending.attempts += 1
-            backoff = min(FINAL_FETCH_MAX_BACKOFF, self.intervals.final_fetch * 2**pending.attempts)
-            pending.not_before = self.monotonic() + backoff
-            log.info(
-                "final fetch failed (attempt %d, next in %.0fs): %s",
-                pending.attempts,
-                backoff,
-                exc,
-                extra={"task_id": task_id, "rack_id": pending.rack_id},
-            )
+            self._back_off(task_id, pending, str(exc))
             return
         self.final_fetches.pop(task_id, None)
+        # A single task always comes whole: with its report, or from a server that has none.
         self.store.observe(pending.site_id, pending.rack_id, task, self.clock(), with_report=True)
+
+    def _vanish(self, task_id: str) -> None:
+        self.store.vanish(task_id, self.clock())
+        self.final_fetches.pop(task_id, None)
+
+    def _back_off(self, task_id: str, pending: FinalFetch, reason: str) -> None:
+        pending.attempts += 1
+        backoff = min(FINAL_FETCH_MAX_BACKOFF, self.intervals.final_fetch * 2**pending.attempts)
+        pending.not_before = self.monotonic() + backoff
+        log.info(
+            "final fetch failed",
+            extra={
+                "task_id": task_id,
+                "rack_id": pending.rack_id,
+                "attempt": pending.attempts,
+                "retry_in_s": backoff,
+                "error": reason,
+            },
+        )
 
     # -- tray attribution --------------------------------------------------------------------------
 
     async def attribute_trays(self) -> None:
-        """Settle the trays of tasks that do not have them yet, scanning as few trays as possible."""
+        """Settle the trays of active tasks that lack them, and find active tasks no list showed."""
         for record in list(self.store.records()):
             if record.trays is not None or record.id in self.attributions:
                 continue
@@ -412,21 +603,29 @@ class Poller:
                 continue
             p = plan(record.task, entry.trays)
             if p is None:
+                if record.is_terminal:
+                    self.store.attribute(record.id, ())  # ended before its report said anything
                 continue  # no report yet: wait
             if p.settled:
                 self.store.attribute(record.id, p.known)
             else:
                 self.attributions[record.id] = Attribution(record.site_id, record.rack_id, p)
-        for task_id in [t for t in self.attributions if t not in self.store.tasks]:
-            del self.attributions[task_id]
+        for task_id in list(self.attributions):
+            tracked = self.store.tasks.get(task_id)
+            if tracked is None:
+                del self.attributions[task_id]
+            elif tracked.is_terminal:
+                # Its trays' active lists no longer show it: settle with what was found.
+                self._settle_attribution(task_id)
         self.store.commit()
-        if not self.attributions:
+        sweeps = [rack_id for rack_id, entry in self.racks.items() if entry.hidden_active > 0]
+        if not self.attributions and not sweeps:
             return
         if self._saturated():
             self._shed("tray_attribution")
             return
         deadline = time.monotonic() + self.intervals.trays
-        by_rack: dict[str, list[str]] = {}
+        by_rack: dict[str, list[str]] = {rack_id: [] for rack_id in sweeps}
         for task_id, pending in self.attributions.items():
             by_rack.setdefault(pending.rack_id, []).append(task_id)
         await asyncio.gather(*(self._scan_rack(rack_id, ids, deadline) for rack_id, ids in by_rack.items()))
@@ -434,113 +633,48 @@ class Poller:
             pending = self.attributions[task_id]
             pending.passes += 1
             if pending.passes >= MAX_ATTRIBUTION_PASSES:
-                log.info(
-                    "settling tray attribution with %d trays found after %d passes",
-                    len(pending.trays()),
-                    pending.passes,
-                    extra={"task_id": task_id, "rack_id": pending.rack_id},
-                )
-                self._settle(task_id)
+                self._settle_attribution(task_id)
         self.store.commit()
 
-    def _settle(self, task_id: str) -> None:
+    def _settle_attribution(self, task_id: str) -> None:
         pending = self.attributions.pop(task_id)
         self.store.attribute(task_id, pending.trays())
 
     async def _scan_rack(self, rack_id: str, task_ids: list[str], deadline: float) -> None:
+        """List trays' active tasks: for attribution (trays of the types wanted, until found) and,
+        when the rack's active list hid some, every tray, naming the hidden tasks."""
         entry = self.racks.get(rack_id)
         if entry is None:
             return
+        sweep = entry.hidden_active > 0
         kinds = {kind for tid in task_ids for kind in self.attributions[tid].plan.scan}
-        # A task that already ended is no longer on its trays' active lists.
-        active_only = all(
-            not self.store.tasks[tid].is_terminal for tid in task_ids if tid in self.store.tasks
-        )
         for tray in entry.trays:
             waiting = [t for t in task_ids if t in self.attributions]
-            if not waiting:
+            if not waiting and not sweep:
                 return
-            if tray.type not in kinds:
+            if not sweep and tray.type not in kinds:
                 continue
             try:
                 listing = await self.client.list_tray_tasks(
-                    entry.site_id, tray.id, active_only=active_only, include_report=False, deadline=deadline
+                    entry.site_id, tray.id, active_only=True, include_report=False, deadline=deadline
                 )
             except NicoError as exc:
-                log.info("tray scan stopped: %s", exc, extra={"rack_id": rack_id, "tray_id": tray.id})
+                log.info(
+                    "tray scan stopped", extra={"rack_id": rack_id, "tray_id": tray.id, "error": str(exc)}
+                )
                 return
             self.stats.tray_scans += 1
+            if sweep:
+                self._apply_rows(rack_id, entry, listing.items, in_baseline=False)
             here = {t.id for t in listing.items}
             for task_id in waiting:
                 pending = self.attributions[task_id]
                 if task_id in here and tray.type in pending.plan.scan:
                     pending.found.setdefault(tray.type, set()).add(tray.id)
                 if pending.complete():
-                    self._settle(task_id)
-
-    # -- reconciliation ----------------------------------------------------------------------------
-
-    async def reconcile(self, *, force: bool = False) -> None:
-        """Probe each rack's total; page the full list only where it differs (or no baseline yet)."""
-        if not force and self._saturated():
-            self._shed("reconciliation")
-            return
-        deadline = time.monotonic() + self.intervals.reconcile
-        await asyncio.gather(*(self._reconcile_rack(rid, e, deadline) for rid, e in list(self.racks.items())))
-
-    async def list_new_racks(self) -> None:
-        """A full listing for every rack without a baseline, and every rack that came back."""
-        deadline = time.monotonic() + self.intervals.reconcile
-        todo = [
-            (r, e)
-            for r, e in self.racks.items()
-            if r in self._relist or self.store.rack(r, e.site_id).baselined_at is None
-        ]
-        await asyncio.gather(*(self._full_listing(r, e, deadline) for r, e in todo))
-
-    async def _reconcile_rack(self, rack_id: str, entry: RackEntry, deadline: float) -> None:
-        state = self.store.rack(rack_id, entry.site_id)
-        try:
-            if state.baselined_at is not None:
-                total = await self.client.count_rack_tasks(entry.site_id, rack_id, deadline=deadline)
-                entry.last_reconcile = self.clock()
-                if total == state.known_count:
-                    return
-                log.info(
-                    "rack has %d tasks, %d expected: listing all",
-                    total,
-                    state.known_count,
-                    extra={"rack_id": rack_id, "site_id": entry.site_id},
-                )
-        except NicoError as exc:
-            log.info("reconciliation probe failed: %s", exc, extra={"rack_id": rack_id})
-            return
-        await self._full_listing(rack_id, entry, deadline)
-
-    async def _full_listing(self, rack_id: str, entry: RackEntry, deadline: float) -> None:
-        started = self.clock()
-        try:
-            listing = await self.client.list_rack_tasks(
-                entry.site_id,
-                rack_id,
-                active_only=False,
-                include_report=False,
-                deadline=deadline,
-                priority=Priority.RECONCILIATION,
-            )
-        except NicoError as exc:
-            log.info("full listing failed: %s", exc, extra={"rack_id": rack_id})
-            return
-        self.stats.full_listings += 1
-        # NICo's clock when the listing began, for comparison with NICo's ``finished`` times.
-        if listing.server_date is not None:
-            started = listing.server_date
-        total = listing.total if listing.total is not None else len(listing.items)
-        for task_id in self.store.baseline(entry.site_id, rack_id, listing.items, started, total):
-            self._queue_final(task_id, entry.site_id, rack_id)
-        entry.last_reconcile = self.clock()
-        self._relist.discard(rack_id)
-        self.store.commit()
+                    self._settle_attribution(task_id)
+        if sweep:
+            entry.hidden_active = 0  # the next active list says whether any are still hidden
 
     # -- housekeeping ------------------------------------------------------------------------------
 
@@ -551,7 +685,7 @@ class Poller:
         self.store.commit()
 
     async def start(self) -> None:
-        """What runs at once on start: discovery, the first poll of every rack, new baselines."""
+        """What runs at once on start: discovery, then the first poll of every rack."""
         await self.discover_sites_and_racks()
-        await asyncio.gather(self.poll_active(), self.list_new_racks())
+        await self.poll_active()
         await self.fetch_finals()

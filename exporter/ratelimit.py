@@ -1,7 +1,9 @@
 """A global, priority-aware token bucket shared by every request the exporter makes.
 
-NICo's optional limiter allows 10 req/s per client IP with a burst of 30 and answers 429 without
-``Retry-After``; staying under it ourselves is cheaper than being throttled. When the budget is
+NICo's optional limiter allows 10 req/s per client IP with a burst of 30, on every route, and
+answers 429 without ``Retry-After``; staying under it ourselves is cheaper than being throttled.
+The default burst here is 10: with the same rate, the 20 tokens of difference absorb latency
+jitter (requests sent evenly can arrive bunched). A 429 pauses the whole bucket for a second. When the budget is
 short, waiters are served by priority (lower number first), then in arrival order, so a final
 fetch never queues behind discovery.
 """
@@ -64,6 +66,18 @@ class TokenBucket:
             return float("inf")
         self._refill()
         return self._tokens
+
+    def penalize(self, seconds: float) -> None:
+        """Hand out no token for ``seconds`` (the server said 429): everyone waits, by priority.
+
+        The bucket goes into debt, so the pause does not stack on a pause already running.
+        """
+        if not self.enabled or seconds <= 0:
+            return
+        self._refill()
+        self._tokens = min(self._tokens, 0.0, -seconds * self.rate + 1.0)
+        if self._waiters:
+            self._dispatch()
 
     def waiting(self) -> int:
         """Callers queued for a token."""

@@ -90,7 +90,6 @@ class Runner:
         self._add("active_poll", p.poll_active, iv.active, now=False, jitter=False)
         self._add("final_fetch", p.fetch_finals, iv.final_fetch, now=True)
         self._add("tray_attribution", p.attribute_trays, iv.trays, now=True)
-        self._add("reconciliation", p.reconcile, iv.reconcile, now=False)
         self._add("discovery", p.discover, iv.discovery, now=False)
         self._add("expire", p.expire, EXPIRE_INTERVAL, now=False)
         self.scheduler.start()

@@ -4,15 +4,20 @@ Successive observations of a task (from rack lists, tray lists and single fetche
 *transitions*: it appeared, its status changed, a stage or step started or finished, it
 finished, it vanished. Each transition has a key and is delivered to subscribers (metrics,
 tracing) exactly once, also across restarts: delivered keys, terminal task ids, finished totals
-and rack baselines are written to SQLite (:mod:`exporter.persistence`) in the same transaction.
+and rack ledgers are written to SQLite (:mod:`exporter.persistence`) in the same transaction.
 
-The counting rule (PRODUCT.md): tasks already terminal at a rack's first full listing, or whose
-``finished`` is before that listing began, are history (the baseline), not transitions; every
-task that becomes terminal after that, however briefly it was active, is counted exactly once.
+The counting rule (docs/polling.md): a rack's *baseline* is the NICo time of its first active
+listing. Tasks that finished before it are history, never counted. Every task that becomes
+terminal after it and is seen (active, or by name in a list) is counted exactly once in the
+finished totals. NICo never deletes a task, so a rack's all-tasks ``total`` is a creation
+counter: its growth since the baseline, less the tasks created since then that were seen,
+is the number of tasks nobody could name (created and finished between two polls, which a
+v2.0 server's 20-row lists cannot show). The :class:`RackLedger` keeps those numbers, and
+:meth:`Store.settle` counts each such task once in ``nico_tasks_unobserved_total``.
 
 A task only *finishes* from an observation that carries its report (an ``includeReport`` list or
 ``GET /task/{id}``), so its stage and step transitions are complete when it does. Observations
-without a report (full listings, tray lists) that show a task terminal ask for a final fetch.
+without a report (all-tasks lists, tray lists) that show a task terminal ask for a final fetch.
 
 No I/O and no clock reads here: the caller passes ``now`` (epoch seconds).
 """
@@ -26,7 +31,7 @@ from enum import StrEnum
 
 from exporter.models import ReportStage, ReportStatus, ReportStep, Task, TaskStatus
 from exporter.operations import Classifier, Operation
-from exporter.persistence import NullPersistence, Persistence, StateBatch
+from exporter.persistence import NullPersistence, Persistence, RackRow, StateBatch
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +95,41 @@ class Transition:
 Subscriber = Callable[[Transition], None]
 
 
+# A task created this close before a rack's baseline (NICo's clock) may or may not be in the
+# baseline count: it is taken as created after, which can only undercount unobserved tasks.
+CLOCK_MARGIN_S = 2.0
+
+
 @dataclass
-class RackState:
-    """What the store knows of one rack: its baseline and the task count it expects."""
+class RackLedger:
+    """One rack's creation counter, as the store needs it to count unobserved tasks.
+
+    ``baselined_at``: NICo's time of the rack's first active listing (None: not yet).
+    ``baseline_total``: its all-tasks total read right after that listing (None: not yet).
+    ``last_total``: the all-tasks total last read. ``seen_new``: tasks first seen on the rack
+    that were created after the baseline. ``unobserved``: tasks counted as unobserved so far.
+    """
 
     site_id: str
     baselined_at: float | None = None
-    known_count: int = 0
-    # Non-terminal task ids of the last full listing, already part of ``known_count``.
-    listed: set[str] = field(default_factory=set)
+    baseline_total: int | None = None
+    last_total: int | None = None
+    seen_new: int = 0
+    unobserved: int = 0
+
+    @property
+    def counting(self) -> bool:
+        return self.baselined_at is not None and self.baseline_total is not None
+
+    def row(self) -> RackRow:
+        return (
+            self.site_id,
+            self.baselined_at,
+            self.baseline_total,
+            self.last_total,
+            self.seen_new,
+            self.unobserved,
+        )
 
 
 @dataclass
@@ -107,6 +138,8 @@ class FinishedTotals:
 
     tasks: dict[tuple[str, str, str], int] = field(default_factory=dict)
     tray_failures: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    # Tasks created and finished where no poll could name them, by site.
+    unobserved: dict[str, int] = field(default_factory=dict)
 
 
 class Store:
@@ -139,20 +172,24 @@ class Store:
         self._after_commit: list[Callable[[], None]] = []
         self.tray_types: dict[str, str] = {}
         loaded = self.persistence.load()
-        self.racks: dict[str, RackState] = {
-            rack_id: RackState(site, baselined, count)
-            for rack_id, (site, baselined, count) in loaded.racks.items()
+        self.racks: dict[str, RackLedger] = {
+            rack_id: RackLedger(*row) for rack_id, row in loaded.racks.items()
         }
         self.terminal: dict[str, float] = dict(loaded.terminal)
         # Delivered transition keys, by task: a task's keys are forgotten with the task.
         self._delivered: dict[str, set[str]] = {}
         for key, task_id in loaded.delivered:
             self._delivered.setdefault(task_id, set()).add(key)
-        self.totals = FinishedTotals(dict(loaded.totals), dict(loaded.tray_failures))
-        # Tasks that were being tracked when the last process stopped: fetch them again.
+        self.totals = FinishedTotals(dict(loaded.totals), dict(loaded.tray_failures), dict(loaded.unobserved))
+        # Tasks that were being tracked, or named and waiting for their final fetch, when the
+        # last process stopped: fetch them again.
         self.recovered: dict[str, tuple[str, str, frozenset[str] | None]] = dict(loaded.tracked)
+        # Tasks named terminal by a list without report, waiting for their final fetch.
+        self.pending: dict[str, tuple[str, str]] = {}
         self._batch = StateBatch()
         self.vanished = 0
+        # Finished tasks named after they were counted unobserved (not counted twice).
+        self.absorbed = 0
 
     # -- subscribers ---------------------------------------------------------------------------
 
@@ -209,42 +246,176 @@ class Store:
         return set(self._by_rack.get(rack_id, ()))
 
     def active_ids(self, rack_id: str) -> set[str]:
-        """Tasks the rack's active list should show: tracked active tasks, and tasks the last full
-        listing saw that no observation has tracked yet (a short task may end before one does)."""
-        tracked = {tid for tid in self._by_rack.get(rack_id, ()) if not self.tasks[tid].is_terminal}
-        rack = self.racks.get(rack_id)
-        if rack is None:
-            return tracked
-        return tracked | {t for t in rack.listed if t not in self.tasks and t not in self.terminal}
+        """Tracked tasks of the rack that are not terminal: what its active list should show."""
+        return {tid for tid in self._by_rack.get(rack_id, ()) if not self.tasks[tid].is_terminal}
 
     def records(self) -> Iterator[TaskRecord]:
         return iter(self.tasks.values())
 
+    def is_known(self, task_id: str) -> bool:
+        """Tracked, terminal, or named and awaiting its final fetch."""
+        return task_id in self.tasks or task_id in self.terminal or task_id in self.pending
+
     def is_known_terminal(self, task_id: str) -> bool:
         return task_id in self.terminal
 
-    def rack(self, rack_id: str, site_id: str) -> RackState:
-        state = self.racks.get(rack_id)
-        if state is None:
-            state = self.racks[rack_id] = RackState(site_id)
-        return state
+    def awaiting_fetch(self) -> Iterator[tuple[str, str, str]]:
+        """(task id, site id, rack id) of every task known by name whose state must be fetched:
+        named by a list without its report, or tracked when the last process stopped."""
+        for task_id, (site_id, rack_id) in self.pending.items():
+            yield task_id, site_id, rack_id
+        for task_id, (site_id, rack_id, _) in self.recovered.items():
+            if task_id not in self.pending:
+                yield task_id, site_id, rack_id
+
+    def ledger(self, rack_id: str) -> RackLedger | None:
+        return self.racks.get(rack_id)
+
+    # -- the creation counter ------------------------------------------------------------------
+
+    def begin_baseline(self, rack_id: str, site_id: str, server_time: float) -> RackLedger:
+        """Start a rack's baseline at ``server_time`` (NICo's clock), before its first active list
+        is observed; a rack that has one keeps it (restarts do not re-baseline)."""
+        ledger = self.racks.get(rack_id)
+        if ledger is None:
+            ledger = self.racks[rack_id] = RackLedger(site_id)
+        if ledger.baselined_at is None:
+            ledger.baselined_at = server_time
+            self._batch.racks[rack_id] = ledger.row()
+        return ledger
+
+    def observe_total(self, rack_id: str, total: int) -> bool:
+        """Record a rack's all-tasks ``total``; True when it moved since the last reading.
+
+        The first reading after the baseline is the baseline count. The total only grows (NICo
+        never deletes a task); one that shrinks means the server's database changed under us,
+        and the rack's ledger starts again from it.
+        """
+        ledger = self.racks.get(rack_id)
+        if ledger is None or ledger.baselined_at is None:
+            return False
+        moved = ledger.last_total is not None and total != ledger.last_total
+        if ledger.baseline_total is None:
+            ledger.baseline_total = total
+        elif ledger.last_total is not None and total < ledger.last_total:
+            log.warning(
+                "rack task total went down: counting unobserved tasks from here",
+                extra={"rack_id": rack_id, "total": total, "previous": ledger.last_total},
+            )
+            ledger.baseline_total, ledger.seen_new, ledger.unobserved = total, 0, 0
+        ledger.last_total = total
+        self._batch.racks[rack_id] = ledger.row()
+        return moved
+
+    def settle(self, rack_id: str, unseen_active: int = 0) -> int:
+        """Count the rack's tasks that were created since the baseline and never seen.
+
+        Call it right after an active listing that followed the latest ``observe_total``:
+        every task that total includes and that is still active was then seen, unless the
+        listing was incomplete (``unseen_active`` rows it did not show, subtracted as if each
+        were new). The estimate can only be low, never high, and the counter only grows, so
+        each such task is counted once. Returns how many were counted now.
+        """
+        ledger = self.racks.get(rack_id)
+        if ledger is None or not ledger.counting or ledger.last_total is None:
+            return 0
+        assert ledger.baseline_total is not None
+        unnamed = ledger.last_total - ledger.baseline_total - ledger.seen_new - max(0, unseen_active)
+        if unnamed <= ledger.unobserved:
+            return 0
+        added = unnamed - ledger.unobserved
+        ledger.unobserved = unnamed
+        site = ledger.site_id
+        self.totals.unobserved[site] = self.totals.unobserved.get(site, 0) + added
+        self._batch.racks[rack_id] = ledger.row()
+        self._batch.unobserved[site] = self.totals.unobserved[site]
+        return added
+
+    def unexplained(self, rack_id: str) -> int:
+        """Tasks the last total includes that no sighting explains yet (before ``settle``)."""
+        ledger = self.racks.get(rack_id)
+        if ledger is None or not ledger.counting or ledger.last_total is None:
+            return 0
+        assert ledger.baseline_total is not None
+        return max(0, ledger.last_total - ledger.baseline_total - ledger.seen_new - ledger.unobserved)
+
+    def _first_sighting(self, rack_id: str, task: Task) -> None:
+        """A task the store has never seen: if it is new since the baseline, it explains one step
+        of the rack's creation counter."""
+        ledger = self.racks.get(rack_id)
+        if ledger is None or ledger.baselined_at is None or task.created is None:
+            return
+        if task.created.timestamp() >= ledger.baselined_at - CLOCK_MARGIN_S:
+            ledger.seen_new += 1
+            self._batch.racks[rack_id] = ledger.row()
+
+    def _absorbed(self, rack_id: str, task: Task) -> bool:
+        """A finished task named only now, when the creation counter is already explained in full:
+        it was counted unobserved before (a server whose list order changes can name it later).
+        Counting it again would count it twice: it is recorded, not counted."""
+        ledger = self.racks.get(rack_id)
+        if ledger is None or not ledger.counting or ledger.last_total is None or task.created is None:
+            return False
+        assert ledger.baselined_at is not None and ledger.baseline_total is not None
+        if task.created.timestamp() < ledger.baselined_at - CLOCK_MARGIN_S:
+            return False
+        if ledger.seen_new + ledger.unobserved < ledger.last_total - ledger.baseline_total:
+            return False
+        finished = task.finished.timestamp() if task.finished else ledger.baselined_at
+        self.terminal[task.id] = finished
+        self._batch.terminal[task.id] = (rack_id, finished)
+        self.absorbed += 1
+        log.info("task named after it was counted unobserved", extra={"task_id": task.id, "rack_id": rack_id})
+        return True
+
+    def _history(self, rack_id: str, task: Task, now: float) -> bool:
+        """An unknown terminal task that finished before the rack's baseline, or so long ago that
+        its id would have been forgotten: history, never counted."""
+        if task.finished is None:
+            return False
+        finished = task.finished.timestamp()
+        ledger = self.racks.get(rack_id)
+        before_baseline = (
+            ledger is not None and ledger.baselined_at is not None and finished < ledger.baselined_at
+        )
+        return before_baseline or finished < now - self.terminal_retention
 
     # -- observations --------------------------------------------------------------------------
 
     def observe(
-        self, site_id: str, rack_id: str, task: Task, now: float, *, with_report: bool = True
+        self,
+        site_id: str,
+        rack_id: str,
+        task: Task,
+        now: float,
+        *,
+        with_report: bool = True,
+        in_baseline: bool = False,
     ) -> bool:
         """Record one observation; returns True when the task needs a final fetch.
 
-        ``with_report`` says the observation carries the task's report (or the task has none):
-        only such an observation may finish a task.
+        ``with_report`` says the observation carries the task's report (or the server has none):
+        only such an observation may finish a task. ``in_baseline``: the observation comes from
+        the lists that set the rack's baseline, so the task is part of the baseline count.
         """
         if task.id in self.terminal and task.id not in self.tasks:
-            return False  # counted (or baseline) already; its TTL has passed
+            return False  # counted (or history) already; its TTL has passed
         record = self.tasks.get(task.id)
         if record is None:
+            if task.id not in self.pending and task.id not in self.recovered:
+                if task.is_terminal and self._history(rack_id, task, now):
+                    return False
+                if task.is_terminal and not with_report and not in_baseline and self._absorbed(rack_id, task):
+                    return False
+                if not in_baseline:
+                    self._first_sighting(rack_id, task)
             if task.is_terminal and not with_report:
-                return True  # new to us and already over: fetch it whole first
+                # Named, over, and not complete: keep the name (a restart fetches it again).
+                if task.id not in self.pending:
+                    self.pending[task.id] = (site_id, rack_id)
+                    self._batch.tracked[task.id] = (site_id, rack_id, None)
+                return True
+            self.pending.pop(task.id, None)
             record = self._track(site_id, rack_id, task, now)
             self._deliver(Transition(Kind.APPEARED, f"{task.id}/appeared", record, now))
             previous: Task | None = None
@@ -254,13 +425,19 @@ class Store:
             if task.is_terminal and not with_report:
                 return True
             previous = record.task
+            had_report = record.task.report is not None
             if with_report or task.report is not None:
                 record.task = task
             else:
                 # Keep the report we had: lists without reports must not erase it.
                 record.task = task.model_copy(update={"report": record.task.report})
             record.observed_at = now
-            if record.operation is Operation.OTHER:
+            if (
+                not had_report
+                and record.task.report is not None
+                and not self.classifier.exact(task.description)
+            ):
+                # Free text named the operation only provisionally: the layout now can.
                 record.operation = self.classifier.classify(task.description, record.task.report)
         self._transitions(record, previous, now)
         return False
@@ -278,13 +455,6 @@ class Store:
         )
         self.tasks[task.id] = record
         self._by_rack.setdefault(rack_id, set()).add(task.id)
-        rack = self.rack(rack_id, site_id)
-        # The rack's expected total grows by tasks the last full listing did not include (a task
-        # recovered after a restart was counted before it).
-        if rack.baselined_at is not None and recovered is None and task.id not in rack.listed:
-            rack.known_count += 1
-            self._batch.racks[rack_id] = (site_id, rack.baselined_at, rack.known_count)
-        rack.listed.discard(task.id)
         self._batch.tracked[task.id] = (site_id, rack_id, record.trays)
         return record
 
@@ -378,9 +548,11 @@ class Store:
         self._count_tray_failures(record)
 
     def vanish(self, task_id: str, now: float) -> None:
-        """The final fetch answered 404: the task is gone from NICo. Recorded, never counted as finished."""
+        """The site no longer has the task (NICo never deletes one: its database was restored or
+        replaced). Recorded, never counted as finished."""
         record = self.tasks.get(task_id)
         self.recovered.pop(task_id, None)
+        self.pending.pop(task_id, None)
         self.terminal[task_id] = now
         if record is None:
             self._batch.terminal[task_id] = ("", now)
@@ -390,49 +562,6 @@ class Store:
         if self._deliver(Transition(Kind.VANISHED, f"{task_id}/vanished", record, now)):
             self.vanished += 1
         self._drop(task_id)
-
-    # -- full listings -------------------------------------------------------------------------
-
-    def baseline(
-        self, site_id: str, rack_id: str, tasks: Iterable[Task], listing_started: float, total: int
-    ) -> list[str]:
-        """Apply a full listing of a rack; returns ids of tasks that need a final fetch.
-
-        The first full listing of a rack sets its baseline: terminal tasks in it are history.
-        Later listings find tasks that started and finished between active polls.
-        """
-        rack = self.rack(rack_id, site_id)
-        first = rack.baselined_at is None
-        baselined_at = listing_started if first else rack.baselined_at
-        assert baselined_at is not None
-        horizon = listing_started - self.terminal_retention
-        fetch: list[str] = []
-        listed: set[str] = set()
-        seen = 0
-        for task in tasks:
-            seen += 1
-            if task.id in self.tasks or task.id in self.terminal:
-                continue
-            if not task.is_terminal:
-                listed.add(task.id)  # the active poll will track it
-                continue
-            finished = task.finished.timestamp() if task.finished else None
-            if first or (finished is not None and (finished < baselined_at or finished < horizon)):
-                # History: terminal at the first listing, finished before it, or too old to be new.
-                self.terminal[task.id] = finished if finished is not None else listing_started
-                self._batch.terminal[task.id] = (rack_id, self.terminal[task.id])
-            else:
-                fetch.append(task.id)
-                listed.add(task.id)
-                # Tracked until fetched, so a restart before the final fetch still fetches it.
-                self._batch.tracked[task.id] = (site_id, rack_id, None)
-        rack.baselined_at = baselined_at
-        # A listing that saw fewer distinct tasks than the server counts (pages shift while the
-        # set changes) expects only what it saw, so the next probe differs and lists again.
-        rack.known_count = min(total, seen)
-        rack.listed = listed
-        self._batch.racks[rack_id] = (site_id, rack.baselined_at, rack.known_count)
-        return fetch
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -469,9 +598,18 @@ class Store:
     def drop_rack(self, rack_id: str) -> None:
         """A rack left the inventory: its tasks and their series go.
 
-        Finished totals stay (counters never go down), and so does the rack's baseline: if the
-        rack comes back, tasks that finished while it was away are found and counted.
+        Finished totals stay (counters never go down), and so does the rack's ledger: if the
+        rack comes back, tasks that finished while it was away are found or counted unobserved,
+        and those it had running are fetched by name.
         """
         for tid in list(self._by_rack.get(rack_id, ())):
-            self._drop(tid)
+            record = self.tasks[tid]
+            if record.is_terminal:
+                self._drop(tid)
+                continue
+            # Still running when its rack went: its series go, its name and delivered keys stay,
+            # so it is fetched (and its transitions not repeated) if the rack returns.
+            del self.tasks[tid]
+            self.pending[tid] = (record.site_id, rack_id)
+            self._batch.tracked[tid] = (record.site_id, rack_id, record.trays)
         self._by_rack.pop(rack_id, None)

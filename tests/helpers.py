@@ -46,6 +46,27 @@ def nico_error(status: int, message: str) -> httpx.Response:
     return httpx.Response(status, json={"source": "nico", "message": message, "data": None})
 
 
+# NICo v2.0's task-list handlers, written out from the Go source rather than from our simulator
+# (an independent yardstick): rest-api/api/pkg/api/handler/task.go:414 and :600 check the query
+# keys against APIGetTasksRequest (model/task.go:272-276) with the message of
+# handler/util/common/common.go:1782; the handler then always asks Flow for offset 0, limit 20
+# (task.go:475-501), and X-Pagination's total is Flow's COUNT of the filtered set.
+V2_TASK_LIST_KEYS = frozenset({"siteId", "activeOnly", "includeReport"})
+V2_PAGE = 20
+
+
+def v2_task_list(request: httpx.Request, rows: list[dict[str, Any]]) -> httpx.Response:
+    """A NICo v2.0 answer to a rack or tray task list over ``rows`` (all tasks, storage order)."""
+    for key in request.url.params:
+        if key not in V2_TASK_LIST_KEYS:
+            return nico_error(400, f"Unknown query parameter specified in request: {key}")
+    if request.url.params.get("activeOnly") == "true":
+        rows = [r for r in rows if r["status"] in ("Pending", "Waiting", "Running")]
+    if request.url.params.get("includeReport") != "true":
+        rows = [{k: v for k, v in r.items() if k != "report"} for r in rows]
+    return page(rows[:V2_PAGE], total=len(rows), size=V2_PAGE)
+
+
 Handler = (
     Callable[[httpx.Request], httpx.Response]
     | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]

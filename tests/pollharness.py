@@ -88,7 +88,6 @@ class Harness:
             "active": t + iv.active,
             "final": t + iv.final_fetch,
             "trays": t,
-            "reconcile": t + iv.reconcile,
             "discovery": t + iv.discovery,
             "expire": t + EXPIRE_EVERY,
         }
@@ -104,7 +103,6 @@ class Harness:
             ("active", self.poller.poll_active, iv.active),
             ("final", self.poller.fetch_finals, iv.final_fetch),
             ("trays", self.poller.attribute_trays, iv.trays),
-            ("reconcile", self.poller.reconcile, iv.reconcile),
             ("expire", self.poller.expire, EXPIRE_EVERY),
         )
         while self.now() < end:
@@ -131,10 +129,10 @@ class Harness:
 
 
 def expected_finished(sim: Simulation, since: float, *, racks: set[str] | None = None) -> dict[str, str]:
-    """Ground truth: tasks that became terminal after ``since`` (and are not purged), by status."""
+    """Ground truth: tasks that became terminal after ``since`` (and are not forgotten), by status."""
     out: dict[str, str] = {}
     for truth in sim.truth():
-        if truth.finished is None or truth.purged:
+        if truth.finished is None or truth.forgotten:
             continue
         if racks is not None and truth.rack_id not in racks:
             continue

@@ -105,6 +105,14 @@ def truth(url: str) -> dict[str, Any]:
     return dict(httpx.get(url + "/_sim/truth", timeout=10).json())
 
 
+def traffic_over(url: str) -> bool:
+    """The scenario stopped submitting (its horizon passed) and every task it made finished."""
+    state = truth(url)
+    end = state.get("arrivalsEnd")
+    past = end is not None and state["now"] > end  # both RFC 3339 UTC with fractions: comparable
+    return past and all(t["finished"] is not None for t in state["tasks"])
+
+
 def http_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200

@@ -19,12 +19,14 @@ from exporter.errors import (
     Forbidden,
     NotFound,
     RateLimited,
+    RouteMissing,
     ServerError,
+    TaskNotOnSite,
     TransportError,
     Unauthorized,
 )
 from exporter.models import TaskStatus
-from tests.helpers import NICO_404, RACK, SITE, Recorder, make_client, nico_error, page, task
+from tests.helpers import NICO_404, RACK, SITE, Recorder, make_client, nico_error, page, task, v2_task_list
 
 
 async def test_listing_follows_total_at_page_size_100_and_drops_repeated_ids() -> None:
@@ -48,8 +50,9 @@ async def test_listing_follows_total_at_page_size_100_and_drops_repeated_ids() -
     assert all(p["pageSize"] == "100" for p in seen_params)
     assert seen_params[0]["activeOnly"] == "true" and seen_params[0]["includeReport"] == "true"
     assert seen_params[0]["siteId"] == SITE
-    assert listing.total == 230 and listing.complete and listing.pages == 3
-    assert listing.duplicates == 1
+    assert listing.total == 230 and listing.pages == 3
+    # A repeat means a row was skipped: 229 distinct rows do not cover the total of 230.
+    assert not listing.complete and listing.duplicates == 1
     assert len(listing.items) == 229 and len({t.id for t in listing.items}) == 229
     assert {e.endpoint for e in rec.requests} == {"/rack/{id}/task"}
     assert {e.code for e in rec.requests} == {"200"}
@@ -76,7 +79,7 @@ async def test_paths_carry_org_and_api_name() -> None:
     ]
 
 
-async def test_count_rack_tasks_probes_with_one_item_page() -> None:
+async def test_first_page_only_on_a_paging_server_is_a_one_row_page() -> None:
     sizes: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -85,8 +88,139 @@ async def test_count_rack_tasks_probes_with_one_item_page() -> None:
         return page([task()], total=417, size=1)
 
     async with make_client(handler) as client:
-        assert await client.count_rack_tasks(SITE, RACK) == 417
+        listing = await client.list_rack_tasks(
+            SITE, RACK, active_only=False, include_report=False, first_page_only=True
+        )
+    assert listing.total == 417 and not listing.complete
     assert sizes == ["1"]
+    assert client.profile.task_list_paging is True
+
+
+# -- NICo v2.0: task lists take no paging parameters ----------------------------------------------
+
+
+async def test_a_v2_server_refuses_paging_once_then_gets_plain_lists() -> None:
+    """ASSUMPTION checked in Go: v2.0 refuses pageNumber/pageSize with a 400 naming the key, then
+    answers every plain list with its first 20 rows and the exact total (helpers.v2_task_list)."""
+    rows = [task("Succeeded") for _ in range(45)]
+    seen: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(dict(request.url.params))
+        return v2_task_list(request, rows)
+
+    rec = Recorder()
+    async with make_client(handler, recorder=rec) as client:
+        listing = await client.list_rack_tasks(SITE, RACK, active_only=False, include_report=False)
+        again = await client.list_tray_tasks(SITE, RACK, active_only=False)
+    assert [e.code for e in rec.requests] == ["400", "200", "200"]
+    assert "pageSize" in seen[0] and all("pageSize" not in p and "pageNumber" not in p for p in seen[1:])
+    assert "orderBy" not in "".join(str(p) for p in seen)
+    assert client.profile.task_list_paging is False
+    assert listing.total == 45 and len(listing.items) == 20 and not listing.complete
+    assert again.total == 45
+
+
+async def test_concurrent_lists_send_one_paging_probe() -> None:
+    rows = [task() for _ in range(3)]
+    refused = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal refused
+        resp = v2_task_list(request, rows)
+        refused += resp.status_code == 400
+        return resp
+
+    async with make_client(handler) as client:
+        results = await asyncio.gather(*(client.list_rack_tasks(SITE, RACK) for _ in range(20)))
+        assert refused == 1 and all(r.complete and len(r.items) == 3 for r in results)
+        client.recheck_task_list_paging()
+        await asyncio.gather(*(client.list_rack_tasks(SITE, RACK) for _ in range(20)))
+    assert refused == 2  # the re-check at discovery costs one call, not one per rack
+
+
+async def test_a_plain_list_is_complete_only_when_its_rows_cover_the_total() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "pageSize" in request.url.params:
+            return nico_error(400, "Unknown query parameter specified in request: pageSize")
+        count = int(request.url.params["siteId"][-2:])
+        return page([task() for _ in range(min(count, 20))], total=count, size=20)
+
+    async with make_client(handler) as client:
+        for count, complete in ((0, True), (19, True), (20, True), (21, False), (99, False)):
+            site = f"11111111-1111-4111-8111-1111111111{count:02d}"
+            listing = await client.list_rack_tasks(site, RACK)
+            assert (listing.total, listing.complete) == (count, complete), count
+
+
+async def test_a_server_without_include_report_is_learned_once() -> None:
+    """NICo 1.6's lists know only siteId and activeOnly (infra-controller-rest v1.6.0,
+    api/pkg/api/model/task.go:107-110): includeReport is refused like paging."""
+    seen: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(dict(request.url.params))
+        for key in request.url.params:
+            if key not in ("siteId", "activeOnly"):
+                return nico_error(400, f"Unknown query parameter specified in request: {key}")
+        return page([task()], total=1, size=20)
+
+    async with make_client(handler) as client:
+        listing = await client.list_rack_tasks(SITE, RACK)
+        await client.list_rack_tasks(SITE, RACK)
+    assert listing.complete and not client.profile.task_reports
+    assert set(seen[-1]) == {"siteId", "activeOnly"}
+    assert len(seen) == 4  # paging refused, includeReport refused, then plain lists
+
+
+async def test_other_refused_parameters_are_errors() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return nico_error(400, "Unknown query parameter specified in request: siteId")
+
+    async with make_client(handler) as client:
+        with pytest.raises(BadRequest):
+            await client.list_rack_tasks(SITE, RACK)
+
+
+async def test_router_404_is_a_missing_route_and_a_missing_task_is_not_on_site() -> None:
+    """Router 404 body: api/pkg/middleware/notfound.go:16-27. A missing task: Flow's gRPC Internal
+    "sql: no rows in result set" (flow/internal/task/store/postgres.go:98-101) as a 500."""
+    no_rows = (
+        "Failed to execute Task retrieval workflow on Site: rpc error: code = Internal "
+        "desc = sql: no rows in result set (type: Error, retryable: true)"
+    )
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path.endswith("/racks"):
+            return nico_error(404, "The requested path could not be found")
+        return nico_error(500, no_rows)
+
+    async with make_client(handler, attempts=4) as client:
+        with pytest.raises(TaskNotOnSite):
+            await client.get_task(SITE, "33333333-3333-4333-8333-333333333333")
+        assert len(calls) == 1  # not retried: the site agent already tried twice
+        with pytest.raises(RouteMissing):
+            await client._request("GET", "/racks", "/racks")
+
+
+async def test_a_429_pauses_every_caller() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return nico_error(429, "Request rate limit exceeded, please re-evaluate your request patterns")
+        return page([], total=0)
+
+    async with make_client(handler, attempts=1, max_requests_per_second=100.0, burst=10) as client:
+        with pytest.raises(RateLimited):
+            await client.list_sites()
+        started = time.monotonic()
+        await client.list_racks(SITE)  # another caller waits out the pause too
+        assert time.monotonic() - started >= 0.9
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import pytest
 
 from exporter.auth import ClientCredentials, StaticToken, TokenSource
 from exporter.client import ClientHooks, NicoClient, ParseEvent, RequestEvent, RetryPolicy
-from exporter.errors import BadRequest, FlowDisabled, NotFound, ServerError, Unauthorized
+from exporter.errors import FlowDisabled, ServerError, TaskNotCancellable, TaskNotOnSite, Unauthorized
 from exporter.models import ComponentType, ReportStatus, TaskStatus
 from exporter.simulator import ManualClock, ScenarioConfig, Simulation, SimulatorConfig, create_app
 from tests.servers import serve_app
@@ -79,6 +79,8 @@ class Nico:
 
 def _simulation(**config: Any) -> Simulation:
     scenario = ScenarioConfig.quiet(sites=1, racks_per_site=3, non_flow_sites=1, seed=11)
+    if "history" in config:
+        scenario.history_tasks_per_rack = config.pop("history")
     config.setdefault("tokens", (TOKEN,))
     return Simulation(SimulatorConfig(org=ORG, scenario=scenario, **config), clock=ManualClock())
 
@@ -130,17 +132,16 @@ async def test_discovery(nico: Nico) -> None:
 
 
 async def test_task_lifecycle_through_the_client(nico: Nico) -> None:
-    rack = nico.racks[0]
+    rack, other = nico.racks[0], nico.racks[1]
     ok = await nico.create(rack, "power_on", stageSeconds=10)
     failing = await nico.create(
-        rack, "firmware_update", outcome="fail", failStage=2, error="NVSwitch tray 3 timed out"
+        other, "firmware_update", outcome="fail", failStage=2, error="NVSwitch tray 3 timed out"
     )
     await nico.advance(15)
     async with nico.client() as client:
         active = await client.list_rack_tasks(nico.site, rack)
-        statuses = {t.id: t.status for t in active.items}
-        assert statuses == {ok: TaskStatus.RUNNING, failing: TaskStatus.WAITING}
-        running = next(t for t in active.items if t.id == ok)
+        assert {t.id: t.status for t in active.items} == {ok: TaskStatus.RUNNING}
+        running = active.items[0]
         assert running.report is not None and running.report.stages[0].status in (
             ReportStatus.RUNNING,
             ReportStatus.COMPLETED,
@@ -150,13 +151,16 @@ async def test_task_lifecycle_through_the_client(nico: Nico) -> None:
         done = await client.get_task(nico.site, ok)
         failed = await client.get_task(nico.site, failing)
         everything = await client.list_rack_tasks(nico.site, rack, active_only=False)
-        assert await client.count_rack_tasks(nico.site, rack) == 2
+        counted = await client.list_rack_tasks(
+            nico.site, other, active_only=False, include_report=False, first_page_only=True
+        )
     assert done.status is TaskStatus.SUCCEEDED and done.finished is not None and done.report is not None
     assert [s.status for s in done.report.stages] == [ReportStatus.COMPLETED] * 3
     assert failed.status is TaskStatus.FAILED and failed.report is not None
     assert [s.status for s in failed.report.stages] == [ReportStatus.COMPLETED, ReportStatus.FAILED]
     assert failed.report.error is not None and "NVSwitch tray 3 timed out" in failed.report.error
-    assert {t.id for t in everything.items} == {ok, failing}
+    assert {t.id for t in everything.items} == {ok} and everything.complete
+    assert counted.total == 1 and [t.id for t in counted.items] == [failing]
     assert nico.parse_errors == []
 
 
@@ -175,13 +179,28 @@ async def test_tray_tasks_name_their_trays(nico: Nico) -> None:
     assert on_rack.items[0].description == "API power cycle Tray"
 
 
-async def test_paging_a_long_history_matches_ground_truth(nico: Nico) -> None:
-    rack = nico.racks[2]
-    await nico.create(rack, "power_off", stageSeconds=1, count=230)
-    await nico.advance(230 * 10)
-    truth = {t["id"] for t in (await nico.truth())["tasks"] if t["rackId"] == rack}
-    async with nico.client() as client:
-        listing = await client.list_rack_tasks(nico.site, rack, active_only=False, include_report=False)
+@pytest.mark.parametrize("kind", ["asgi", "socket"])
+async def test_a_v2_history_is_its_first_20_rows_and_an_exact_total(kind: str) -> None:
+    async with _nico(kind, history=(230, 230)) as nico:
+        rack = nico.racks[2]
+        truth = [t["id"] for t in (await nico.truth())["tasks"] if t["rackId"] == rack]
+        async with nico.client() as client:
+            listing = await client.list_rack_tasks(nico.site, rack, active_only=False, include_report=False)
+    assert listing.total == 230 == len(truth) and len(listing.items) == 20 and not listing.complete
+    assert {t.id for t in listing.items} <= set(truth)
+    assert [(e.endpoint, e.code) for e in nico.requests] == [
+        ("/rack/{id}/task", "400"),
+        ("/rack/{id}/task", "200"),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["asgi", "socket"])
+async def test_paging_a_long_history_on_a_paging_server_matches_ground_truth(kind: str) -> None:
+    async with _nico(kind, history=(230, 230), task_list_paging=True) as nico:
+        rack = nico.racks[2]
+        truth = {t["id"] for t in (await nico.truth())["tasks"] if t["rackId"] == rack}
+        async with nico.client() as client:
+            listing = await client.list_rack_tasks(nico.site, rack, active_only=False, include_report=False)
     assert listing.total == 230 and listing.pages == 3 and listing.complete
     assert {t.id for t in listing.items} == truth
 
@@ -194,9 +213,9 @@ async def test_cancel(nico: Nico) -> None:
     async with nico.client() as client:
         first = await client.cancel_task(nico.site, stuck)
         again = await client.cancel_task(nico.site, stuck)  # idempotent
-        with pytest.raises(BadRequest, match="cannot be cancelled"):
+        with pytest.raises(TaskNotCancellable, match="cannot be cancelled"):
             await client.cancel_task(nico.site, quick)
-        with pytest.raises(NotFound):
+        with pytest.raises(TaskNotOnSite):
             await client.get_task(nico.site, "00000000-0000-4000-8000-000000000000")
     assert first.status is TaskStatus.TERMINATED and again.status is TaskStatus.TERMINATED
     assert first.report is not None  # cancel answers with the report included
@@ -251,9 +270,16 @@ async def test_throttled_by_nico_the_client_retries_and_its_own_limit_avoids_429
 
 async def test_injected_payload_faults_are_survived_and_counted(nico: Nico) -> None:
     rack = nico.racks[0]
-    # One running task with a report, two queued behind it without one.
-    for op in ("power_on", "firmware_update", "bring_up"):
-        await nico.create(rack, op, outcome="stuck")
+    # One running task with a report, two leak-detection tasks waiting behind it without one.
+    await nico.create(rack, "power_on", outcome="stuck")
+    async with nico.client() as lister:
+        trays = [
+            t.id
+            for t in (await lister.list_trays(nico.site, rack_id=rack)).items
+            if t.type is ComponentType.COMPUTE
+        ]
+    for tray in trays[:2]:
+        await nico.create(rack, "leak_detection", source="leak_detection", trayIds=[tray])
     await nico.advance(30)
     async with nico.client() as client:
         await nico.faults(unknown_status=1.0, report_v2=1.0)
@@ -279,8 +305,9 @@ async def test_injected_payload_faults_are_survived_and_counted(nico: Nico) -> N
 
 
 async def test_site_outage_is_a_server_error_within_the_deadline(nico: Nico) -> None:
-    await nico.control.post(f"/_sim/sites/{nico.site}/down", json={"delaySeconds": 0.3})
     async with nico.client(timeout_s=5) as client:
+        await client.list_rack_tasks(nico.site, nico.racks[0])  # learns that lists do not page
+        await nico.control.post(f"/_sim/sites/{nico.site}/down", json={"delaySeconds": 0.3})
         started = time.monotonic()
         with pytest.raises(ServerError, match="timeout occurred"):
             await client.list_rack_tasks(nico.site, nico.racks[0], deadline=time.monotonic() + 1.0)

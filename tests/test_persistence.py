@@ -35,8 +35,9 @@ def full_batch() -> StateBatch:
     return StateBatch(
         delivered=[("t1/appeared", "t1"), ("t1/finished", "t1"), ("t2/appeared", "t2")],
         terminal={"t1": (RACK, 1000.5)},
-        racks={RACK: (SITE, 900.0, 7), "rack-2": (SITE, None, 0)},
+        racks={RACK: (SITE, 900.0, 40, 47, 5, 2), "rack-2": (SITE, None, None, None, 0, 0)},
         totals={(SITE, "Failed", "power_on"): 3},
+        unobserved={SITE: 2},
         tray_failures={(SITE, RACK, "tray-a", "Compute"): 2},
         tracked={"t2": (SITE, RACK, frozenset({"tray-b", "tray-a"})), "t3": (SITE, RACK, None)},
     )
@@ -56,8 +57,9 @@ def test_every_field_survives_a_reopen(db: SqlitePersistence, path: Path) -> Non
     loaded = reopened(path)
     assert sorted(loaded.delivered) == [("t1/appeared", "t1"), ("t1/finished", "t1"), ("t2/appeared", "t2")]
     assert loaded.terminal == {"t1": 1000.5}
-    assert loaded.racks == {RACK: (SITE, 900.0, 7), "rack-2": (SITE, None, 0)}
+    assert loaded.racks == {RACK: (SITE, 900.0, 40, 47, 5, 2), "rack-2": (SITE, None, None, None, 0, 0)}
     assert loaded.totals == {(SITE, "Failed", "power_on"): 3}
+    assert loaded.unobserved == {SITE: 2}
     assert loaded.tray_failures == {(SITE, RACK, "tray-a", "Compute"): 2}
     assert loaded.tracked == {"t2": (SITE, RACK, frozenset({"tray-a", "tray-b"})), "t3": (SITE, RACK, None)}
 
@@ -68,12 +70,14 @@ def test_later_writes_replace_counts_and_add_keys(db: SqlitePersistence) -> None
         StateBatch(
             delivered=[("t1/appeared", "t1"), ("t4/appeared", "t4")],
             totals={(SITE, "Failed", "power_on"): 4},
-            racks={RACK: (SITE, 900.0, 8)},
+            racks={RACK: (SITE, 900.0, 40, 48, 6, 2)},
+            unobserved={SITE: 3},
         )
     )
     loaded = db.load()
     assert loaded.totals == {(SITE, "Failed", "power_on"): 4}
-    assert loaded.racks[RACK] == (SITE, 900.0, 8)
+    assert loaded.racks[RACK] == (SITE, 900.0, 40, 48, 6, 2)
+    assert loaded.unobserved == {SITE: 3}
     assert len(loaded.delivered) == 4
 
 
@@ -90,6 +94,29 @@ def test_untracked_wins_over_tracked_in_the_same_batch(db: SqlitePersistence) ->
     db.write(StateBatch(tracked={"t1": (SITE, RACK, None)}))
     db.write(StateBatch(tracked={"t1": (SITE, RACK, frozenset({"tray-a"}))}, untracked={"t1"}))
     assert db.load().tracked == {}
+
+
+def test_a_schema_1_file_is_migrated_and_its_ledgers_start_again(path: Path) -> None:
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE racks (rack_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, baselined_at REAL,
+            known_count INTEGER NOT NULL);
+        INSERT INTO racks VALUES ('r1', 's1', 900.0, 7);
+        CREATE TABLE totals (site_id TEXT NOT NULL, status TEXT NOT NULL, operation TEXT NOT NULL,
+            count INTEGER NOT NULL, PRIMARY KEY (site_id, status, operation));
+        INSERT INTO totals VALUES ('s1', 'Succeeded', 'power_on', 12);
+        """
+    )
+    conn.commit()
+    conn.close()
+    loaded = reopened(path)
+    assert loaded.racks == {} and loaded.totals == {("s1", "Succeeded", "power_on"): 12}
 
 
 def test_empty_batch_is_empty() -> None:

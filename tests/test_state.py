@@ -64,11 +64,14 @@ def task(
     *,
     description: str = "API power on Rack",
     finished: float | None = None,
+    created: float | None = None,
     rep: dict[str, Any] | None = None,
 ) -> Task:
     data: dict[str, Any] = {"id": tid(n), "status": status, "description": description}
     if finished is not None:
         data["finished"] = iso(finished)
+    if created is not None:
+        data["created"] = iso(created)
     if rep is not None:
         data["report"] = rep
     return Task.model_validate(data)
@@ -313,81 +316,115 @@ def test_succeeded_task_counts_no_tray_failure(store: Store) -> None:
     assert store.totals.tray_failures == {}
 
 
-# -- the counting rule: full listings -----------------------------------------------------------
+# -- the counting rule: baseline and creation counter -------------------------------------------
+#
+# Expectations here are hand-counted: how many tasks the rack's counter says were created, and
+# which of them a list could name.
 
 
-def test_first_listing_terminal_tasks_are_history(store: Store, rec: Recorder) -> None:
-    listing = [task(1, "Succeeded", finished=T0 - 100), task(2, "Failed"), task(3, "Running")]
-    assert store.baseline(SITE, RACK, listing, T0, total=3) == []
-    assert rec.take() == []
-    assert store.terminal == {tid(1): T0 - 100, tid(2): T0}  # no ``finished``: the listing time
-    assert store.racks[RACK].baselined_at == T0
-    assert store.totals.tasks == {}
+def baselined(store: Store, total: int = 10, at: float = T0) -> None:
+    """A rack whose first active list came at ``at`` (NICo time) and whose counter read ``total``."""
+    store.begin_baseline(RACK, SITE, at)
+    store.observe_total(RACK, total)
+
+
+def test_terminal_tasks_finished_before_the_baseline_are_history(store: Store, rec: Recorder) -> None:
+    baselined(store)
+    old = task(1, "Succeeded", finished=T0 - 100, created=T0 - 200)
+    assert store.observe(SITE, RACK, old, T0 + 1, with_report=False) is False
+    assert rec.take() == [] and not store.is_known(tid(1))
+    assert store.racks[RACK].seen_new == 0
     # Seen again later (also with a report), history stays history.
-    assert store.observe(SITE, RACK, done_task(1), T0 + 1) is False
-    assert rec.take() == []
+    assert store.observe(SITE, RACK, done_task(1, finished=T0 - 100), T0 + 2) is False
+    assert rec.take() == [] and store.totals.tasks == {}
 
 
-def test_later_listing_fetches_only_tasks_finished_after_the_baseline(store: Store) -> None:
-    store.baseline(SITE, RACK, [], T0, total=0)
-    listing = [
-        task(1, "Succeeded", finished=T0 - 1),  # before the baseline: history
-        task(2, "Succeeded", finished=T0 + 50),  # after it: counted
-        task(3, "Terminated"),  # no finished time: fetch to find out
-        task(4, "Running"),  # active: the active poll tracks it
-    ]
-    assert store.baseline(SITE, RACK, listing, T0 + 100, total=4) == [tid(2), tid(3)]
-    assert store.is_known_terminal(tid(1))
-    assert not store.is_known_terminal(tid(2))
-    assert store.racks[RACK].baselined_at == T0  # the first listing stays the baseline
+def test_a_task_named_terminal_after_the_baseline_is_fetched_and_counted(store: Store) -> None:
+    baselined(store, total=10)
+    store.observe_total(RACK, 11)  # the list that names it counts it
+    short = task(1, "Succeeded", finished=T0 + 50, created=T0 + 40)
+    assert store.observe(SITE, RACK, short, T0 + 60, with_report=False) is True  # fetch it
+    assert store.is_known(tid(1)) and store.racks[RACK].seen_new == 1
+    assert store.observe(SITE, RACK, short, T0 + 61, with_report=False) is True  # named once
+    assert store.racks[RACK].seen_new == 1
+    store.observe(SITE, RACK, done_task(1, finished=T0 + 50), T0 + 62)  # the final fetch
+    assert store.totals.tasks == {(SITE, "Succeeded", "power_on"): 1}
 
 
-def test_later_listing_treats_tasks_older_than_retention_as_history() -> None:
+def test_baseline_rows_are_part_of_the_baseline_count(store: Store) -> None:
+    store.begin_baseline(RACK, SITE, T0)
+    store.observe(SITE, RACK, task(1, created=T0 - 1), T0, in_baseline=True)
+    store.observe_total(RACK, 1)
+    assert store.racks[RACK].seen_new == 0 and store.racks[RACK].baseline_total == 1
+    store.observe_total(RACK, 1)
+    assert store.settle(RACK) == 0
+
+
+def test_unnamed_tasks_are_counted_once_from_the_creation_counter(store: Store) -> None:
+    baselined(store, total=10)
+    # Three tasks created since: one seen active, two never named.
+    store.observe(SITE, RACK, task(1, created=T0 + 5), T0 + 6)
+    assert store.observe_total(RACK, 13) is True
+    assert store.settle(RACK) == 2
+    assert store.totals.unobserved == {SITE: 2}
+    # Nothing new: nothing more, however often it is asked.
+    assert store.observe_total(RACK, 13) is False
+    assert store.settle(RACK) == 0 and store.settle(RACK) == 0
+    assert store.totals.unobserved == {SITE: 2}
+
+
+def test_rows_an_incomplete_list_did_not_show_are_not_counted_yet(store: Store) -> None:
+    baselined(store, total=0)
+    for n in range(1, 21):
+        store.observe(SITE, RACK, task(n, created=T0 + n), T0 + 30)
+    store.observe_total(RACK, 25)  # 25 created, 20 shown: 5 active ones hidden by the 20-row cap
+    assert store.settle(RACK, unseen_active=5) == 0
+    assert store.unexplained(RACK) == 5
+    for n in range(21, 26):  # found on the trays' lists
+        store.observe(SITE, RACK, task(n, created=T0 + n), T0 + 40, with_report=False)
+    assert store.settle(RACK) == 0 and store.totals.unobserved == {}
+
+
+def test_a_task_named_after_it_was_counted_unobserved_is_not_counted_twice(store: Store) -> None:
+    baselined(store, total=0)
+    store.observe_total(RACK, 1)
+    assert store.settle(RACK) == 1  # created and finished unseen
+    late = task(7, "Succeeded", finished=T0 + 20, created=T0 + 10)  # a list names it later
+    assert store.observe(SITE, RACK, late, T0 + 100, with_report=False) is False
+    assert store.absorbed == 1 and store.is_known_terminal(tid(7))
+    assert store.totals.tasks == {} and store.totals.unobserved == {SITE: 1}
+
+
+def test_a_task_named_with_the_count_it_explains_is_counted_by_name(store: Store) -> None:
+    baselined(store, total=0)
+    store.observe_total(RACK, 1)  # the same response names it: not yet counted unobserved
+    short = task(7, "Succeeded", finished=T0 + 20, created=T0 + 10)
+    assert store.observe(SITE, RACK, short, T0 + 30, with_report=False) is True
+    assert store.settle(RACK) == 0 and store.absorbed == 0
+
+
+def test_a_total_that_shrinks_restarts_the_ledger(store: Store) -> None:
+    baselined(store, total=10)
+    store.observe_total(RACK, 12)
+    assert store.settle(RACK) == 2
+    store.observe_total(RACK, 4)  # a restored database
+    store.observe_total(RACK, 5)
+    assert store.settle(RACK) == 1
+    assert store.totals.unobserved == {SITE: 3}
+
+
+def test_without_a_baseline_count_nothing_is_counted_unobserved(store: Store) -> None:
+    store.begin_baseline(RACK, SITE, T0)
+    assert store.settle(RACK) == 0 and store.unexplained(RACK) == 0
+    assert store.observe_total(RACK, 3) is False  # the first reading is the baseline count
+
+
+def test_terminal_tasks_older_than_retention_are_history() -> None:
     store = Store(terminal_retention=100)
-    store.baseline(SITE, RACK, [], T0, total=0)
-    old = task(1, "Succeeded", finished=T0 + 500)
-    assert store.baseline(SITE, RACK, [old], T0 + 1000, total=1) == []
-    assert store.is_known_terminal(tid(1))
-
-
-def test_listing_skips_tracked_and_known_terminal_tasks(store: Store) -> None:
-    store.baseline(SITE, RACK, [], T0, total=0)
-    store.observe(SITE, RACK, done_task(1, finished=T0 + 5), T0 + 5)
-    store.observe(SITE, RACK, task(2), T0 + 5)
-    listing = [task(1, "Succeeded", finished=T0 + 5), task(2, "Succeeded", finished=T0 + 6)]
-    assert store.baseline(SITE, RACK, listing, T0 + 10, total=2) == []
-
-
-def test_known_count_is_the_total_or_what_the_listing_saw(store: Store) -> None:
-    store.baseline(SITE, RACK, [task(1, "Succeeded"), task(2)], T0, total=2)
-    assert store.racks[RACK].known_count == 2
-    # Pages shifted: the server counts 3 but only 2 distinct tasks came back.
-    store.baseline(SITE, RACK, [task(1, "Succeeded"), task(2)], T0 + 10, total=3)
-    assert store.racks[RACK].known_count == 2
-
-
-def test_tasks_tracked_after_the_baseline_grow_known_count_unless_listed(store: Store) -> None:
-    store.observe(SITE, RACK, task(9), T0 - 10)  # before any baseline: counted by the listing
-    store.baseline(SITE, RACK, [task(9), task(1), task(2, "Succeeded", finished=T0 - 1)], T0, total=3)
-    store.baseline(SITE, RACK, [task(9), task(1), task(3, "Succeeded", finished=T0 + 5)], T0 + 10, total=3)
-    assert store.racks[RACK].known_count == 3
-    store.observe(SITE, RACK, task(1), T0 + 11)  # listed active
-    store.observe(SITE, RACK, done_task(3, finished=T0 + 5), T0 + 11)  # listed, fetched
-    assert store.racks[RACK].known_count == 3
-    store.observe(SITE, RACK, task(4), T0 + 12)  # new since the listing
-    assert store.racks[RACK].known_count == 4
-
-
-def test_task_listed_active_that_ends_before_the_active_poll_is_still_counted(store: Store) -> None:
-    store.baseline(SITE, RACK, [], T0, total=0)
-    assert store.baseline(SITE, RACK, [task(1, "Running")], T0 + 10, total=1) == []
-    # The next active poll (complete, activeOnly) no longer shows it: it finished meanwhile. The
-    # poller fetches what left the active set, or relists when the probe total differs.
-    fetch = set(store.active_ids(RACK))
-    probe_total = 1
-    if probe_total != store.racks[RACK].known_count:
-        fetch |= set(store.baseline(SITE, RACK, [task(1, "Succeeded", finished=T0 + 12)], T0 + 20, 1))
-    assert tid(1) in fetch
+    baselined(store, at=T0)
+    old = task(1, "Succeeded", finished=T0 + 500, created=T0 + 400)
+    assert store.observe(SITE, RACK, old, T0 + 1000, with_report=False) is False
+    assert not store.is_known(tid(1))
 
 
 # -- vanish, expire, drop_rack --------------------------------------------------------------------
@@ -432,14 +469,14 @@ def test_expired_task_observed_again_is_not_counted_again() -> None:
     store.expire(T0 + 60)
     rec.take()
     assert store.observe(SITE, RACK, done_task(1), T0 + 61) is False
-    assert store.baseline(SITE, RACK, [task(1, "Succeeded", finished=T0)], T0 + 62, total=1) == []
+    assert store.observe(SITE, RACK, task(1, "Succeeded", finished=T0), T0 + 62, with_report=False) is False
     assert rec.take() == []
     assert store.totals.tasks == {(SITE, "Succeeded", "power_on"): 1}
 
 
 def test_expire_forgets_terminal_ids_after_retention() -> None:
     store = Store(finished_ttl=60, terminal_retention=1000)
-    store.baseline(SITE, RACK, [task(1, "Succeeded", finished=T0)], T0, total=1)
+    store.vanish(tid(1), T0)
     store.observe(SITE, RACK, done_task(2, finished=T0), T0)
     store.expire(T0 + 1000)
     assert set(store.terminal) == {tid(1), tid(2)}
@@ -448,7 +485,7 @@ def test_expire_forgets_terminal_ids_after_retention() -> None:
 
 
 def test_drop_rack_drops_tasks_but_keeps_totals_and_baseline(store: Store) -> None:
-    store.baseline(SITE, RACK, [], T0, total=0)
+    baselined(store, total=0)
     store.observe(SITE, RACK, done_task(1), T0 + 1)
     store.observe(SITE, RACK, task(2), T0 + 1)
     store.observe(SITE, OTHER_RACK, task(3), T0 + 1)
@@ -475,10 +512,11 @@ def test_a_failing_subscriber_does_not_stop_the_others(store: Store) -> None:
 
 def test_restart_keeps_totals_terminal_ids_baselines_and_delivered_keys(db: Path) -> None:
     first, p1 = open_store(db)
-    first.baseline(SITE, RACK, [task(9, "Succeeded", finished=T0 - 5)], T0, total=1)
-    first.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 1), T0 + 1)
+    first.begin_baseline(RACK, SITE, T0)
+    first.observe_total(RACK, 1)
+    first.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 1, created=T0 + 1), T0 + 1)
     first.attribute(tid(1), ["tray-a"])
-    running = task(2, rep=power_on_report(1))
+    running = task(2, rep=power_on_report(1), created=T0 + 2)
     first.observe(SITE, RACK, running, T0 + 2)
     first.attribute(tid(2), ["tray-b", "tray-c"])
     first.commit()
@@ -488,16 +526,16 @@ def test_restart_keeps_totals_terminal_ids_baselines_and_delivered_keys(db: Path
     rec = Recorder(second)
     assert second.totals.tasks == {(SITE, "Failed", "power_on"): 1}
     assert second.totals.tray_failures == {(SITE, RACK, "tray-a", "Unknown"): 1}
-    assert second.terminal == {tid(9): T0 - 5, tid(1): T0 + 1}
-    assert second.racks[RACK].baselined_at == T0
-    assert second.racks[RACK].known_count == 3
+    assert second.terminal == {tid(1): T0 + 1}
+    assert second.racks[RACK].baselined_at == T0 and second.racks[RACK].baseline_total == 1
+    assert second.racks[RACK].seen_new == 2
     assert second.recovered == {tid(2): (SITE, RACK, frozenset({"tray-b", "tray-c"}))}
     # The same observations again: nothing is delivered twice, nothing counted twice.
     second.observe(SITE, RACK, running, T0 + 3)
     second.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 1), T0 + 3)
     assert rec.take() == []
     assert second.tasks[tid(2)].trays == frozenset({"tray-b", "tray-c"})
-    assert second.racks[RACK].known_count == 3  # a recovered task was counted before
+    assert second.racks[RACK].seen_new == 2  # a recovered task was seen before
     # ... and what is new still is.
     second.observe(SITE, RACK, done_task(2, finished=T0 + 4), T0 + 4)
     assert [t.kind for t in rec.take()][-1] is Kind.FINISHED
@@ -505,21 +543,40 @@ def test_restart_keeps_totals_terminal_ids_baselines_and_delivered_keys(db: Path
     p2.close()
 
 
-def test_restart_before_a_listed_final_fetch_still_fetches_it(db: Path) -> None:
+def test_restart_before_a_named_tasks_final_fetch_still_fetches_it(db: Path) -> None:
     first, p1 = open_store(db)
-    first.baseline(SITE, RACK, [], T0, total=0)
-    done = task(1, "Succeeded", finished=T0 + 5)
-    assert first.baseline(SITE, RACK, [done], T0 + 10, total=1) == [tid(1)]
+    first.begin_baseline(RACK, SITE, T0)
+    first.observe_total(RACK, 0)
+    first.observe_total(RACK, 1)
+    done = task(1, "Succeeded", finished=T0 + 5, created=T0 + 2)
+    assert first.observe(SITE, RACK, done, T0 + 10, with_report=False) is True
     first.commit()
     p1.close()
 
     second, p2 = open_store(db)
-    fetch = set(second.recovered)
-    probe_total = 1
-    if probe_total != second.racks[RACK].known_count:
-        fetch |= set(second.baseline(SITE, RACK, [done], T0 + 20, total=1))
+    assert tid(1) in second.recovered
+    # Named before the restart: not counted unobserved, not named again as new.
+    assert second.settle(RACK) == 0
+    assert second.observe(SITE, RACK, done, T0 + 20, with_report=False) is True
+    assert second.racks[RACK].seen_new == 1
     p2.close()
-    assert tid(1) in fetch
+
+
+def test_unobserved_totals_and_ledgers_survive_a_restart(db: Path) -> None:
+    first, p1 = open_store(db)
+    first.begin_baseline(RACK, SITE, T0)
+    first.observe_total(RACK, 5)
+    first.observe_total(RACK, 8)
+    assert first.settle(RACK) == 3
+    first.commit()
+    p1.close()
+    second, p2 = open_store(db)
+    assert second.totals.unobserved == {SITE: 3}
+    second.observe_total(RACK, 8)
+    assert second.settle(RACK) == 0  # counted before the restart
+    second.observe_total(RACK, 9)
+    assert second.settle(RACK) == 1 and second.totals.unobserved == {SITE: 4}
+    p2.close()
 
 
 def test_delivered_keys_of_tasks_finished_before_a_restart_are_forgotten(db: Path) -> None:

@@ -519,7 +519,11 @@ async def test_a_kill_then_a_restart_sends_each_span_once(tmp_path: Path, surviv
     roots = Counter(uuid.UUID(int=span_ids(s)[0]) for s in spans if s.parent is None)
     expected = expected_finished(sim, victim.started_at)
     assert len(expected) > 10
-    assert {str(t): n for t, n in roots.items()} == dict.fromkeys(expected, 1)
+    # One root per finished task that a list named; a task no list could name (NICo v2.0 lists
+    # stop at 20 rows) has no data for a trace and is counted unobserved instead.
+    traced_ids = {str(t) for t in roots}
+    assert all(n == 1 for n in roots.values()) and traced_ids <= set(expected)
+    assert len(expected) - len(traced_ids) == sum(survivor.store.totals.unobserved.values())
 
 
 # -- export and configuration ----------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 It models what the exporter depends on, faithfully to the real server (nico-api-notes.md):
 sites, GB200 NVL72 racks and trays, Flow tasks with their stage/step reports and lifecycle
-(Pending, Waiting behind a conflicting task, Running stage by stage, fail-fast, queue expiry,
-cancel), the REST surface with its exact error bodies, pagination in undefined (heap) order,
+(REST submissions refused on conflict, Waiting from leak detection and schedules, Running
+stage by stage, fail-fast, queue expiry by the promoter's sweep, cancel), the REST surface with its exact error bodies, first-20-row task lists in storage (heap) order with exact totals,
 bearer auth and the Keycloak login, the optional rate limiter, plus fault injection and a
 ground-truth control API under ``/_sim``.
 
@@ -28,7 +28,7 @@ from exporter.simulator.simulation import (
     SimulatorConfig,
     TaskTruth,
 )
-from exporter.simulator.world import CancelRefused, Outcome, SimulationError
+from exporter.simulator.world import CancelRefused, Outcome, Rejected, SimulationError
 
 __all__ = [
     "AcceleratedClock",
@@ -38,6 +38,7 @@ __all__ = [
     "ManualClock",
     "Operation",
     "Outcome",
+    "Rejected",
     "ScenarioConfig",
     "Simulation",
     "SimulationError",

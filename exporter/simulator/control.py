@@ -15,7 +15,7 @@ from exporter.simulator.operations import Operation
 from exporter.simulator.responses import nico_response, read_json_object
 from exporter.simulator.simulation import Simulation
 from exporter.simulator.wire import encode
-from exporter.simulator.world import CancelRefused, Outcome, SimulationError
+from exporter.simulator.world import CancelRefused, Outcome, Rejected, SimulationError
 
 
 def _control_error(status: int, message: str) -> Response:
@@ -28,10 +28,13 @@ async def sim_truth(request: Request) -> Response:
 
 
 async def sim_create_task(request: Request) -> Response:
-    """``POST /_sim/tasks {siteId, rackId, operation, outcome?, trayIds?, failStage?, error?, stageSeconds?, count?}``.
+    """``POST /_sim/tasks {siteId, rackId, operation, outcome?, trayIds?, failStage?, error?,
+    stageSeconds?, description?, source?, queueTimeoutSeconds?, count?}``.
 
-    ``count`` creates that many identical tasks at once (in creation order); the answer has
-    ``taskId`` (the first) and ``taskIds`` (all).
+    Submits as the task's real creator would (``source``: ``rest``, ``leak_detection`` or
+    ``schedule:<name>``); Flow's refusal of a conflicting submission is a 409 naming Flow's
+    reason. ``count`` submits that many identical tasks at once (in creation order); the answer
+    has ``taskId`` (the first) and ``taskIds`` (all).
     """
     sim: Simulation = request.app.state.sim
     body = await read_json_object(request)
@@ -54,23 +57,30 @@ async def sim_create_task(request: Request) -> Response:
                     error=body.get("error"),
                     stage_seconds=body.get("stageSeconds"),
                     description=body.get("description"),
+                    source=str(body.get("source", "rest")),
+                    queue_timeout_s=body.get("queueTimeoutSeconds"),
                 )
             )
+    except Rejected as exc:
+        if not task_ids:
+            return _control_error(409, exc.reason)
     except KeyError as exc:
         return _control_error(400, f"missing field {exc.args[0]}")
     except (ValueError, TypeError) as exc:
         return _control_error(400, str(exc))
-    return nico_response(201, {"taskId": task_ids[0], "taskIds": task_ids})
+    return nico_response(201, {"taskId": task_ids[0], "taskIds": task_ids, "rejected": count - len(task_ids)})
 
 
-async def sim_purge_task(request: Request) -> Response:
-    """``DELETE /_sim/tasks/{id}``: NICo's retention removes a finished task (the API then 404s)."""
+async def sim_forget_task(request: Request) -> Response:
+    """``DELETE /_sim/tasks/{id}``: NOT NICo behaviour (Flow never deletes a task). Simulates a
+    Flow database restored from an older backup: the finished task then answers Flow's "no
+    rows" 500."""
     sim: Simulation = request.app.state.sim
     try:
-        sim.purge_task(str(request.path_params["id"]))
+        sim.forget_task(str(request.path_params["id"]))
     except SimulationError as exc:
         return _control_error(404 if "unknown" in str(exc) else 409, str(exc))
-    return nico_response(200, {"taskId": str(request.path_params["id"]), "purged": True})
+    return nico_response(200, {"taskId": str(request.path_params["id"]), "forgotten": True})
 
 
 async def sim_cancel_task(request: Request) -> Response:
@@ -154,7 +164,7 @@ def control_routes() -> list[BaseRoute]:
         Route("/_sim/truth", sim_truth),
         Route("/_sim/tasks", sim_create_task, methods=["POST"]),
         Route("/_sim/tasks/{id}/cancel", sim_cancel_task, methods=["POST"]),
-        Route("/_sim/tasks/{id}", sim_purge_task, methods=["DELETE"]),
+        Route("/_sim/tasks/{id}", sim_forget_task, methods=["DELETE"]),
         Route("/_sim/faults", sim_faults, methods=["GET", "PUT"]),
         Route("/_sim/sites/{id}/{action}", sim_site, methods=["POST"]),
         Route("/_sim/stats", sim_stats, methods=["GET", "DELETE"]),

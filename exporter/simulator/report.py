@@ -1,4 +1,9 @@
-"""``TaskReportV1`` as Flow builds it (``report.go``): stages and steps mirroring the rule."""
+"""``TaskReportV1`` as Flow builds it (``flow/internal/task/report/report.go``).
+
+One stage per rule stage, one step per sequence step; a step whose component type the task
+does not target is pre-marked ``skipped``. Every stage, even one whose steps are all skipped, is
+begun and completed by the workflow: stages are never ``skipped``, only steps are.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from datetime import datetime
 from exporter.models import ComponentType, ReportStatus
 from exporter.simulator.operations import OPERATIONS, Operation
 
-# The report producer truncates errors to 512 bytes (TaskReportV1.error).
+# ``maxErrLen`` (report.go) and ``maxLen`` (message.go): both cut at 512 bytes.
 MAX_ERROR_BYTES = 512
 
 
@@ -18,6 +23,14 @@ def truncate_error(text: str) -> str:
     if len(raw) <= MAX_ERROR_BYTES:
         return text
     return raw[:MAX_ERROR_BYTES].decode(errors="ignore")
+
+
+def failure_message(error: str) -> str:
+    """``message.ForFailure``: trimmed, the first line only, at most 512 bytes; "Failed" if empty."""
+    text = error.strip()
+    if not text:
+        return "Failed"
+    return truncate_error(text.split("\n", 1)[0])
 
 
 @dataclass
@@ -44,7 +57,8 @@ class Stage:
     error: str | None = None
 
     @property
-    def executable(self) -> bool:
+    def has_work(self) -> bool:
+        """Whether any step targets a component (a stage without work completes at once)."""
         return any(step.status is not ReportStatus.SKIPPED for step in self.steps)
 
 
@@ -58,11 +72,7 @@ class Report:
 
 
 def initial_report(operation: Operation, totals: dict[ComponentType, int]) -> Report:
-    """``report.NewInitial``: a step per rule step, pre-marked ``skipped`` where nothing is targeted.
-
-    A stage whose every step is skipped is itself ``skipped`` (our choice: Flow's code for that
-    case was not read) and the workflow passes over it without BeginStage.
-    """
+    """``report.NewInitial``: every stage ``pending``, steps without targets ``skipped``."""
     stages: list[Stage] = []
     for number, types in enumerate(OPERATIONS[operation].stages, start=1):
         steps = [
@@ -71,8 +81,5 @@ def initial_report(operation: Operation, totals: dict[ComponentType, int]) -> Re
             )
             for kind in types
         ]
-        stage = Stage(number, steps)
-        if not stage.executable:
-            stage.status = ReportStatus.SKIPPED
-        stages.append(stage)
+        stages.append(Stage(number, steps))
     return Report(stages)

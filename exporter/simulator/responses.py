@@ -16,9 +16,9 @@ def nico_response(status: int, body: Any, headers: dict[str, str] | None = None)
     return Response(encode(body), status_code=status, media_type="application/json", headers=headers)
 
 
-def nico_error(status: int, message: str, data: Any = None) -> Response:
+def nico_error(status: int, message: str, data: Any = None, *, source: str = "nico") -> Response:
     """A ``NICoAPIError`` body with ``status``."""
-    return nico_response(status, error_body(message, data))
+    return nico_response(status, error_body(message, data, source=source))
 
 
 async def read_json_object(request: Request) -> JSONObject | None:

@@ -1,13 +1,25 @@
 """Seeded scenarios: which sites and racks exist and what tasks arrive on them, and when.
 
-Arrivals are a Poisson process per rack, chained as world events (each arrival schedules the
-next), so an idle simulation costs nothing and a long one never pre-computes millions of tasks.
-Everything is drawn from ``random.Random(seed)``: the same seed gives the same ids, tasks,
-outcomes and timings.
+Three sources submit tasks, as on a real NICo v2.0 site:
+
+- operators and their tooling, through REST (a Poisson process per rack). Flow refuses a REST
+  submission that conflicts with a pending or running task: no task is created, the refusal is
+  kept in the ground truth;
+- Flow's leak-detection job: while a component leaks, it submits a force power-off of it every
+  minute with the queue strategy, so repeats wait behind the running one (at most 5 per rack);
+- task schedules, fired on their interval over their racks with the reject (``skip``) or queue
+  overlap policy.
+
+Racks can start with a realistic history: ``history_tasks_per_rack`` finished tasks written
+directly (no events replayed), older than anything the simulation runs.
+
+Arrivals are chained as world events (each schedules the next), so an idle simulation costs
+nothing. Everything is drawn from ``random.Random(seed)``: the same seed gives the same run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import string
 from dataclasses import dataclass, field
@@ -16,8 +28,8 @@ from functools import partial
 
 from exporter.models import ComponentType
 from exporter.simulator.inventory import Rack, Site
-from exporter.simulator.operations import OPERATIONS, Family, Operation, describe
-from exporter.simulator.world import Outcome, World
+from exporter.simulator.operations import OPERATIONS, Family, Operation, describe, schedule_description
+from exporter.simulator.world import Outcome, Rejected, World
 
 DEFAULT_MIX: dict[str, float] = {
     Operation.POWER_ON: 3.0,
@@ -38,7 +50,33 @@ DEFAULT_STAGE_SECONDS: dict[str, tuple[float, float]] = {
     Family.BRING_UP: (120.0, 900.0),
 }
 
+# Flow's leak-detection job interval (flow/internal/config/config.go: LeakDetectionInterval).
+LEAK_JOB_INTERVAL_S = 60.0
+# How long a simulated leak lasts before someone fixes it (minutes).
+LEAK_MINUTES = (3.0, 15.0)
+
 _CITIES = ("Santa Clara", "San Jose", "Fremont", "Sunnyvale", "Hillsboro", "Reno")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """A Flow task schedule: ``operation`` on a share of a site's racks every ``every_hours``.
+
+    ``overlap`` is the schedule's overlap policy: ``skip`` (reject on conflict) or ``queue``.
+    """
+
+    name: str
+    operation: str
+    every_hours: float
+    rack_fraction: float = 1.0
+    overlap: str = "skip"
+
+    def __post_init__(self) -> None:
+        Operation(self.operation)
+        if self.overlap not in ("skip", "queue"):
+            raise ValueError("overlap must be skip or queue")
+        if self.every_hours <= 0 or not 0.0 < self.rack_fraction <= 1.0:
+            raise ValueError("every_hours must be positive and rack_fraction in (0, 1]")
 
 
 @dataclass
@@ -50,15 +88,19 @@ class ScenarioConfig:
         sites: number of Flow-enabled sites.
         racks_per_site: GB200 NVL72 racks per site (35 trays each).
         non_flow_sites: extra sites without Flow (their task/rack/tray calls answer 412).
-        arrivals_per_rack_per_hour: mean task arrival rate per rack (Poisson); 0 = none.
+        arrivals_per_rack_per_hour: mean task submission rate per rack (Poisson); 0 = none.
+            ``leak_detection``'s share of the mix is the rate of leaks, not of submissions.
         operation_mix: relative weights by operation name (``power_on``, ``firmware_update``, ...).
-        tray_scoped_fraction: share of tasks started from tray endpoints (1-4 trays, 1-2 types).
+        tray_scoped_fraction: share of submissions made on tray endpoints (1-4 trays, 1-2 types).
         stage_seconds: (min, max) seconds per stage by family: ``power``, ``firmware``, ``bring_up``.
-        failure_rate: share of arriving tasks that fail at a random stage.
-        cancel_rate: share of arriving tasks an operator cancels a little after creation.
+        failure_rate: share of tasks that fail at a random stage.
+        cancel_rate: share of tasks an operator cancels a little after creation.
         stuck_tasks: tasks that hang forever in a stage (created shortly before the start).
         history_hours: simulate this much activity before the start, so lists are not empty.
+        history_tasks_per_rack: (min, max) finished tasks written on each rack before that, as a
+            long-lived site has (0, 0: none).
         horizon_hours: stop arrivals this long after the start (None: never stop).
+        schedules: Flow task schedules on every Flow site.
     """
 
     seed: int = 1
@@ -73,7 +115,9 @@ class ScenarioConfig:
     cancel_rate: float = 0.02
     stuck_tasks: int = 0
     history_hours: float = 2.0
+    history_tasks_per_rack: tuple[int, int] = (0, 0)
     horizon_hours: float | None = None
+    schedules: tuple[ScheduleConfig, ...] = ()
 
     def __post_init__(self) -> None:
         for name in self.operation_mix:
@@ -84,6 +128,9 @@ class ScenarioConfig:
             raise ValueError("counts must not be negative")
         if not 0.0 <= self.failure_rate <= 1.0 or not 0.0 <= self.cancel_rate <= 1.0:
             raise ValueError("rates must be between 0 and 1")
+        low, high = self.history_tasks_per_rack
+        if not 0 <= low <= high:
+            raise ValueError("history_tasks_per_rack must be (min, max) with 0 <= min <= max")
 
     @classmethod
     def quiet(
@@ -113,16 +160,18 @@ def site_name(index: int) -> str:
 
 
 class Scenario:
-    """Builds the inventory and feeds tasks into a :class:`World` as timed events."""
+    """Builds the inventory and feeds submissions into a :class:`World` as timed events."""
 
-    def __init__(self, config: ScenarioConfig, world: World) -> None:
+    def __init__(self, config: ScenarioConfig, world: World, *, leak_queue_timeout_s: float = 0.0) -> None:
         self.config = config
         self.world = world
+        self.leak_queue_timeout_s = leak_queue_timeout_s
         # Own RNG: what arrives does not depend on how often a client polls.
         self.rng = random.Random(config.seed)
         mix = {Operation(name): weight for name, weight in config.operation_mix.items() if weight > 0}
         self._ops = list(mix)
         self._weights = list(mix.values())
+        self._leaking: dict[str, datetime] = {}  # tray id -> when its leak ends
 
     # --- inventory -----------------------------------------------------------------------------
 
@@ -159,18 +208,52 @@ class Scenario:
         low, high = self.config.stage_seconds.get(family, DEFAULT_STAGE_SECONDS[family])
         return self.rng.uniform(low, high)
 
+    # --- history -------------------------------------------------------------------------------
+
+    def write_history(self, before: datetime) -> None:
+        """Write ``history_tasks_per_rack`` finished tasks on every Flow rack, ending before ``before``."""
+        low, high = self.config.history_tasks_per_rack
+        if high == 0:
+            return
+        ops = [op for op in self._ops if op is not Operation.LEAK_DETECTION] or [Operation.POWER_ON]
+        weights = [self._weights[self._ops.index(op)] if op in self._ops else 1.0 for op in ops]
+        for rack in self._flow_racks():
+            count = self.rng.randint(low, high)
+            # Oldest first, one after another, all finished before ``before``.
+            at = before - timedelta(minutes=40 * count)
+            for _ in range(count):
+                operation = self.rng.choices(ops, weights)[0]
+                tray_ids = self._pick_trays(rack, operation)
+                failed = self.rng.random() < self.config.failure_rate
+                task = self.world.record_history(
+                    rack.id,
+                    operation,
+                    description=describe(operation, tray_scoped=tray_ids is not None, rack_id=rack.id),
+                    created=at,
+                    outcome=Outcome.FAIL if failed else Outcome.SUCCEED,
+                    stage_seconds=min(self.stage_seconds(operation), 300.0),
+                    tray_ids=tray_ids,
+                )
+                assert task.finished is not None
+                at = task.finished + timedelta(seconds=self.rng.uniform(60, 1200))
+                if at >= before:
+                    break
+
     # --- arrivals ------------------------------------------------------------------------------
 
     def start(self, begin: datetime, sim_start: datetime) -> None:
-        """Schedule arrivals from ``begin`` (history start) and the stuck tasks before ``sim_start``."""
-        if self.config.arrivals_per_rack_per_hour > 0 and self._ops:
-            for rack in self._flow_racks():
-                self._schedule_arrival(rack.id, begin, sim_start)
+        """Schedule arrivals and schedules from ``begin`` (history start), stuck tasks before ``sim_start``."""
         racks = self._flow_racks()
+        if self.config.arrivals_per_rack_per_hour > 0 and self._ops:
+            for rack in racks:
+                self._schedule_arrival(rack.id, begin, sim_start)
         for _ in range(self.config.stuck_tasks if racks else 0):
             rack = self.rng.choice(racks)
             at = max(begin, sim_start - timedelta(seconds=self.rng.uniform(60, 1800)))
             self.world.schedule(at, partial(self._create_stuck, rack.id))
+        for schedule in self.config.schedules:
+            first = begin + timedelta(hours=schedule.every_hours * self.rng.uniform(0.1, 1.0))
+            self.world.schedule(first, partial(self._fire_schedule, schedule))
 
     def _flow_racks(self) -> list[Rack]:
         return [rack for rack in self.world.racks.values() if self.world.sites[rack.site_id].flow]
@@ -189,54 +272,116 @@ class Scenario:
         if site.gone:
             return
         operation = self.rng.choices(self._ops, self._weights)[0]
+        if operation is Operation.LEAK_DETECTION:
+            self._start_leak(rack_id, at)
+            return
         failed = self.rng.random() < self.config.failure_rate
-        task_id = self._create(rack_id, operation, Outcome.FAIL if failed else Outcome.SUCCEED)
-        if self.rng.random() < self.config.cancel_rate:
+        task_id = self._submit(rack_id, operation, Outcome.FAIL if failed else Outcome.SUCCEED)
+        if task_id is not None and self.rng.random() < self.config.cancel_rate:
             delay = self.rng.uniform(5.0, 600.0)
             self.world.schedule(at + timedelta(seconds=delay), partial(self._cancel, task_id))
 
     def _create_stuck(self, rack_id: str, _at: datetime) -> None:
         operation = self.rng.choice([Operation.POWER_CYCLE, Operation.FIRMWARE_UPDATE, Operation.POWER_ON])
-        self._create(rack_id, operation, Outcome.STUCK)
+        self._submit(rack_id, operation, Outcome.STUCK)
 
     def _cancel(self, task_id: str, at: datetime) -> None:
-        task = self.world.tasks[task_id]
-        if task.status.is_active:
+        task = self.world.tasks.get(task_id)
+        if task is not None and task.status.is_active:
             self.world.cancel(task_id, at)
 
-    def _create(self, rack_id: str, operation: Operation, outcome: Outcome) -> str:
+    def _submit(self, rack_id: str, operation: Operation, outcome: Outcome) -> str | None:
+        """A REST submission (reject on conflict); the task id, or None when Flow refused it."""
         rack = self.world.racks[rack_id]
         tray_ids = self._pick_trays(rack, operation)
-        component_id = component_type = ""
-        if operation is Operation.LEAK_DETECTION and tray_ids:
-            tray = self.world.trays[tray_ids[0]]
-            component_id, component_type = tray.component_id, tray.type.value
-        description = describe(
-            operation,
-            tray_scoped=tray_ids is not None,
-            rack_id=rack.id,
-            component_id=component_id,
-            component_type=component_type,
-        )
-        # Durations come from the world's sampler (this scenario's stage_seconds); the error text
-        # from the world, which names a tray of the failing stage.
-        task = self.world.create_task(
-            rack.site_id,
-            rack.id,
-            operation,
-            description=description,
-            tray_ids=tray_ids,
-            outcome=outcome,
-        )
+        description = describe(operation, tray_scoped=tray_ids is not None, rack_id=rack.id)
+        try:
+            task = self.world.submit(
+                rack.site_id, rack.id, operation, description=description, tray_ids=tray_ids, outcome=outcome
+            )
+        except Rejected:
+            return None
         return task.id
+
+    # --- leak detection ------------------------------------------------------------------------
+
+    def _start_leak(self, rack_id: str, at: datetime) -> None:
+        """A liquid-cooled tray starts leaking: Flow's job force-powers it off every minute."""
+        wet = [
+            tray
+            for tray in self.world.rack_trays(rack_id)
+            if tray.type in (ComponentType.COMPUTE, ComponentType.NVSWITCH) and tray.id not in self._leaking
+        ]
+        if not wet:
+            return
+        tray = self.rng.choice(wet)
+        tray.leak_status = "Leaking"
+        self._leaking[tray.id] = at + timedelta(minutes=self.rng.uniform(*LEAK_MINUTES))
+        # The job runs on its own minute ticker; its next run sees the leak.
+        self.world.schedule(
+            at + timedelta(seconds=self.rng.uniform(0, LEAK_JOB_INTERVAL_S)), partial(self._leak_job, tray.id)
+        )
+
+    def _leak_job(self, tray_id: str, at: datetime) -> None:
+        tray = self.world.trays[tray_id]
+        if at >= self._leaking[tray_id]:
+            del self._leaking[tray_id]
+            tray.leak_status = "NoLeak"
+            return
+        rack = self.world.racks[tray.rack_id]
+        description = describe(
+            Operation.LEAK_DETECTION,
+            tray_scoped=True,
+            rack_id=rack.id,
+            component_id=tray.component_id,
+            component_type=tray.type,
+        )
+        # A full wait queue is refused: Flow logs it and tries again next minute.
+        with contextlib.suppress(Rejected):
+            self.world.submit(
+                rack.site_id,
+                rack.id,
+                Operation.LEAK_DETECTION,
+                description=description,
+                tray_ids=[tray.id],
+                stage_seconds=self.rng.uniform(5.0, 20.0),
+                queue_timeout_s=self.leak_queue_timeout_s,
+                source="leak_detection",
+            )
+        self.world.schedule(at + timedelta(seconds=LEAK_JOB_INTERVAL_S), partial(self._leak_job, tray_id))
+
+    # --- task schedules ------------------------------------------------------------------------
+
+    def _fire_schedule(self, schedule: ScheduleConfig, at: datetime) -> None:
+        self.world.schedule(
+            at + timedelta(hours=schedule.every_hours), partial(self._fire_schedule, schedule)
+        )
+        operation = Operation(schedule.operation)
+        racks = self._flow_racks()
+        chosen = self.rng.sample(racks, max(1, round(len(racks) * schedule.rack_fraction))) if racks else []
+        description = schedule_description(schedule.name, at)
+        for rack in chosen:
+            if schedule.overlap == "skip" and any(
+                task.status.is_active and task.source == f"schedule:{schedule.name}"
+                for task in self.world.rack_tasks(rack.id)
+            ):
+                continue  # the skip policy leaves out racks whose last task is still active
+            # A refused scope is logged by Flow as "skipping scope".
+            with contextlib.suppress(Rejected):
+                self.world.submit(
+                    rack.site_id,
+                    rack.id,
+                    operation,
+                    description=description,
+                    queue_timeout_s=0.0 if schedule.overlap == "queue" else None,
+                    source=f"schedule:{schedule.name}",
+                )
+
+    # --- trays ---------------------------------------------------------------------------------
 
     def _pick_trays(self, rack: Rack, operation: Operation) -> list[str] | None:
         """None for a rack-wide task; else 1-4 trays of one or two types the rule acts on."""
         trays = self.world.rack_trays(rack.id)
-        if operation is Operation.LEAK_DETECTION:
-            # Liquid-cooled trays leak; power shelves are air-cooled.
-            wet = [tray for tray in trays if tray.type is not ComponentType.POWERSHELF]
-            return [self.rng.choice(wet).id]
         spec = OPERATIONS[operation]
         if not spec.tray_scoped_allowed or self.rng.random() >= self.config.tray_scoped_fraction:
             return None

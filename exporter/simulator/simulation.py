@@ -15,17 +15,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from exporter.models import format_timestamp
+from exporter.models import ComponentType, format_timestamp
 from exporter.simulator.access import RateLimiter, TokenStore
 from exporter.simulator.clock import AcceleratedClock, Clock
 from exporter.simulator.faults import FaultConfig, FaultInjector
 from exporter.simulator.inventory import Rack, Site, Tray
-from exporter.simulator.operations import Operation, describe
+from exporter.simulator.operations import Operation, describe, schedule_description
 from exporter.simulator.scenario import Scenario, ScenarioConfig
 from exporter.simulator.wire import report_json
 from exporter.simulator.world import Outcome, SimulationError, Task, World
 
-ListOrder = Literal["heap", "shuffle"]
+ListOrder = Literal["heap", "insertion", "shuffle"]
+NicoVersion = Literal["2.0", "1.6"]
 
 
 @dataclass
@@ -34,6 +35,13 @@ class SimulatorConfig:
 
     Attributes:
         org: the only org the caller is a member of (others get 403).
+        nico_version: the REST server's release: ``2.0`` (``release/v2.0``, its ``v2.0.0-rc.*``
+            tags and ``main``: task lists take ``siteId``, ``activeOnly``, ``includeReport``) or
+            ``1.6`` (``NVIDIA/infra-controller-rest`` v1.6.0: ``siteId`` and ``activeOnly`` only,
+            no ``report`` and no ``ruleId`` on tasks).
+        task_list_paging: task lists accept ``pageNumber``/``pageSize`` as the OpenAPI spec says.
+            No NICo release's code does (docs/simulator.md): this is the spec's server, for
+            clients that must serve both.
         scenario: sites, racks and task traffic.
         faults: fault injection at start (changeable at runtime).
         speed: simulated seconds per real second when no clock is given.
@@ -43,19 +51,22 @@ class SimulatorConfig:
             answers 401 "Service accounts are not enabled").
         require_auth: False accepts requests without a token.
         token_ttl_s / refresh_ttl_s: real-time lifetime of issued access / refresh tokens.
-        queue_timeout_s: simulated seconds a Waiting task may wait before it expires.
-        admit_delay_s: (min, max) simulated seconds from creation until Flow admits a task.
+        leak_queue_timeout_s: queue timeout of leak-detection submissions (0: Flow's default, 1 h).
+        admit_delay_s: (min, max) simulated seconds from submission until the workflow starts.
         first_stage_delay_s: (min, max) simulated seconds from Running to the first BeginStage.
         nvlswitch_spelling: write ``NVLSwitch`` (spec) instead of ``NVSwitch`` (code) in reports.
-        list_order: ``heap`` (physical row order, updated rows move to the end) or ``shuffle``.
-        legacy_routes_only: serve only ``/rack/task/{id}[/cancel]``, not ``/task/{id}[/cancel]``.
+        list_order: ``heap`` (physical row order: every update moves a row to the end),
+            ``insertion`` (creation order) or ``shuffle`` (a new order per request).
+        legacy_routes_only: serve only ``/rack/task/{id}[/cancel]``, not ``/task/{id}[/cancel]``
+            (servers before the root task routes, v1.5 and older).
         rate_limit / rate_limit_rate / rate_limit_burst / rate_limit_expires_s: Echo's
             per-IP limiter (disabled by default, as in NICo).
-        cancel_refused_status: status for cancelling a Succeeded/Failed task (see app.py).
         site_down_delay_s: real seconds a down site's calls hang before their 500.
     """
 
     org: str = "acme"
+    nico_version: NicoVersion = "2.0"
+    task_list_paging: bool = False
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     speed: float = 1.0
@@ -65,7 +76,7 @@ class SimulatorConfig:
     require_auth: bool = True
     token_ttl_s: float = 300.0
     refresh_ttl_s: float = 1800.0
-    queue_timeout_s: float = 3600.0
+    leak_queue_timeout_s: float = 0.0
     admit_delay_s: tuple[float, float] = (1.0, 3.0)
     first_stage_delay_s: tuple[float, float] = (0.2, 1.0)
     nvlswitch_spelling: bool = False
@@ -75,8 +86,16 @@ class SimulatorConfig:
     rate_limit_rate: float = 10.0
     rate_limit_burst: int = 30
     rate_limit_expires_s: float = 180.0
-    cancel_refused_status: int = 400
     site_down_delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.nico_version not in ("2.0", "1.6"):
+            raise ValueError("nico_version must be 2.0 or 1.6")
+
+    @property
+    def reports(self) -> bool:
+        """Whether tasks carry ``report`` (and lists take ``includeReport``): 2.0 and later."""
+        return self.nico_version != "1.6"
 
 
 @dataclass(frozen=True)
@@ -90,9 +109,9 @@ class TaskTruth:
     operation: str
     operation_code: str
     description: str
+    source: str
     status: str
     message: str
-    rule_id: str | None
     created: datetime
     started: datetime | None
     updated: datetime
@@ -102,7 +121,7 @@ class TaskTruth:
     stuck_stage: int | None
     error: str | None
     report: dict[str, Any] | None
-    purged: bool = False
+    forgotten: bool = False
 
     def as_json(self) -> dict[str, Any]:
         def ts(value: datetime | None) -> str | None:
@@ -116,9 +135,9 @@ class TaskTruth:
             "operation": self.operation,
             "operationCode": self.operation_code,
             "description": self.description,
+            "source": self.source,
             "status": self.status,
             "message": self.message,
-            "ruleId": self.rule_id,
             "created": ts(self.created),
             "started": ts(self.started),
             "updated": ts(self.updated),
@@ -128,7 +147,7 @@ class TaskTruth:
             "stuckStage": self.stuck_stage,
             "error": self.error,
             "report": self.report,
-            "purged": self.purged,
+            "forgotten": self.forgotten,
         }
 
 
@@ -179,15 +198,20 @@ class Simulation:
         self.world = World(
             rng=random.Random(config.scenario.seed + 1),
             start=start - history,
-            queue_timeout_s=config.queue_timeout_s,
             admit_delay_s=config.admit_delay_s,
             first_stage_delay_s=config.first_stage_delay_s,
         )
-        self.scenario = Scenario(config.scenario, self.world)
+        self.scenario = Scenario(
+            config.scenario, self.world, leak_queue_timeout_s=config.leak_queue_timeout_s
+        )
         self.world.set_stage_sampler(self.scenario.stage_seconds)
         # Sites were registered well before the simulated history begins.
         self.scenario.populate(config.org, start - history - timedelta(days=90))
+        self.scenario.write_history(start - history)
         self.scenario.start(start - history, start)
+        horizon = config.scenario.horizon_hours
+        # When the scenario stops submitting (None: never): ground truth for "the traffic is over".
+        self.arrivals_end = None if horizon is None else start + timedelta(hours=horizon)
         self.faults = FaultInjector(config.faults)
         self.tokens = TokenStore(
             static_tokens=config.tokens,
@@ -279,11 +303,16 @@ class Simulation:
         error: str | None = None,
         stage_seconds: float | Sequence[float] | None = None,
         description: str | None = None,
+        source: str = "rest",
+        queue_timeout_s: float | None = None,
     ) -> str:
-        """Create a task now, as a REST call or Flow job would; returns its id.
+        """Submit a task now, as its real creator would; returns its id.
 
-        The description defaults to what the real creator writes ("API power on Rack",
-        "API firmware update Tray", "Leak detection: ..."). Leak detection needs exactly one tray.
+        ``source`` says who submits: ``rest`` (the reject strategy: a conflicting submission
+        raises :class:`~.world.Rejected` and creates nothing), ``leak_detection`` (the queue
+        strategy, one tray; Waiting behind a conflict, at most 5 per rack) or ``schedule:<name>``
+        (reject, or queue when ``queue_timeout_s`` is given). The description defaults to what
+        that creator writes ("API power on Rack", "Leak detection: ...", "<name> — <time>").
         """
         self.advance()
         operation = Operation(operation)
@@ -291,9 +320,15 @@ class Simulation:
         rack = self.world.racks.get(rack_id)
         if rack is None or rack.site_id != site_id:
             raise SimulationError(f"rack {rack_id} is not in site {site_id}")
+        if source == "leak_detection":
+            operation = Operation.LEAK_DETECTION
+            if queue_timeout_s is None:
+                queue_timeout_s = self.config.leak_queue_timeout_s
+        elif source != "rest" and not source.startswith("schedule:"):
+            raise SimulationError("source must be rest, leak_detection or schedule:<name>")
         if description is None:
-            description = self._describe(operation, rack, tray_ids)
-        task = self.world.create_task(
+            description = self._describe(operation, rack, tray_ids, source)
+        task = self.world.submit(
             site_id,
             rack_id,
             operation,
@@ -303,20 +338,26 @@ class Simulation:
             fail_stage=fail_stage,
             error=error,
             stage_seconds=stage_seconds,
+            queue_timeout_s=queue_timeout_s if source != "rest" else None,
+            source=source,
         )
         return task.id
 
-    def _describe(self, operation: Operation, rack: Rack, tray_ids: Sequence[str] | None) -> str:
+    def _describe(self, operation: Operation, rack: Rack, tray_ids: Sequence[str] | None, source: str) -> str:
+        if source.startswith("schedule:"):
+            return schedule_description(source.removeprefix("schedule:"), self.world.now)
         if operation is Operation.LEAK_DETECTION:
             if tray_ids is None or len(tray_ids) != 1 or tray_ids[0] not in self.world.trays:
                 raise SimulationError("leak detection targets exactly one tray")
             tray = self.world.trays[tray_ids[0]]
+            if tray.type not in (ComponentType.COMPUTE, ComponentType.NVSWITCH):
+                raise SimulationError("leak detection targets compute trays and NVSwitch trays only")
             return describe(
                 operation,
                 tray_scoped=True,
                 rack_id=rack.id,
                 component_id=tray.component_id,
-                component_type=tray.type.value,
+                component_type=tray.type,
             )
         return describe(operation, tray_scoped=tray_ids is not None, rack_id=rack.id)
 
@@ -331,16 +372,22 @@ class Simulation:
             raise SimulationError(f"unknown task {task_id}")
         return self.world.cancel(task_id, self.world.now)
 
-    def purge_task(self, task_id: str) -> None:
-        """Remove a finished task from the API (it stays in the ground truth, marked purged)."""
+    def forget_task(self, task_id: str) -> None:
+        """Not NICo behaviour (Flow never deletes a task): a Flow database restored from backup.
+
+        The task answers ``GET /task/{id}`` with Flow's "no rows" 500 afterwards; it stays in
+        the ground truth, marked forgotten.
+        """
         self.advance()
-        self.world.purge(task_id)
+        self.world.forget(task_id)
 
     def list_order(self, tasks: list[Task]) -> list[Task]:
-        """Order a task list as the server returns it (heap order, or shuffled for chaos)."""
+        """Order a task list as the server returns it (see ``SimulatorConfig.list_order``)."""
         if self.config.list_order == "shuffle":
             tasks = list(tasks)
             self.shuffle_rng.shuffle(tasks)
+        elif self.config.list_order == "insertion":
+            tasks = sorted(tasks, key=lambda task: (task.created, task.id))
         return tasks
 
     # --- ground truth --------------------------------------------------------------------------
@@ -348,15 +395,18 @@ class Simulation:
     def truth(self) -> list[TaskTruth]:
         """Every task ever created, oldest first, with its plan and current state."""
         self.advance()
-        everything = [*self.world.tasks.values(), *self.world.purged.values()]
+        everything = [*self.world.tasks.values(), *self.world.forgotten.values()]
         tasks = sorted(everything, key=lambda task: (task.created, task.id))
-        return [_truth(task, purged=task.id in self.world.purged) for task in tasks]
+        return [_truth(task, forgotten=task.id in self.world.forgotten) for task in tasks]
 
     def truth_json(self) -> dict[str, Any]:
         """Ground truth for ``GET /_sim/truth``: time, inventory (no trays) and tasks."""
         truths = self.truth()
         return {
             "now": format_timestamp(self.now(), fraction=True),
+            "arrivalsEnd": None
+            if self.arrivals_end is None
+            else format_timestamp(self.arrivals_end, fraction=True),
             "org": self.config.org,
             "sites": [
                 {
@@ -370,12 +420,22 @@ class Simulation:
                 for site in self.sites(include_gone=True)
             ],
             "tasks": [truth.as_json() for truth in truths],
+            "rejected": [
+                {
+                    "at": format_timestamp(rejection.at, fraction=True),
+                    "rackId": rejection.rack_id,
+                    "operation": rejection.operation.value,
+                    "source": rejection.source,
+                    "reason": rejection.reason,
+                }
+                for rejection in self.world.rejections
+            ],
         }
 
 
-def _truth(task: Task, *, purged: bool = False) -> TaskTruth:
+def _truth(task: Task, *, forgotten: bool = False) -> TaskTruth:
     return TaskTruth(
-        purged=purged,
+        forgotten=forgotten,
         id=task.id,
         site_id=task.site_id,
         rack_id=task.rack_id,
@@ -383,9 +443,9 @@ def _truth(task: Task, *, purged: bool = False) -> TaskTruth:
         operation=task.operation.value,
         operation_code=task.operation_code,
         description=task.description,
+        source=task.source,
         status=task.status.value,
         message=task.message,
-        rule_id=task.rule_id,
         created=task.created,
         started=task.started,
         updated=task.updated or task.created,

@@ -34,9 +34,9 @@ def compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def error_body(message: str, data: Any = None) -> JSONObject:
+def error_body(message: str, data: Any = None, *, source: str = SOURCE) -> JSONObject:
     """``NICoAPIError``: the HTTP status is not repeated in the body."""
-    return {"source": SOURCE, "message": message, "data": data}
+    return {"source": source, "message": message, "data": data}
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -101,19 +101,31 @@ def report_json(report: Report, *, nvlswitch_spelling: bool = False) -> JSONObje
     return out
 
 
-def task_json(task: Task, *, include_report: bool, nvlswitch_spelling: bool = False) -> JSONObject:
-    """``APITask``: no rack, tray, site or operation; ``started``/``finished`` null while unset."""
+def task_json(
+    task: Task, *, include_report: bool, nvlswitch_spelling: bool = False, with_rule_id: bool = True
+) -> JSONObject:
+    """``APITask``: no rack, tray, site or operation; ``started``/``finished`` null while unset.
+
+    ``ruleId`` is always null on 2.0 (Flow never persists the applied rule); 1.6's
+    ``APIRackTask`` has no ``ruleId`` and no ``report`` (``with_rule_id=False``,
+    ``include_report=False``).
+    """
     out: JSONObject = {
         "id": task.id,
         "status": task.status.value,
         "description": task.description,
         "message": task.message,
-        "ruleId": task.rule_id,
-        "started": _ts(task.started),
-        "finished": _ts(task.finished),
-        "created": _ts(task.created),
-        "updated": _ts(task.updated),
     }
+    if with_rule_id:
+        out["ruleId"] = task.rule_id
+    out.update(
+        {
+            "started": _ts(task.started),
+            "finished": _ts(task.finished),
+            "created": _ts(task.created),
+            "updated": _ts(task.updated),
+        }
+    )
     if include_report and task.report is not None:
         out["report"] = report_json(task.report, nvlswitch_spelling=nvlswitch_spelling)
     return out

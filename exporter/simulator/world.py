@@ -1,21 +1,29 @@
-"""The simulated NICo world: sites, GB200 NVL72 racks and trays, tasks and their lifecycle.
+"""The simulated NICo world: sites, GB200 NVL72 racks and trays, and Flow's task manager.
 
 The lifecycle engine is a discrete-event simulation driven by a heap of timed events. Nothing
 runs in the background: :meth:`World.advance_to` replays every event due up to a point in
 simulated time, in time order, each with its own timestamp. That makes 100 racks x 35 trays
-cheap (idle racks cost nothing) and tests exact (a :class:`~.clock.ManualClock` step
-reveals exactly the transitions Flow would have made in that interval).
+cheap (idle racks cost nothing) and tests exact (a :class:`~.clock.ManualClock` step reveals
+exactly the transitions Flow would have made in that interval).
 
-What a task goes through mirrors Flow (nico-api-notes.md §1, §6.3):
+What a task goes through mirrors Flow's task manager on NICo v2.0 (docs/simulator.md cites the
+Go source for each point):
 
-1. created ``Pending``, ``ruleId`` null, no report;
-2. admitted a moment later: if the rack is busy it becomes ``Waiting`` (no report yet:
-   the spec says queued tasks have none) until promoted or expired after the queue timeout;
-   otherwise the rule is resolved (``ruleId``, initial report) and it turns ``Running``;
-3. stage by stage: BeginStage, then CompleteStage or FailStage (fail-fast: later stages
-   stay ``pending``); a *stuck* task never leaves its stage;
-4. ``Succeeded`` / ``Failed`` / ``Terminated``; the rack is released and the oldest
-   ``Waiting`` task on it is promoted.
+1. A submission is checked against the rack's *pending and running* tasks with Flow's built-in
+   conflict rule (:func:`conflicts`): conflicts are per operation and component overlap, so
+   several tasks can run on one rack. On a conflict a submission with the *reject* strategy
+   (every REST submission) creates no task at all; one with the *queue* strategy (leak detection,
+   queue-policy schedules) becomes ``Waiting``, at most 5 per rack.
+2. Otherwise it is created ``Pending`` and its workflow starts a moment later: ``Running``, the
+   initial report, then stage by stage BeginStage and CompleteStage or FailStage (fail-fast:
+   later stages stay ``pending``). A stage whose steps are all skipped is begun and completed at
+   once. A *stuck* task never leaves its stage.
+3. ``Succeeded`` / ``Failed`` / ``Terminated``. The promoter then processes the rack: waiting tasks
+   past their queue expiry become ``Terminated`` ("Expired: queue timeout reached"), and the
+   oldest waiters that no longer conflict are promoted (``Pending``, "Promoted: ..."). The
+   promoter also sweeps every rack every 5 minutes, so expiry lands up to 5 minutes late.
+
+Flow never deletes a task: a rack's task count only grows.
 """
 
 from __future__ import annotations
@@ -32,14 +40,23 @@ from functools import partial
 
 from exporter.models import ComponentType, ReportStatus, TaskStatus
 from exporter.simulator.inventory import Rack, Site, Tray, make_tray, nvl72_layout
-from exporter.simulator.operations import OPERATIONS, Operation
-from exporter.simulator.report import Report, Stage, initial_report, truncate_error
+from exporter.simulator.operations import OPERATIONS, Operation, TaskType
+from exporter.simulator.report import Report, Stage, failure_message, initial_report, truncate_error
 
-MSG_PENDING = "Task created"
-MSG_RUNNING = "Task is running"
-MSG_SUCCEEDED = "Task completed successfully"
-MSG_TERMINATED = "Task terminated by user"
+# flow/internal/task/message/message.go and the literal messages beside it.
+MSG_WAITING = "Queued: waiting for rack to become available"
+MSG_PENDING = "Pending"
+MSG_PROMOTED = "Promoted: no conflicting active tasks"
+MSG_RUNNING = "Running"
+MSG_SUCCEEDED = "Succeeded"
+MSG_CANCELLED = "Cancelled by user"
 MSG_EXPIRED = "Expired: queue timeout reached"
+
+# flow/internal/task/manager/manager.go: defaultMaxWaitingPerRack, defaultQueueTimeout.
+MAX_WAITING_PER_RACK = 5
+DEFAULT_QUEUE_TIMEOUT_S = 3600.0
+# flow/internal/task/conflict/promoter.go: defaultSweepInterval.
+PROMOTER_SWEEP_S = 300.0
 
 
 class Outcome(StrEnum):
@@ -54,11 +71,24 @@ class SimulationError(ValueError):
     """A request to the world that cannot be honoured (unknown rack, bad stage number, ...)."""
 
 
-class CancelRefused(SimulationError):
-    """Cancel of a task that already ``Succeeded`` or ``Failed``."""
+class Rejected(SimulationError):
+    """Flow refused a submission (a conflict under the reject strategy, or a full wait queue).
 
-    def __init__(self, status: TaskStatus) -> None:
-        super().__init__(f"Task in {status.value} state cannot be cancelled")
+    No task row exists. ``reason`` is Flow's own error text, which REST callers never see (they
+    get the handler's fixed 500).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CancelRefused(SimulationError):
+    """Cancel of a task that already ``Succeeded`` or ``Failed``: Flow's plain error text."""
+
+    def __init__(self, task_id: str, status: TaskStatus) -> None:
+        flow_status = "completed" if status is TaskStatus.SUCCEEDED else "failed"
+        super().__init__(f"task {task_id} cannot be cancelled (status: {flow_status})")
         self.status = status
 
 
@@ -82,7 +112,6 @@ class Task:
     stage_seconds: dict[int, float]
     status: TaskStatus = TaskStatus.PENDING
     message: str = MSG_PENDING
-    rule_id: str | None = None
     started: datetime | None = None
     finished: datetime | None = None
     updated: datetime | None = None
@@ -92,10 +121,55 @@ class Task:
     # Position in the table's physical order: every update writes a new tuple at the end (MVCC).
     row_version: int = 0
     totals: dict[ComponentType, int] = field(default_factory=dict)
+    # Who submitted it: "rest", "leak_detection", "schedule:<name>", "history".
+    source: str = "rest"
+
+    @property
+    def task_type(self) -> TaskType:
+        return OPERATIONS[self.operation].task_type
 
     @property
     def operation_code(self) -> str:
         return OPERATIONS[self.operation].code
+
+    @property
+    def rule_id(self) -> None:
+        """Always null: Flow never persists ``applied_rule_id`` (see docs/simulator.md)."""
+        return None
+
+    @property
+    def holds_rack(self) -> bool:
+        """Pending and Running tasks count in conflict checks; Waiting ones do not."""
+        return self.status in (TaskStatus.PENDING, TaskStatus.RUNNING)
+
+
+def _kinds(task: Task, world: World) -> set[ComponentType]:
+    return {world.trays[tray_id].type for tray_id in task.tray_ids}
+
+
+def conflicts(a: Task, b: Task, world: World) -> bool:
+    """Flow's built-in conflict rule between two tasks of one rack (either direction).
+
+    power with a power shelf blocks all power and firmware work; Compute / NVSwitch power and
+    firmware conflict only when they share a component; firmware conflicts with overlapping
+    firmware; bring-up is exclusive.
+    """
+    return _one_way(a, b, world) or _one_way(b, a, world)
+
+
+def _one_way(a: Task, b: Task, world: World) -> bool:
+    power, firmware = TaskType.POWER_CONTROL, TaskType.FIRMWARE_CONTROL
+    if a.task_type is TaskType.BRING_UP:
+        return True
+    kinds_a, kinds_b = _kinds(a, world), _kinds(b, world)
+    overlap = bool(set(a.tray_ids) & set(b.tray_ids))
+    if a.task_type is power and ComponentType.POWERSHELF in kinds_a and b.task_type in (power, firmware):
+        return True
+    for kind in (ComponentType.COMPUTE, ComponentType.NVSWITCH):
+        shared_kind = kind in kinds_a and kind in kinds_b
+        if a.task_type is power and b.task_type in (power, firmware) and shared_kind and overlap:
+            return True
+    return a.task_type is firmware and b.task_type is firmware and overlap
 
 
 @dataclass(order=True)
@@ -103,6 +177,17 @@ class _Event:
     at: datetime
     seq: int
     action: Callable[[datetime], None] = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A submission Flow refused: kept for the ground truth (it is no task)."""
+
+    at: datetime
+    rack_id: str
+    operation: Operation
+    source: str
+    reason: str
 
 
 class World:
@@ -117,14 +202,12 @@ class World:
         *,
         rng: random.Random,
         start: datetime,
-        queue_timeout_s: float = 3600.0,
         admit_delay_s: tuple[float, float] = (1.0, 3.0),
         first_stage_delay_s: tuple[float, float] = (0.2, 1.0),
         stage_sampler: Callable[[Operation], float] | None = None,
     ) -> None:
         self.rng = rng
         self.now = start
-        self.queue_timeout_s = queue_timeout_s
         self.admit_delay_s = admit_delay_s
         self.first_stage_delay_s = first_stage_delay_s
         self._stage_sampler = stage_sampler or (lambda _op: rng.uniform(5.0, 60.0))
@@ -132,18 +215,18 @@ class World:
         self.racks: dict[str, Rack] = {}
         self.trays: dict[str, Tray] = {}
         self.tasks: dict[str, Task] = {}
-        # Finished tasks removed from NICo's database (retention): gone from the API, kept here
-        # for the ground truth.
-        self.purged: dict[str, Task] = {}
+        self.rejections: list[Rejection] = []
+        # Tasks removed by the control API's "restore" (not NICo behaviour): kept for the truth.
+        self.forgotten: dict[str, Task] = {}
         self._tasks_by_rack: dict[str, list[str]] = {}
         self._tasks_by_tray: dict[str, list[str]] = {}
-        self._holder: dict[str, str] = {}  # rack id -> the Running task that holds it
         self._waiting: dict[str, list[str]] = {}  # rack id -> Waiting task ids, oldest first
-        self._last_admit: dict[str, datetime] = {}  # rack id -> latest scheduled admission
-        self._rule_ids: dict[tuple[str, str], str] = {}
+        self._holding: dict[str, set[str]] = {}  # rack id -> Pending and Running task ids
         self._heap: list[_Event] = []
         self._seq = 0
         self._rows = 0
+        # The promoter's ticker: every rack every 5 minutes, from a random phase.
+        self.schedule(start + timedelta(seconds=rng.uniform(0, PROMOTER_SWEEP_S)), self._sweep)
 
     def set_stage_sampler(self, sampler: Callable[[Operation], float]) -> None:
         """Where stage durations come from when a task is created without explicit ones."""
@@ -231,29 +314,26 @@ class World:
     def _in_row_order(self, task_ids: Iterable[str]) -> list[Task]:
         return sorted((self.tasks[task_id] for task_id in task_ids), key=lambda task: task.row_version)
 
-    def purge(self, task_id: str) -> None:
-        """Remove a finished task as NICo's retention would: the API answers 404 for it after."""
+    def waiting_on(self, rack_id: str) -> list[Task]:
+        return [self.tasks[task_id] for task_id in self._waiting.get(rack_id, ())]
+
+    def forget(self, task_id: str) -> None:
+        """Drop a task as a Flow database restored from an older backup would (not NICo behaviour:
+        Flow never deletes tasks). ``GET /task/{id}`` then answers Flow's "no rows" 500."""
         task = self.tasks.get(task_id)
         if task is None:
             raise SimulationError(f"unknown task {task_id}")
         if not task.status.is_terminal:
-            raise SimulationError(f"task {task_id} is {task.status.value}: only finished tasks are purged")
+            raise SimulationError(f"task {task_id} is {task.status.value}: only finished tasks are forgotten")
         del self.tasks[task_id]
-        self.purged[task_id] = task
+        self.forgotten[task_id] = task
         self._tasks_by_rack[task.rack_id].remove(task_id)
         for tray_id in task.tray_ids:
             self._tasks_by_tray[tray_id].remove(task_id)
 
-    def rule_id(self, site_id: str, code: str) -> str:
-        """The id of the site's default rule for an operation code (one per site and code)."""
-        key = (site_id, code)
-        if key not in self._rule_ids:
-            self._rule_ids[key] = self.new_id()
-        return self._rule_ids[key]
+    # --- submission ----------------------------------------------------------------------------
 
-    # --- task creation -------------------------------------------------------------------------
-
-    def create_task(
+    def submit(
         self,
         site_id: str,
         rack_id: str,
@@ -265,13 +345,16 @@ class World:
         fail_stage: int | None = None,
         error: str | None = None,
         stage_seconds: float | Sequence[float] | None = None,
-        at: datetime | None = None,
+        queue_timeout_s: float | None = None,
+        source: str = "rest",
     ) -> Task:
-        """Create a ``Pending`` task now (or at ``at`` >= now) and schedule its admission.
+        """Submit a task now, as Flow's ``SubmitTask`` does; raises :class:`Rejected` on a refusal.
 
-        ``tray_ids`` None targets every tray of the rack. ``fail_stage``/``stuck`` default to a
-        random executable stage. ``stage_seconds`` is one duration for every stage, one per
-        executable stage, or None to draw from the scenario's ranges.
+        ``queue_timeout_s`` None is the reject strategy (every REST submission); a number is the
+        queue strategy with that timeout (0: Flow's default of 1 h). ``tray_ids`` None targets
+        every tray of the rack. ``fail_stage`` defaults to a random stage that has work.
+        ``stage_seconds`` is one duration for every stage with work, one per such stage, or None
+        to draw from the scenario's ranges.
         """
         rack = self.racks.get(rack_id)
         if rack is None or rack.site_id != site_id:
@@ -281,38 +364,121 @@ class World:
         for tray_id in targets:
             kind = self.trays[tray_id].type
             totals[kind] = totals.get(kind, 0) + 1
-        executable = [stage.number for stage in initial_report(operation, totals).stages if stage.executable]
-        planned_stage = self._planned_stage(outcome, fail_stage, executable)
-        durations = self._durations(operation, executable, stage_seconds)
-        created = max(at or self.now, self.now)
+        working = [stage.number for stage in initial_report(operation, totals).stages if stage.has_work]
+        planned_stage = self._planned_stage(outcome, fail_stage, working)
+        task = Task(
+            id="",
+            site_id=site_id,
+            rack_id=rack_id,
+            tray_ids=targets,
+            operation=operation,
+            description=description,
+            created=self.now,
+            outcome=outcome,
+            fail_stage=planned_stage,
+            error=self._error(operation, outcome, planned_stage, targets, error),
+            stage_seconds=self._durations(operation, working, stage_seconds),
+            totals=totals,
+            source=source,
+        )
+        blocking = any(conflicts(task, self.tasks[other], self) for other in self._holding.get(rack_id, ()))
+        queue = self._waiting.setdefault(rack_id, [])
+        if blocking:
+            if queue_timeout_s is None:
+                self._reject(task, f"rack {rack_id} already has a conflicting task")
+            if len(queue) >= MAX_WAITING_PER_RACK:
+                self._reject(
+                    task,
+                    f"rack {rack_id} waiting queue is full ({len(queue)}/{MAX_WAITING_PER_RACK} tasks)",
+                )
+        task.id = self.new_id()
+        self.tasks[task.id] = task
+        self._tasks_by_rack[rack_id].append(task.id)
+        for tray_id in targets:
+            self._tasks_by_tray[tray_id].append(task.id)
+        if blocking:
+            task.status, task.message = TaskStatus.WAITING, MSG_WAITING
+            timeout = queue_timeout_s if queue_timeout_s and queue_timeout_s > 0 else DEFAULT_QUEUE_TIMEOUT_S
+            task.queue_expires_at = self.now + timedelta(seconds=timeout)
+            queue.append(task.id)
+        else:
+            self._hold(task)
+        self._touch(task, self.now)
+        return task
+
+    def _reject(self, task: Task, reason: str) -> None:
+        self.rejections.append(Rejection(self.now, task.rack_id, task.operation, task.source, reason))
+        raise Rejected(reason)
+
+    def _hold(self, task: Task) -> None:
+        """Pending: the task holds its components; its workflow starts a moment later."""
+        self._holding.setdefault(task.rack_id, set()).add(task.id)
+        delay = self.rng.uniform(*self.admit_delay_s)
+        self.schedule(self.now + timedelta(seconds=delay), partial(self._start, task.id))
+
+    def record_history(
+        self,
+        rack_id: str,
+        operation: Operation,
+        *,
+        description: str,
+        created: datetime,
+        outcome: Outcome,
+        stage_seconds: float,
+        tray_ids: Sequence[str] | None = None,
+    ) -> Task:
+        """A task that ran and finished before the simulation starts, written in one go.
+
+        For realistic history (hundreds of finished tasks per rack) without replaying events:
+        the report is the one the workflow would have left. ``created`` must not be before the
+        previous history task of the rack finished, so rows stay in the order Flow wrote them.
+        """
+        rack = self.racks[rack_id]
+        targets = self._targets(rack, tray_ids)
+        totals: dict[ComponentType, int] = {}
+        for tray_id in targets:
+            totals[self.trays[tray_id].type] = totals.get(self.trays[tray_id].type, 0) + 1
+        report = initial_report(operation, totals)
+        working = [stage.number for stage in report.stages if stage.has_work]
+        fail_at = self.rng.choice(working) if outcome is Outcome.FAIL and working else None
+        started = created + timedelta(seconds=self.rng.uniform(*self.admit_delay_s))
+        at = started + timedelta(seconds=self.rng.uniform(*self.first_stage_delay_s))
+        error = None
+        for stage in report.stages:
+            seconds = stage_seconds if stage.has_work else 0.0
+            self._begin(stage, at)
+            at += timedelta(seconds=seconds)
+            if stage.number == fail_at:
+                component = self._failing_component(operation, fail_at, targets)
+                error = pick_error(self.rng, operation, component)
+                self._fail(report, stage, error, at)
+                break
+            self._complete(stage, at)
         task = Task(
             id=self.new_id(),
-            site_id=site_id,
+            site_id=rack.site_id,
             rack_id=rack_id,
             tray_ids=targets,
             operation=operation,
             description=description,
             created=created,
             outcome=outcome,
-            fail_stage=planned_stage,
-            error=self._error(operation, outcome, planned_stage, targets, error),
-            stage_seconds=durations,
+            fail_stage=fail_at,
+            error=error,
+            stage_seconds={number: stage_seconds for number in working},
+            status=TaskStatus.FAILED if error else TaskStatus.SUCCEEDED,
+            message=failure_message(f"stage {fail_at} failed: {error}") if error else MSG_SUCCEEDED,
+            started=started,
+            finished=at,
+            report=report,
             totals=totals,
+            source="history",
         )
         self.tasks[task.id] = task
         self._tasks_by_rack[rack_id].append(task.id)
         for tray_id in targets:
             self._tasks_by_tray[tray_id].append(task.id)
-        self._touch(task, created)
-        if operation is Operation.LEAK_DETECTION:
-            for tray_id in targets:
-                self.trays[tray_id].leak_status = "Leaking"
-        # Flow admits a rack's tasks in creation order: a later task never overtakes an earlier
-        # one (equal times run in scheduling order), so the first-created task gets the rack.
-        delay = self.rng.uniform(*self.admit_delay_s)
-        admit_at = max(created + timedelta(seconds=delay), self._last_admit.get(rack_id, created))
-        self._last_admit[rack_id] = admit_at
-        self.schedule(admit_at, partial(self._admit, task.id))
+        self._touch(task, at)
         return task
 
     def _error(
@@ -323,14 +489,17 @@ class World:
         targets: tuple[str, ...],
         error: str | None,
     ) -> str | None:
-        """The failure text: the caller's, or a realistic one naming a tray the stage acts on."""
+        """The failing child workflow's error: the caller's, or a realistic one naming a tray."""
         if outcome is not Outcome.FAIL or stage is None:
             return None
         if error is not None:
-            return truncate_error(error)
+            return error
+        return pick_error(self.rng, operation, self._failing_component(operation, stage, targets))
+
+    def _failing_component(self, operation: Operation, stage: int, targets: tuple[str, ...]) -> str:
         kinds = OPERATIONS[operation].stages[stage - 1]
         candidates = [self.trays[tray_id] for tray_id in targets if self.trays[tray_id].type in kinds]
-        return pick_error(self.rng, operation, self.rng.choice(candidates).component_id)
+        return self.rng.choice(candidates).component_id
 
     def _targets(self, rack: Rack, tray_ids: Sequence[str] | None) -> tuple[str, ...]:
         if tray_ids is None:
@@ -343,29 +512,29 @@ class World:
                 raise SimulationError(f"tray {tray_id} is not in rack {rack.id}")
         return tuple(dict.fromkeys(tray_ids))
 
-    def _planned_stage(self, outcome: Outcome, stage: int | None, executable: list[int]) -> int | None:
+    def _planned_stage(self, outcome: Outcome, stage: int | None, working: list[int]) -> int | None:
         if outcome is Outcome.SUCCEED:
             if stage is not None:
                 raise SimulationError("fail_stage only applies to outcome fail or stuck")
             return None
-        if not executable:
+        if not working:
             raise SimulationError("the task targets no component its rule acts on")
         if stage is None:
-            return self.rng.choice(executable)
-        if stage not in executable:
-            raise SimulationError(f"stage {stage} is not an executable stage (executable: {executable})")
+            return self.rng.choice(working)
+        if stage not in working:
+            raise SimulationError(f"stage {stage} has no work to fail at (stages with work: {working})")
         return stage
 
     def _durations(
-        self, operation: Operation, executable: list[int], seconds: float | Sequence[float] | None
+        self, operation: Operation, working: list[int], seconds: float | Sequence[float] | None
     ) -> dict[int, float]:
         if seconds is None:
-            return {number: self._stage_sampler(operation) for number in executable}
+            return {number: self._stage_sampler(operation) for number in working}
         if isinstance(seconds, int | float):
-            return dict.fromkeys(executable, float(seconds))
-        if len(seconds) != len(executable):
-            raise SimulationError(f"need {len(executable)} stage durations, got {len(seconds)}")
-        return dict(zip(executable, (float(value) for value in seconds), strict=True))
+            return dict.fromkeys(working, float(seconds))
+        if len(seconds) != len(working):
+            raise SimulationError(f"need {len(working)} stage durations, got {len(seconds)}")
+        return dict(zip(working, (float(value) for value in seconds), strict=True))
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -375,102 +544,90 @@ class World:
         task.row_version = self._rows
         task.updated = at
 
-    def _admit(self, task_id: str, at: datetime) -> None:
-        task = self.tasks[task_id]
-        if task.status is not TaskStatus.PENDING:
-            return  # cancelled before Flow got to it
-        holder = self._holder.get(task.rack_id)
-        queue = self._waiting.setdefault(task.rack_id, [])
-        if holder is None and not queue:
-            self._start(task, at)
-            return
-        blocker = holder if holder is not None else queue[0]
-        task.status = TaskStatus.WAITING
-        task.message = f"Waiting for conflicting task {blocker}"
-        task.queue_expires_at = at + timedelta(seconds=self.queue_timeout_s)
-        queue.append(task.id)
-        self._touch(task, at)
-        self.schedule(task.queue_expires_at, partial(self._expire, task.id))
-
-    def _start(self, task: Task, at: datetime) -> None:
-        """Take the rack, resolve the rule, write the initial report and begin running."""
-        self._holder[task.rack_id] = task.id
-        task.rule_id = self.rule_id(task.site_id, task.operation_code)
+    def _start(self, task_id: str, at: datetime) -> None:
+        """The workflow starts: ``Running``, the initial report, then the first BeginStage."""
+        task = self.tasks.get(task_id)
+        if task is None or task.status is not TaskStatus.PENDING:
+            return  # cancelled before the workflow got to it
         task.report = initial_report(task.operation, task.totals)
         task.status = TaskStatus.RUNNING
         task.message = MSG_RUNNING
         task.started = at
-        task.queue_expires_at = None
         self._touch(task, at)
-        # The workflow's first BeginStage lands a moment after the initial report.
         delay = self.rng.uniform(*self.first_stage_delay_s)
-        self._schedule_next_stage(task, at + timedelta(seconds=delay))
+        self.schedule(at + timedelta(seconds=delay), partial(self._begin_stage, task.id, 1))
 
-    def _schedule_next_stage(self, task: Task, at: datetime) -> None:
-        assert task.report is not None
-        after = task.current_stage or 0
-        for stage in task.report.stages:
-            if stage.number > after and stage.executable:
-                self.schedule(at, partial(self._begin_stage, task.id, stage.number))
-                return
-        self.schedule(at, partial(self._succeed, task.id))
-
-    def _begin_stage(self, task_id: str, number: int, at: datetime) -> None:
-        task = self.tasks[task_id]
-        if task.status is not TaskStatus.RUNNING or task.report is None:
-            return
-        stage = task.report.stages[number - 1]
+    @staticmethod
+    def _begin(stage: Stage, at: datetime) -> None:
         stage.status = ReportStatus.RUNNING
         stage.started_at = at
         for step in stage.steps:
             if step.status is ReportStatus.PENDING:
                 step.status = ReportStatus.RUNNING
                 step.started_at = at
-        task.current_stage = number
-        self._touch(task, at)
-        if task.outcome is Outcome.STUCK and number == task.fail_stage:
-            return  # never completes: the stuck-task alert's reason to exist
-        end = at + timedelta(seconds=task.stage_seconds[number])
-        self.schedule(end, partial(self._end_stage, task.id, number))
 
-    def _end_stage(self, task_id: str, number: int, at: datetime) -> None:
-        task = self.tasks[task_id]
-        if task.status is not TaskStatus.RUNNING or task.current_stage != number or task.report is None:
-            return
-        stage = task.report.stages[number - 1]
-        if task.outcome is Outcome.FAIL and number == task.fail_stage:
-            self._fail_stage(task, stage, at)
-            return
+    @staticmethod
+    def _complete(stage: Stage, at: datetime) -> None:
         for step in stage.steps:
             if step.status is ReportStatus.RUNNING:
                 step.status = ReportStatus.COMPLETED
                 step.finished_at = at
         stage.status = ReportStatus.COMPLETED
         stage.finished_at = at
-        self._touch(task, at)
-        self._schedule_next_stage(task, at)
 
-    def _fail_stage(self, task: Task, stage: Stage, at: datetime) -> None:
-        """FailStage: running steps fail with one error; the task fails fast."""
-        assert task.report is not None
-        error = task.error or "stage failed"  # only None if a caller bypassed create_task
+    @staticmethod
+    def _fail(report: Report, stage: Stage, raw_error: str, at: datetime) -> str:
+        """FailStage: running steps fail with one error; returns the task's failure message."""
+        kind = next((s.component_type for s in stage.steps if s.status is ReportStatus.RUNNING), None)
+        stage_error = f"component type {kind.value if kind else 'Unknown'} failed: {raw_error}"
         for step in stage.steps:
             if step.status is ReportStatus.RUNNING:
                 step.status = ReportStatus.FAILED
                 step.finished_at = at
-                step.error = error
+                step.error = truncate_error(stage_error)
         stage.status = ReportStatus.FAILED
         stage.finished_at = at
-        stage.error = error
-        if task.report.error is None:
-            task.report.error = error
-        task.message = error
-        self._finish(task, TaskStatus.FAILED, at)
+        stage.error = truncate_error(stage_error)
+        if report.error is None:
+            report.error = stage.error
+        return failure_message(f"stage {stage.number} failed: {stage_error}")
 
-    def _succeed(self, task_id: str, at: datetime) -> None:
-        task = self.tasks[task_id]
-        if task.status is not TaskStatus.RUNNING:
+    def _begin_stage(self, task_id: str, number: int, at: datetime) -> None:
+        task = self.tasks.get(task_id)
+        if task is None or task.status is not TaskStatus.RUNNING or task.report is None:
             return
+        if number > len(task.report.stages):
+            self._succeed(task, at)
+            return
+        stage = task.report.stages[number - 1]
+        self._begin(stage, at)
+        task.current_stage = number
+        self._touch(task, at)
+        if not stage.has_work:
+            # No child workflows to run: CompleteStage follows BeginStage straight away.
+            self.schedule(at, partial(self._end_stage, task.id, number))
+            return
+        if task.outcome is Outcome.STUCK and number == task.fail_stage:
+            return  # never completes: the stuck-task alert's reason to exist
+        end = at + timedelta(seconds=task.stage_seconds[number])
+        self.schedule(end, partial(self._end_stage, task.id, number))
+
+    def _end_stage(self, task_id: str, number: int, at: datetime) -> None:
+        task = self.tasks.get(task_id)
+        if task is None or task.status is not TaskStatus.RUNNING or task.report is None:
+            return
+        if task.current_stage != number:
+            return
+        stage = task.report.stages[number - 1]
+        if task.outcome is Outcome.FAIL and number == task.fail_stage:
+            task.message = self._fail(task.report, stage, task.error or "stage failed", at)
+            self._finish(task, TaskStatus.FAILED, at)
+            return
+        self._complete(stage, at)
+        self._touch(task, at)
+        self._begin_stage(task.id, number + 1, at)
+
+    def _succeed(self, task: Task, at: datetime) -> None:
         task.message = MSG_SUCCEEDED
         self._apply_power_effect(task)
         self._finish(task, TaskStatus.SUCCEEDED, at)
@@ -490,42 +647,57 @@ class World:
                 self.trays[tray_id].power_state = state
 
     def _finish(self, task: Task, status: TaskStatus, at: datetime) -> None:
-        """Make ``task`` terminal, release its rack and promote the oldest waiter."""
-        was_holder = self._holder.get(task.rack_id) == task.id
+        """Make ``task`` terminal, release what it held and notify the promoter for its rack."""
         task.status = status
         task.finished = at
-        task.queue_expires_at = None
         self._touch(task, at)
+        self._holding.get(task.rack_id, set()).discard(task.id)
         queue = self._waiting.get(task.rack_id, [])
         if task.id in queue:
             queue.remove(task.id)
-        if was_holder:
-            del self._holder[task.rack_id]
-            if queue:
-                self._start(self.tasks[queue.pop(0)], at)
+        self._process_rack(task.rack_id, at)
 
-    def _expire(self, task_id: str, at: datetime) -> None:
-        """The promoter's queue-timeout sweep for one Waiting task."""
-        task = self.tasks[task_id]
-        if task.status is not TaskStatus.WAITING or task.queue_expires_at is None:
-            return
-        if at < task.queue_expires_at:
-            return
-        task.message = MSG_EXPIRED
-        self._finish(task, TaskStatus.TERMINATED, at)
+    # --- the promoter --------------------------------------------------------------------------
+
+    def _sweep(self, at: datetime) -> None:
+        for rack_id in [r for r, queue in self._waiting.items() if queue]:
+            self._process_rack(rack_id, at)
+        self.schedule(at + timedelta(seconds=PROMOTER_SWEEP_S), self._sweep)
+
+    def _process_rack(self, rack_id: str, at: datetime) -> None:
+        """``processRack``: expire overdue waiters, then promote in FIFO order until a conflict."""
+        queue = self._waiting.get(rack_id, [])
+        for task_id in list(queue):
+            task = self.tasks[task_id]
+            if task.queue_expires_at is not None and at > task.queue_expires_at:
+                queue.remove(task_id)
+                task.status, task.message, task.finished = TaskStatus.TERMINATED, MSG_EXPIRED, at
+                self._touch(task, at)
+        holders = [self.tasks[task_id] for task_id in self._holding.get(rack_id, ())]
+        for task_id in list(queue):
+            task = self.tasks[task_id]
+            if any(conflicts(task, other, self) for other in holders):
+                break  # strict FIFO: the head of the queue blocks those behind it
+            queue.remove(task_id)
+            task.status, task.message = TaskStatus.PENDING, MSG_PROMOTED
+            self._touch(task, at)
+            holders.append(task)
+            self._hold(task)
+
+    # --- cancel --------------------------------------------------------------------------------
 
     def cancel(self, task_id: str, at: datetime) -> Task:
-        """Best-effort, idempotent cancel; refuses ``Succeeded``/``Failed`` with :class:`CancelRefused`.
+        """``CancelTask``: idempotent for ``Terminated``, refused for ``Succeeded``/``Failed``.
 
-        The report is left as it was: no code rewrites it on cancel, so a terminated task can
-        keep ``running`` stages (notes §6.3 item 5).
+        The report is left as it was: no code rewrites it on cancel, so a terminated task keeps
+        its ``running`` stage.
         """
         task = self.tasks[task_id]
         if task.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
-            raise CancelRefused(task.status)
+            raise CancelRefused(task.id, task.status)
         if task.status is TaskStatus.TERMINATED:
             return task
-        task.message = MSG_TERMINATED
+        task.message = MSG_CANCELLED
         self._finish(task, TaskStatus.TERMINATED, at)
         return task
 
@@ -533,7 +705,7 @@ class World:
 _ERRORS: dict[Operation, tuple[str, ...]] = {
     Operation.FIRMWARE_UPDATE: (
         "firmware update of component {c} failed: image verification failed (checksum mismatch)",
-        "firmware update of component {c} timed out after 1800s waiting for BMC to come back",
+        "firmware update of component {c} timed out after 2700s waiting for BMC to come back",
     ),
     Operation.BRING_UP: (
         "bring-up of component {c} failed: host did not reach Ready within 1200s",
@@ -548,5 +720,5 @@ _POWER_ERRORS = (
 
 
 def pick_error(rng: random.Random, operation: Operation, component_id: str) -> str:
-    """A realistic Flow error text for a failure of ``operation`` on ``component_id``."""
+    """A realistic child-workflow error for a failure of ``operation`` on ``component_id``."""
     return rng.choice(_ERRORS.get(operation, _POWER_ERRORS)).format(c=component_id)

@@ -38,7 +38,7 @@ SIM_ARGS = [
     "--arrivals-per-rack-per-hour", "400", "--failure-rate", "0.3", "--stuck-tasks", "1",
     "--history-hours", "0.1", "--horizon-hours", "0.1",
     "--operation-mix", "power_on=2,power_off=2,power_cycle=1,firmware_update=1,bring_up=1",
-    "--stage-seconds", "power=1:3,firmware=2:4,bring_up=1:3", "--queue-timeout", "8",
+    "--stage-seconds", "power=1:3,firmware=2:4,bring_up=1:3", "--leak-queue-timeout", "8",
     "--rate-limit", "6",
 ]  # fmt: skip
 WINDOW = "1m"  # $__rate_interval and $__range: the whole run fits in it
