@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -58,13 +59,37 @@ def simulator_process(*args: str) -> Iterator[str]:
             proc.wait()
 
 
-def record(results: dict[str, float]) -> dict[str, float]:
-    """Merge ``results`` into ``benchmarks/results.json`` (other benchmarks own other keys)."""
-    merged: dict[str, float] = {}
+def commit() -> str:
+    """The commit the figures belong to (``-dirty`` when the work tree has changes)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty.strip() else "")
+
+
+def record(benchmark: str, results: dict[str, float]) -> dict[str, Any]:
+    """Replace ``benchmark``'s figures in ``benchmarks/results.json``, with the commit and date.
+
+    Each benchmark owns its section: a rerun replaces it whole, so no stale figure outlives the
+    run that produced it.
+    """
+    merged: dict[str, Any] = {}
     if RESULTS.exists():
         with contextlib.suppress(ValueError):
             merged = json.loads(RESULTS.read_text())
-    merged.update(results)
+    merged = {k: v for k, v in merged.items() if isinstance(v, dict)}  # drop the old flat format
+    merged[benchmark] = {
+        "commit": commit(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "results": results,
+    }
     RESULTS.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
     return merged
 

@@ -1,7 +1,8 @@
 """Client overhead: our ``NicoClient`` versus a bare httpx loop against the same simulator.
 
-Both sides issue the same rack task-list request (a 30-task page with full reports, 100 per
-page) over loopback to a simulator in another process, with the same concurrency. The bare loop
+Both sides issue the same rack task-list request (NICo v2.0's 20-row list of a rack with 30
+finished tasks, full reports included) over loopback to a simulator in another process, with
+the same concurrency. The bare loop
 only decodes JSON; ours also rate-limits (disabled here: we measure overhead, not the budget),
 authenticates, validates tasks into models (each task version once, as in steady-state polling)
 and reports hooks. A third side validates every task of every page (no parse cache). Rounds
@@ -28,42 +29,20 @@ CONCURRENCY = 4
 ROUNDS = 6
 
 
-OPERATIONS = ("power_on", "power_off", "power_cycle", "firmware_update", "bring_up", "force_power_off")
-TASKS = 30
+ROWS = 20  # a v2.0 task list: its first 20 rows
 
 
 async def _setup(url: str) -> tuple[str, str]:
-    """Give one rack a history of 30 finished tasks of every kind, each with its full report.
-
-    That page (about 40 KB) is what a reconciliation listing of a busy rack looks like.
-    """
+    """A rack with a history of 30 finished tasks of every kind (the simulator writes it), each
+    with its full report: its list, about 30 KB, is what an active list of a busy rack is like."""
     async with httpx.AsyncClient(base_url=url) as http:
         truth = (await http.get("/_sim/truth")).json()
         site = next(s for s in truth["sites"] if s["flow"] and s["racks"])
-        site_id, rack_id = site["id"], site["racks"][0]["id"]
-        for n in range(TASKS):
-            body = {"siteId": site_id, "rackId": rack_id, "operation": OPERATIONS[n % len(OPERATIONS)]}
-            if n % 7 == 3:
-                body.update(outcome="fail", failStage=2, error="BMC did not answer within 300s")
-            resp = await http.post("/_sim/tasks", json={**body, "stageSeconds": 5})
-            resp.raise_for_status()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            tasks = (await http.get("/_sim/truth")).json()["tasks"]
-            if all(t["finished"] for t in tasks if t["rackId"] == rack_id):
-                return site_id, rack_id
-            await asyncio.sleep(0.2)
-    raise RuntimeError("the simulated tasks did not finish within 60 s")
+        return site["id"], site["racks"][0]["id"]
 
 
 async def _bare(url: str, site_id: str, rack_id: str) -> float:
-    params = {
-        "siteId": site_id,
-        "activeOnly": "false",
-        "includeReport": "true",
-        "pageNumber": "1",
-        "pageSize": "100",
-    }
+    params = {"siteId": site_id, "activeOnly": "false", "includeReport": "true"}
     headers = {"Authorization": f"Bearer {TOKEN}"}
     path = f"/v2/org/{ORG}/nico/rack/{rack_id}/task"
     async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=CONCURRENCY)) as http:
@@ -96,8 +75,10 @@ async def _ours(url: str, site_id: str, rack_id: str, *, cold: bool = False) -> 
         async def worker(n: int) -> None:
             for _ in range(n):
                 listing = await client.list_rack_tasks(site_id, rack_id, active_only=False)
-                assert len(listing.items) == TASKS and all(t.report for t in listing.items)
+                assert len(listing.items) == ROWS and all(t.report for t in listing.items)
 
+        await client.list_rack_tasks(site_id, rack_id, active_only=False)  # learns they do not page
+        events.clear()
         start = time.perf_counter()
         await asyncio.gather(*(worker(REQUESTS // CONCURRENCY) for _ in range(CONCURRENCY)))
         elapsed = time.perf_counter() - start
@@ -121,8 +102,9 @@ async def _run(url: str) -> dict[str, Any]:
 
 def run() -> dict[str, float]:
     with simulator_process(
-        "--token", TOKEN, "--org", ORG, "--sites", "1", "--racks", "2", "--quiet-scenario", "--speed", "600"
-    ) as url:
+        "--token", TOKEN, "--org", ORG, "--sites", "1", "--racks", "2", "--arrivals-per-rack-per-hour", "0",
+        "--stuck-tasks", "0", "--history-hours", "0", "--history-tasks-per-rack", "30:30", "--failure-rate", "0.15",
+    ) as url:  # fmt: skip
         figures = asyncio.run(_run(url))
     return {
         "client_rps": round(figures["ours"], 1),

@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(check)
     config_flag(check)
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also log in, list the sites and say what the exporter will see on each",
+    )
     # --- end check-config ---
     return parser
 
@@ -279,6 +284,10 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"config error: {exc.message}", file=sys.stderr)
         return 1
     print(f"config OK: {args.config_file or '<environment only>'} ({config.describe()})")
+    if getattr(args, "online", False):
+        from exporter.probe import check_online
+
+        return asyncio.run(check_online(config, sys.stdout))
     return 0
 
 

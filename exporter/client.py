@@ -173,12 +173,12 @@ class _Response:
 _TASK_LIST = TypeAdapter(list[Task])
 
 
-def _task_fingerprint(raw: Any) -> tuple[str | None, int]:
-    """``(id, hash of the whole raw object)``: equal hashes mean the same task version."""
+def _task_id(raw: Any) -> str | None:
+    """The id of a raw task object, lower-cased (the cache key), or None."""
     if not isinstance(raw, dict):
-        return None, 0
+        return None
     ident = raw.get("id")
-    return (ident.lower() if isinstance(ident, str) else None), hash(repr(raw))
+    return ident.lower() if isinstance(ident, str) else None
 
 
 class NicoClient:
@@ -236,7 +236,9 @@ class NicoClient:
         self._paging_probe = asyncio.Lock()
         self.max_pages = max_pages
         self.task_cache_size = task_cache_size
-        self._parsed_tasks: OrderedDict[str, tuple[int, Task]] = OrderedDict()
+        # Task id -> (the raw object last validated for it, the model): an unchanged version is
+        # recognised by equality with the raw object (C-speed, cheaper than hashing its repr).
+        self._parsed_tasks: OrderedDict[str, tuple[Any, Task]] = OrderedDict()
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             transport=transport,
@@ -624,30 +626,31 @@ class NicoClient:
         """
         cache = self._parsed_tasks
         slots: list[Task | None] = []
-        fresh: list[tuple[int, Any, int]] = []
+        fresh: list[tuple[int, Any]] = []
         for raw in body:
-            ident, fingerprint = _task_fingerprint(raw)
+            ident = _task_id(raw)
             entry = cache.get(ident) if ident is not None else None
-            if entry is not None and entry[0] == fingerprint:
+            if entry is not None and entry[0] == raw:
                 cache.move_to_end(entry[1].id)
                 slots.append(entry[1])
             else:
-                fresh.append((len(slots), raw, fingerprint))
+                fresh.append((len(slots), raw))
                 slots.append(None)
         bad: list[BadPayload] = []
         if fresh:
-            raws = [raw for _, raw, _ in fresh]
+            raws = [raw for _, raw in fresh]
             try:
                 results: list[Task | BadPayload] = list(_TASK_LIST.validate_python(raws, context=notes))
             except ValidationError:
                 notes.items.clear()
                 results = list(parse_each(Task, raws, endpoint=endpoint, notes=notes))
-            for (slot, _, fingerprint), result in zip(fresh, results, strict=True):
+            for (slot, raw), result in zip(fresh, results, strict=True):
                 if isinstance(result, BadPayload):
                     bad.append(result)
                     continue
-                cache[result.id] = (fingerprint, result)
-                cache.move_to_end(result.id)
+                if self.task_cache_size > 0:
+                    cache[result.id] = (raw, result)
+                    cache.move_to_end(result.id)
                 slots[slot] = result
             while len(cache) > self.task_cache_size:
                 cache.popitem(last=False)

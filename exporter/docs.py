@@ -17,7 +17,7 @@ from pathlib import Path
 from exporter.config import StateConfig, format_duration
 from exporter.metrics import FAMILIES, FAMILY, STATUSES, ClientMetrics, HistogramSet, TaskMetrics
 from exporter.models import NVL72_TRAYS, ComponentType, TaskStatus
-from exporter.operations import Operation
+from exporter.operations import OPERATIONS, Operation
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
@@ -269,6 +269,12 @@ def render_metrics_doc(fleet: Fleet = REFERENCE_FLEET) -> str:
         "## Families",
         "",
         *_family_table(),
+        "",
+        "`operation` is one of "
+        + ", ".join(f"`{op}`" for op in OPERATIONS)
+        + ": read from the task's description when a REST handler or Flow wrote it in a fixed "
+        "format, otherwise from the report's stage layout when it is one of Flow's default rules "
+        "(see `exporter/operations.py`).",
         "",
         "## Histogram buckets",
         "",

@@ -35,8 +35,10 @@ NICo v2.0's task lists take no paging parameters: each is its first 20 rows, wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -93,13 +95,19 @@ class RackEntry:
     rack: Rack
     trays: list[Tray] = field(default_factory=list)
     last_poll: float | None = None
-    # When the all-tasks total was last read (clock seconds).
+    # When the all-tasks total was last read (monotonic seconds).
     total_read_at: float | None = None
     # The last active list's total: more than 20 means the list could not show them all.
     active_total: int = 0
     # Active tasks the last active list neither showed nor knew: found on the trays' lists.
     hidden_active: int = 0
     named_at: float | None = None
+    # The schedule (monotonic seconds): when the next poll is due, the poll running now, and
+    # how the last one ended (an error text, or None).
+    due: float | None = None
+    polling: asyncio.Task[None] | None = None
+    polled: bool = False
+    last_error: str | None = None
 
 
 @dataclass
@@ -131,8 +139,13 @@ class PollerStats:
     """What the jobs did, for self-metrics and logs."""
 
     cycles: int = 0
+    # The longest a rack poll ended after it was due, over the last active interval: how much
+    # older than the interval a rack's data gets (about the poll's own time when the budget holds).
     last_cycle_seconds: float = 0.0
-    cycle_overruns: int = 0
+    # Polls skipped because the rack's previous poll had not ended by its next due time.
+    late_polls: int = 0
+    rack_polls: int = 0
+    totals_moved: int = 0
     required_rps: float = 0.0
     budget_rps: float = 0.0
     # Seconds by which the configured active interval cannot be held (0 when it can).
@@ -185,7 +198,7 @@ class Poller:
         self.attributions: dict[str, Attribution] = {}
         self.stats = PollerStats(budget_rps=client.limiter.rate)
         self.ready = False
-        self._last_overrun = False
+        self._lags: deque[tuple[float, float]] = deque()
         self._last_discovery = 0.0
         for task_id, site_id, rack_id in store.awaiting_fetch():
             self.final_fetches[task_id] = FinalFetch(site_id, rack_id)
@@ -193,8 +206,11 @@ class Poller:
     # -- budget ------------------------------------------------------------------------------------
 
     def _saturated(self) -> bool:
-        """The budget is all spoken for: urgent callers wait, or the last active cycle overran."""
-        return self._last_overrun or self.client.limiter.waiting() > 0
+        """The budget is all spoken for: urgent callers wait, or rack polls run behind schedule."""
+        self.stats.last_cycle_seconds = self._lag()
+        return (
+            self.stats.last_cycle_seconds > 0.9 * self.intervals.active or self.client.limiter.waiting() > 0
+        )
 
     def _shed(self, job: str) -> None:
         self.stats.shed[job] = self.stats.shed.get(job, 0) + 1
@@ -315,44 +331,126 @@ class Poller:
         return owned
 
     # -- rack polls --------------------------------------------------------------------------------
+    #
+    # Each rack has its own schedule: it is polled every active interval from its own phase, so
+    # its period holds whatever the other racks cost (a rack whose counter moved takes two calls;
+    # one whose tasks end takes final fetches). The racks' phases are spread over the interval,
+    # which keeps the request rate even instead of a burst per cycle.
 
     async def poll_active(self) -> None:
-        """Poll every owned rack once, within one active interval."""
-        started = time.monotonic()
-        deadline = started + self.intervals.active
-        # Least recently polled first: when the budget is short the racks left over go first next
-        # time, and when it is not, every rack keeps its place and so its period.
+        """Poll every owned rack now (the start, and tests); then spread their next polls."""
+        started = self.monotonic()
+        deadline = time.monotonic() + self.intervals.active
+        # Least recently polled first: when the budget is short the racks left over go first.
         entries = sorted(self.racks.items(), key=lambda item: item[1].last_poll or 0.0)
-        results = await asyncio.gather(*(self._poll_rack(rid, e, deadline) for rid, e in entries))
-        outcome: dict[str, list[str | None]] = {}
-        for (_, entry), error in zip(entries, results, strict=True):
-            outcome.setdefault(entry.site_id, []).append(error)
-        now = self.clock()
-        for site_id, health in self.health.items():
-            errors = outcome.get(site_id, [])
-            failed = [e for e in errors if e is not None]
-            health.racks_ok, health.racks_failed = len(errors) - len(failed), len(failed)
-            # Up when most of its racks answered: one flaky rack is not a site outage.
-            health.up = bool(errors) and len(failed) * 2 < len(errors)
-            if health.up:
-                health.last_success = now
-            if failed:
-                health.last_error = failed[0]
-                log.warning(
-                    "rack polls failed",
-                    extra={
-                        "site_id": site_id,
-                        "failed": len(failed),
-                        "racks": len(errors),
-                        "error": failed[0],
-                    },
-                )
-        elapsed = time.monotonic() - started
+        done: list[str] = []
+
+        async def one(rack_id: str, entry: RackEntry) -> None:
+            await self._timed_poll(rack_id, entry, deadline, started)
+            done.append(rack_id)
+
+        await asyncio.gather(*(one(rid, e) for rid, e in entries))
+        # Next polls in the order these ended, evenly over one interval from now.
+        now, step = self.monotonic(), self.intervals.active / max(1, len(done))
+        for index, rack_id in enumerate(done):
+            if rack_id in self.racks:
+                self.racks[rack_id].due = now + index * step
         self.stats.cycles += 1
-        self.stats.last_cycle_seconds = elapsed
-        self._last_overrun = elapsed > self.intervals.active * 0.9
-        if self._last_overrun:
-            self.stats.cycle_overruns += 1
+
+    async def poll_due(self, *, wait: bool = False) -> float:
+        """Start the poll of every rack that is due and not still polling; returns the next due time.
+
+        ``wait`` awaits the polls started (the harness steps time; the service does not wait).
+        """
+        now = self.monotonic()
+        interval = self.intervals.active
+        started: list[asyncio.Task[None]] = []
+        for rack_id, entry in list(self.racks.items()):
+            if entry.due is None:
+                entry.due = now  # new since the last discovery: at once
+            if entry.due > now:
+                continue
+            if entry.polling is not None:
+                self.stats.late_polls += 1  # its last poll is still running: this one is skipped
+                entry.due += interval
+                continue
+            due = entry.due
+            # Keep the phase; a rack more than an interval behind starts over from now.
+            entry.due = due + interval if now - due < interval else now + interval
+            entry.polling = asyncio.create_task(
+                self._timed_poll(rack_id, entry, time.monotonic() + interval, due)
+            )
+            started.append(entry.polling)
+        if wait and started:
+            await asyncio.gather(*started)
+        pending = [e.due for e in self.racks.values() if e.due is not None]
+        return min(pending) if pending else now + interval
+
+    async def run_rack_polls(self, stop: asyncio.Event) -> None:
+        """Poll every rack on its schedule until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                next_due = await self.poll_due()
+            except Exception:  # one bad pass must not end the polling
+                log.exception("rack poll scheduling failed")
+                next_due = self.monotonic() + 1.0
+            pause = min(self.intervals.active, max(0.0, next_due - self.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(pause, 0.01))
+        running = [e.polling for e in self.racks.values() if e.polling is not None]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    async def _timed_poll(self, rack_id: str, entry: RackEntry, deadline: float, due: float) -> None:
+        """One rack's poll, its result in the site's health, and how far it ran behind schedule."""
+        error: str | None
+        try:
+            error = await self._poll_rack(rack_id, entry, deadline)
+        except Exception as exc:  # a bug in one rack's poll must not stop the others
+            log.exception("rack poll crashed", extra={"rack_id": rack_id})
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            entry.polling = None
+        self.stats.rack_polls += 1
+        behind = self.monotonic() - due
+        self._lags.append((self.monotonic(), behind))
+        self._record(rack_id, entry, error)
+
+    def _record(self, rack_id: str, entry: RackEntry, error: str | None) -> None:
+        """A rack's latest poll in its site's health: up while most of its racks answer."""
+        entry.last_error = error
+        health = self.health.get(entry.site_id)
+        if health is None:
+            return
+        results = [e.last_error for e in self.racks.values() if e.site_id == entry.site_id and e.polled]
+        failed = sum(1 for e in results if e is not None)
+        health.racks_ok, health.racks_failed = len(results) - failed, failed
+        was_up = health.up
+        # Up when most of its racks answered: one flaky rack is not a site outage.
+        health.up = bool(results) and failed * 2 < len(results)
+        if health.up:
+            health.last_success = self.clock()
+        if error is not None:
+            health.last_error = error
+            log.info("rack poll failed", extra={"site_id": entry.site_id, "rack_id": rack_id, "error": error})
+        if was_up != health.up and entry.polled:
+            log.warning(
+                "site up" if health.up else "site down: most of its rack polls fail",
+                extra={
+                    "site_id": entry.site_id,
+                    "racks_failed": failed,
+                    "racks": len(results),
+                    "error": health.last_error,
+                },
+            )
+
+    def _lag(self) -> float:
+        """The longest a rack poll ended after it was due, over the last active interval."""
+        horizon = self.monotonic() - self.intervals.active
+        while self._lags and self._lags[0][0] < horizon:
+            self._lags.popleft()
+        return max((behind for _, behind in self._lags), default=0.0)
 
     def _busy(self, rack_id: str, entry: RackEntry) -> bool:
         return entry.active_total > 0 or bool(self.store.active_ids(rack_id))
@@ -369,7 +467,8 @@ class Poller:
             return f"{type(exc).__name__}: {exc}"
         finally:
             self.store.commit()
-        entry.last_poll = self.clock()
+            entry.polled = True
+        entry.last_poll = self.monotonic()
         return None
 
     async def _baseline(self, rack_id: str, entry: RackEntry, deadline: float) -> None:
@@ -387,15 +486,19 @@ class Poller:
         ledger = self.store.ledger(rack_id)
         assert ledger is not None
         overdue = (
-            entry.total_read_at is None or self.clock() - entry.total_read_at >= self.intervals.reconcile
+            entry.total_read_at is None or self.monotonic() - entry.total_read_at >= self.intervals.reconcile
         )
         read_total = not busy or ledger.baseline_total is None or (overdue and not self._saturated())
         moved, rows = False, list[Task]()
         if read_total:
             moved, rows = await self._read_total(rack_id, entry, deadline)
         if not (busy or moved):
+            # Idle, and nothing was created since the last poll: only something left to explain
+            # (a listing that could not run, a poll cut short) calls for more.
             self._apply_rows(rack_id, entry, rows, in_baseline=False)
-            return  # idle, and nothing was created since the last poll
+            if read_total and self.store.unexplained(rack_id) > 0:
+                await self._settle(rack_id, entry, 0, deadline)
+            return
         listing = await self._active_list(rack_id, entry, deadline)
         fetch = self._apply_active(rack_id, entry, listing)
         # The counter's rows after the active list: a finished task they name is then judged with
@@ -403,7 +506,9 @@ class Poller:
         self._apply_rows(rack_id, entry, rows, in_baseline=False)
         await self._fetch_now(fetch + self._due_on(rack_id), deadline)
         if read_total:
-            await self._settle(rack_id, entry, listing, deadline)
+            total = listing.total if listing.total is not None else len(listing.items)
+            unseen = 0 if listing.complete else max(0, total - len(listing.items))
+            await self._settle(rack_id, entry, unseen, deadline)
 
     async def _read_total(self, rack_id: str, entry: RackEntry, deadline: float) -> tuple[bool, list[Task]]:
         """Read the rack's all-tasks total; returns (whether it moved, the rows that came with it).
@@ -422,8 +527,9 @@ class Poller:
             priority=Priority.ACTIVE_POLL,
         )
         self.stats.total_reads += 1
-        entry.total_read_at = self.clock()
+        entry.total_read_at = self.monotonic()
         moved = listing.total is not None and self.store.observe_total(rack_id, listing.total)
+        self.stats.totals_moved += moved
         return moved, listing.items
 
     def _due_on(self, rack_id: str) -> list[str]:
@@ -480,15 +586,14 @@ class Poller:
             queued += self._queue_final(task_id, entry.site_id, rack_id)
         return queued
 
-    async def _settle(self, rack_id: str, entry: RackEntry, listing: Listing[Task], deadline: float) -> None:
-        """After a counter read and the active list that followed it: count the unnamed tasks."""
-        total = listing.total if listing.total is not None else len(listing.items)
-        unseen = 0 if listing.complete else max(0, total - len(listing.items))
+    async def _settle(self, rack_id: str, entry: RackEntry, unseen: int, deadline: float) -> None:
+        """After a counter read and the active list that followed it (``unseen`` active tasks it
+        did not show), count the tasks nobody named; a paging server is asked to name them."""
         if self.store.unexplained(rack_id) - unseen <= 0:
             return
         if self.client.profile.task_list_paging:
             # A paging server can name them: list the rack, at most once per reconcile interval.
-            if entry.named_at is not None and self.clock() - entry.named_at < self.intervals.reconcile:
+            if entry.named_at is not None and self.monotonic() - entry.named_at < self.intervals.reconcile:
                 return
             if not await self._name_by_listing(rack_id, entry, deadline):
                 return
@@ -498,7 +603,7 @@ class Poller:
 
     async def _name_by_listing(self, rack_id: str, entry: RackEntry, deadline: float) -> bool:
         """List every task of the rack (paging servers only); True when the list was complete."""
-        entry.named_at = self.clock()
+        entry.named_at = self.monotonic()
         try:
             listing = await self.client.list_rack_tasks(
                 entry.site_id,

@@ -85,9 +85,8 @@ class Runner:
             await asyncio.gather(started, return_exceptions=True)
             p.store.commit()
             return
-        # No jitter on the active poll: its period is the freshness users were promised, and the
-        # token bucket already spreads its requests.
-        self._add("active_poll", p.poll_active, iv.active, now=False, jitter=False)
+        # Rack polls pace themselves: every rack on its own phase of the active interval.
+        rack_polls = asyncio.create_task(self._job("active_poll", lambda: p.run_rack_polls(stop))())
         self._add("final_fetch", p.fetch_finals, iv.final_fetch, now=True)
         self._add("tray_attribution", p.attribute_trays, iv.trays, now=True)
         self._add("discovery", p.discover, iv.discovery, now=False)
@@ -105,5 +104,6 @@ class Runner:
             # APScheduler cancels running coroutine jobs on shutdown; what they observed so far is
             # consistent, so write it.
             self.scheduler.shutdown(wait=False)
+            await asyncio.gather(rack_polls, return_exceptions=True)
             await asyncio.sleep(0)
             p.store.commit()

@@ -106,13 +106,20 @@ async def run_tasks_command(
             now = datetime.now(UTC)
             if action == "list":
                 rows: list[tuple[str, str, Task]] = []
+                notes: list[str] = []
                 for site_id in sites:
                     racks = [rack] if rack else [r.id for r in (await client.list_racks(site_id)).items]
                     for rack_id in racks:
                         listing = await client.list_rack_tasks(site_id, rack_id, active_only=active_only)
                         rows.extend((site_id, rack_id, t) for t in listing.items)
+                        if not listing.complete and listing.total is not None:
+                            notes.append(
+                                f"note: rack {rack_id}: {len(listing.items)} of {listing.total} tasks shown "
+                                "(NICo v2.0 lists stop at 20 rows; `tasks show ID` shows any task)"
+                            )
                 rows.sort(key=lambda row: row[2].created or now)
                 out.write(render_list(rows, now, classifier))
+                out.writelines(note + "\n" for note in notes)
                 return 0
             assert task_id is not None
             if action == "show":

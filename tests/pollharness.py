@@ -100,7 +100,7 @@ class Harness:
         iv = self.intervals
         jobs = (
             ("discovery", self.poller.discover, iv.discovery),
-            ("active", self.poller.poll_active, iv.active),
+            ("active", self._poll_due, 0.0),  # every step: each rack keeps its own schedule
             ("final", self.poller.fetch_finals, iv.final_fetch),
             ("trays", self.poller.attribute_trays, iv.trays),
             ("expire", self.poller.expire, EXPIRE_EVERY),
@@ -111,6 +111,9 @@ class Harness:
                 if self.now() >= self._next[name]:
                     await job()
                     self._next[name] = self.now() + interval
+
+    async def _poll_due(self) -> None:
+        await self.poller.poll_due(wait=True)
 
     async def close(self) -> None:
         await self.client.aclose()
