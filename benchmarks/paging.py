@@ -189,7 +189,7 @@ def _measure(tmp: Path, sim: str, pages: _Pages, hook: str) -> list[float]:
                 "failStage": 1,
                 "error": "BMC unreachable: power shelf did not answer",
                 # Fails 30 s after it starts: seen Running first, as a real power-on is. (A task
-                # shorter than one poll is found by the 5 min reconcile instead: docs/alerts.md.)
+                # shorter than one poll may be one no list can name: docs/alerts.md.)
                 "stageSeconds": STAGE_SECONDS,
             }
             resp = httpx.post(sim + "/_sim/tasks", json=body, timeout=5)

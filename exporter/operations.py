@@ -5,13 +5,13 @@ The closed set is the contract's ``operation`` label. Evidence is weighed in thi
 1. the operator's own patterns (``operations.extra_patterns``), for descriptions their tooling
    writes;
 2. a description written by a REST handler ("API power on Rack", "API firmware update Tray",
-   "API bring up Rack <id>") or by Flow itself in a fixed format: leak detection ("Leak
-   detection: force power-off component <id> of type <type>") and the operation names Flow
-   writes for its own callers ("FirmwareUpgrade, target version 1.2", "Restart",
-   "ForcePowerOn", "WarmReset", ...). These name the operation exactly;
-3. otherwise the description is free text (a task schedule's "<name> — <time>", a caller's own
-   bring-up description): the report's stage layout, when it is one of Flow's default rules;
-4. then words in the free text ("power cycle", "firmware", ...);
+   "API bring up Rack <id>"), or Flow's leak-detection job ("Leak detection: force power-off
+   component <id> of type <type>"): these name the operation exactly;
+3. any other description did not come from a REST handler: the report's stage layout, when it is
+   one of Flow's default rules, is preferred;
+4. then the operation names Flow writes for its own callers ("FirmwareUpgrade, target version
+   1.2", "Restart", "ForcePowerOn", "WarmReset", ...: Task Run children, other Flow clients), and
+   words in free text (a task schedule's "<name> — <time>", a caller's own bring-up description);
 5. ``other``.
 
 Until a task's report arrives only the description can speak, so a free-text task is classified
@@ -157,7 +157,8 @@ class Classifier:
         return found or Operation.OTHER
 
     def _from_description(self, description: str) -> tuple[Operation | None, bool]:
-        """(operation, exact): exact for operator patterns and fixed formats; words are a guess."""
+        """(operation, exact): exact for operator patterns, REST and leak detection; the rest
+        yields to a default rule's layout."""
         cached = self._cache.get(description)
         if cached is not None:
             return cached
@@ -177,7 +178,7 @@ class Classifier:
             return Operation.LEAK_DETECTION, True
         flow = _FLOW_NAME.match(description)
         if flow is not None:
-            return _FLOW_NAMES[flow.group("name")], True
+            return _FLOW_NAMES[flow.group("name")], False
         schedule = _SCHEDULE.match(description)
         text = schedule.group("name") if schedule else description
         return next((op for op, pattern in _WORDS if pattern.search(text)), None), False
