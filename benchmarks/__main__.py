@@ -16,7 +16,11 @@ BENCHMARKS: dict[str, tuple[Callable[[], dict[str, float]], dict[str, str]]] = {
     ),
     "render": (
         render.run,
-        {"render_10k_s": "", "render_ratio": "<= 1.3", "rss_mb": ""},
+        {
+            "render_ratio": "<= 0.1",
+            "poll_rate_under_scrape_ratio": ">= 0.8",
+            "bytes_per_task": "<= 8192",
+        },
     ),
     "polling": (
         polling.run,

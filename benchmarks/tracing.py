@@ -91,7 +91,7 @@ def _task(n: int) -> Task:
         }
 
     t = T0 + n
-    return Task.model_validate(
+    return Task.parse(
         {
             "id": f"00000000-0000-4000-8000-{n:012d}",
             "status": "Succeeded",

@@ -14,12 +14,13 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from exporter.addresses import parse_listen_address
 from exporter.client import ClientHooks, NicoClient
 from exporter.config import Config
-from exporter.metrics import ClientMetrics, NicoCollector, SpanCounters, TaskMetrics
+from exporter.metrics import ClientMetrics, SeriesOptions, SpanCounters, TaskMetrics, family_filter
 from exporter.operations import Classifier
 from exporter.persistence import NullPersistence, SqlitePersistence, open_state
 from exporter.poller import Intervals, Poller
 from exporter.scheduler import Runner
 from exporter.sharding import Shard
+from exporter.snapshot import Publisher
 from exporter.state import Store
 from exporter.tracing import TracingHandle, configure_tracing
 from exporter.web import MetricsServer
@@ -41,6 +42,7 @@ class Exporter:
     persistence: SqlitePersistence | NullPersistence
     registry: CollectorRegistry
     spans: SpanCounters
+    publisher: Publisher
     tracing: TracingHandle | None = None
 
 
@@ -83,21 +85,27 @@ def build(config: Config) -> Exporter:
             rack_name=lambda rack_id: entry.rack.name if (entry := poller.racks.get(rack_id)) else "",
         ).attach(store)
     # -- end tracing
+    # Process, platform and GC metrics: prometheus_client's own collectors, safe from any thread.
     registry = CollectorRegistry(auto_describe=False)
     for standard in (ProcessCollector, PlatformCollector, GCCollector):
         standard(registry=registry)
-    registry.register(
-        NicoCollector(
-            store,
-            poller,
-            task_metrics,
-            client_metrics,
-            spans=spans,
-            per_task_stages=config.metrics.per_task_stages,
-            persistent=persistence.durable,
-        )
+    metrics = config.metrics
+    publisher = Publisher(
+        store,
+        poller,
+        task_metrics,
+        client_metrics,
+        spans=spans,
+        options=SeriesOptions(
+            status_one_hot=metrics.task_status == "one_hot",
+            per_task_stages=metrics.per_task_stages,
+            families=family_filter(metrics.allowlist, metrics.denylist),
+        ),
+        persistent=persistence.durable,
     )
-    return Exporter(config, client, store, poller, Runner(poller), persistence, registry, spans, tracing)
+    return Exporter(
+        config, client, store, poller, Runner(poller), persistence, registry, spans, publisher, tracing
+    )
 
 
 async def _summaries(exporter: Exporter) -> None:
@@ -121,7 +129,9 @@ async def _summaries(exporter: Exporter) -> None:
 async def serve(exporter: Exporter, stop: asyncio.Event) -> None:
     """Serve ``/metrics`` and run the jobs until ``stop`` is set, then release everything."""
     config = exporter.config
+    publisher = exporter.publisher
     server = MetricsServer(
+        lambda: publisher.latest,
         exporter.registry,
         listen=parse_listen_address(config.web.listen_address),
         web_config_file=config.web.config_file,
@@ -130,9 +140,12 @@ async def serve(exporter: Exporter, stop: asyncio.Event) -> None:
     await server.start()
     log.info("serving metrics", extra={"url": server.url + "/metrics"})
     summaries = asyncio.create_task(_summaries(exporter))
+    publishing = asyncio.create_task(publisher.run(stop))
     try:
         await exporter.runner.run(stop)
     finally:
+        stop.set()
+        await publishing
         await server.stop()
         summaries.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -232,6 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard", type=int, default=None, help="this replica's shard (overrides sharding.shard)"
     )
     run.add_argument(
+        "--metrics.allowlist",
+        dest="metrics_allowlist",
+        default=None,
+        help="comma-separated families (names or regexes) to emit, all others left out",
+    )
+    run.add_argument(
+        "--metrics.denylist",
+        dest="metrics_denylist",
+        default=None,
+        help="comma-separated families (names or regexes) to leave out",
+    )
+    run.add_argument(
+        "--metrics.task-status",
+        dest="metrics_task_status",
+        choices=("one_hot", "current"),
+        default=None,
+        help="nico_task_status: every status, 0 or 1 (one_hot), or only the current one (overrides "
+        "metrics.task_status)",
+    )
+    run.add_argument(
         "--total-shards",
         type=int,
         default=None,
@@ -392,10 +413,8 @@ def _tasks(args: argparse.Namespace) -> int:
     )
 
 
-def _run(args: argparse.Namespace) -> int:
-    from exporter import app
-    from exporter.config import ConfigError, load_config
-
+def run_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The run command's flags as the environment variables of the settings they override."""
     overrides: dict[str, str] = {}
     if args.shard is not None:
         overrides["NICO_EXPORTER_SHARDING__SHARD"] = str(args.shard)
@@ -405,8 +424,22 @@ def _run(args: argparse.Namespace) -> int:
         overrides["NICO_EXPORTER_WEB__LISTEN_ADDRESS"] = args.listen
     if args.web_config_file is not None:
         overrides["NICO_EXPORTER_WEB__CONFIG_FILE"] = args.web_config_file
+    for flag, key in ((args.metrics_allowlist, "ALLOWLIST"), (args.metrics_denylist, "DENYLIST")):
+        if flag is not None:
+            overrides[f"NICO_EXPORTER_METRICS__{key}"] = json.dumps(
+                [p.strip() for p in flag.split(",") if p.strip()]
+            )
+    if args.metrics_task_status is not None:
+        overrides["NICO_EXPORTER_METRICS__TASK_STATUS"] = args.metrics_task_status
+    return overrides
+
+
+def _run(args: argparse.Namespace) -> int:
+    from exporter import app
+    from exporter.config import ConfigError, load_config
+
     try:
-        config = load_config(args.config_file, env={**os.environ, **overrides})
+        config = load_config(args.config_file, env={**os.environ, **run_overrides(args)})
     except ConfigError as exc:
         logs.setup(args.log_level or "info", args.log_format or "logfmt")
         log.error("config error: %s", exc.message)

@@ -24,10 +24,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
 
 import httpx
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from exporter import __version__
 from exporter.auth import ClientCredentials, NoToken, TokenSource
@@ -49,6 +49,7 @@ from exporter.errors import (
 )
 from exporter.models import (
     APIError,
+    M,
     Pagination,
     ParseNotes,
     Rack,
@@ -63,8 +64,6 @@ from exporter.models import (
 from exporter.ratelimit import Priority, TokenBucket
 
 log = logging.getLogger(__name__)
-
-M = TypeVar("M", bound=BaseModel)
 
 MAX_PAGE_SIZE = 100
 # What NICo returns when no page is asked for (pagination.go; paginator.DefaultLimit): on v2.0

@@ -413,10 +413,31 @@ class WebConfig(_Section):
 
 
 class MetricsConfig(_Section):
-    """What ``/metrics`` shows beyond the contract's default families."""
+    """What ``/metrics`` shows: cardinality controls as kube-state-metrics users expect them."""
 
     # Per-task stage series multiply per-task cardinality by the stage count: opt in.
     per_task_stages: bool = False
+    # Families to emit (names or regular expressions matching the whole name; empty: all) and to
+    # leave out; --metrics.allowlist / --metrics.denylist on the command line.
+    allowlist: list[str] = Field(default_factory=list)
+    denylist: list[str] = Field(default_factory=list)
+    # nico_task_status: every status (0 or 1, the default) or only the current one.
+    task_status: Literal["one_hot", "current"] = "one_hot"
+
+    @field_validator("allowlist", "denylist")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        from exporter.metrics import FAMILY  # the contract's names (metrics does not import config)
+
+        for pattern in value:
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+            # A typo would otherwise keep (or drop) nothing, silently.
+            if not any(compiled.fullmatch(name) for name in FAMILY):
+                raise ValueError(f"{pattern!r} matches no metric family (see docs/metrics.md)")
+        return value
 
 
 class TracingConfig(_Section):

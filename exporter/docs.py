@@ -9,17 +9,28 @@ the collector's, not an estimate.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from exporter.config import StateConfig, format_duration
-from exporter.metrics import FAMILIES, FAMILY, STATUSES, ClientMetrics, HistogramSet, TaskMetrics
+from exporter.metrics import (
+    FAMILIES,
+    FAMILY,
+    STATUSES,
+    ClientMetrics,
+    HistogramSet,
+    TaskMetrics,
+    family_filter,
+)
 from exporter.models import NVL72_TRAYS, ComponentType, TaskStatus
 from exporter.operations import OPERATIONS, Operation
 
-DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOC_PATH = ROOT / "docs" / "metrics.md"
 
 _C, _S, _P = ComponentType.COMPUTE, ComponentType.NVSWITCH, ComponentType.POWERSHELF
 _ALL = (_C, _S, _P)
@@ -86,6 +97,11 @@ class Fleet:
     parse_errors: tuple[tuple[str, str], ...] = (("/rack/{id}/task", "unknown_status"),)
     shed_jobs: tuple[str, ...] = ("discovery",)
     per_task_stages: bool = False
+    # metrics.task_status: "one_hot" (every status, the default) or "current".
+    status_one_hot: bool = True
+    # metrics.allowlist / metrics.denylist (see metrics.family_filter).
+    allowlist: tuple[str, ...] = ()
+    denylist: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         ops = len(self.layouts)
@@ -173,7 +189,7 @@ def fleet_series(fleet: Fleet) -> dict[str, int]:
         "nico_task_step_duration_seconds": _histogram_series(
             "nico_task_step_duration_seconds", s * step_sets
         ),
-        "nico_task_status": len(STATUSES) * fleet.tracked,
+        "nico_task_status": (len(STATUSES) if fleet.status_one_hot else 1) * fleet.tracked,
         "nico_task_info": fleet.tracked,
         "nico_task_created_timestamp_seconds": fleet.tracked,
         "nico_task_started_timestamp_seconds": fleet.running + fleet.finished,
@@ -202,7 +218,8 @@ def fleet_series(fleet: Fleet) -> dict[str, int]:
     missing = set(FAMILY) - set(counts)
     if unknown or missing:
         raise ValueError(f"fleet_series is out of date: unknown {sorted(unknown)}, missing {sorted(missing)}")
-    return {f.name: counts[f.name] for f in FAMILIES}
+    wanted = family_filter(fleet.allowlist, fleet.denylist)
+    return {f.name: counts[f.name] if f.name in wanted else 0 for f in FAMILIES}
 
 
 # -- the page --------------------------------------------------------------------------------------
@@ -255,6 +272,88 @@ def _cardinality(fleet: Fleet) -> list[str]:
     return lines
 
 
+# Cardinality controls shown on the page: (what to set, the fleet with it, what it costs).
+CONTROLS: tuple[tuple[str, dict[str, Any], str], ...] = (
+    (
+        "`metrics.task_status: current`",
+        {"status_one_hot": False},
+        "one `nico_task_status` series per task (value 1) instead of one per status. Queries "
+        "that compare a status with `== 1` still work; `== 0` and `absent` on a status do not.",
+    ),
+    (
+        "`--metrics.denylist 'nico_tray_.*'`",
+        {"denylist": ("nico_tray_.*",)},
+        "no per-tray series: the rack drill-down's tray panels go blank.",
+    ),
+    (
+        "`--metrics.denylist 'nico_task_(started|updated)_timestamp_seconds'`",
+        {"denylist": ("nico_task_(started|updated)_timestamp_seconds",)},
+        "`NicoTaskStuck` (running too long, and no progress for an hour) never fires.",
+    ),
+    (
+        "`--metrics.allowlist 'nico_tasks.*,nico_task_(duration|queue_duration)_seconds,nico_site_.*,"
+        "nico_exporter_.*'`",
+        {
+            "allowlist": (
+                "nico_tasks.*",
+                "nico_task_(duration|queue_duration)_seconds",
+                "nico_site_.*",
+                "nico_exporter_.*",
+            )
+        },
+        "aggregates and self-metrics only: no per-task, per-rack or per-tray series, so no "
+        "per-task alert (failed, stuck) and no drill-down below the site.",
+    ),
+)
+
+
+def _consumers() -> dict[str, list[str]]:
+    """Which shipped alert rules and dashboards read each family (from the generated files)."""
+    files = [ROOT / "alerts" / "nico-task-exporter.rules.yml", *sorted((ROOT / "dashboards").glob("*.json"))]
+    texts = {path.name: path.read_text(encoding="utf-8") for path in files if path.exists()}
+    names = sorted(FAMILY, key=len, reverse=True)
+    used: dict[str, list[str]] = {name: [] for name in FAMILY}
+    for file, text in texts.items():
+        for name in names:
+            pattern = rf"\b{re.escape(name)}(_bucket|_sum|_count|_total)?\b"
+            if re.search(pattern, text):
+                used[name].append(file)
+    return used
+
+
+def _controls(fleet: Fleet) -> list[str]:
+    base = sum(fleet_series(fleet).values())
+    lines = [
+        "## Cardinality controls",
+        "",
+        "As with kube-state-metrics: `--metrics.allowlist` / `--metrics.denylist` (config "
+        "`metrics.allowlist` / `metrics.denylist`, lists) take family names or regular expressions "
+        "that must match the whole name, comma-separated on the command line; the allowlist keeps "
+        "only what it matches (empty: everything), then the denylist removes what it matches. "
+        "`metrics.task_status: current` emits only the current status series of each task. A bad "
+        "regular expression is a config error that names the field. Series saved on the reference "
+        f"fleet ({base:,} series):",
+        "",
+        "| setting | series | saved | what you give up |",
+        "|---|---:|---:|---|",
+    ]
+    for setting, change, cost in CONTROLS:
+        total = sum(fleet_series(replace(fleet, **change)).values())
+        lines.append(
+            f"| {_cell(setting)} | {total:,} | {base - total:,} ({(base - total) / base:.0%}) | {cost} |"
+        )
+    used = _consumers()
+    lines += [
+        "",
+        "Families the shipped alert rules and dashboards read (dropping one silences what reads it):",
+        "",
+        "| family | read by |",
+        "|---|---|",
+    ]
+    lines += [f"| `{name}` | {', '.join(files)} |" for name, files in used.items() if files]
+    return lines
+
+
 def render_metrics_doc(fleet: Fleet = REFERENCE_FLEET) -> str:
     """The whole of ``docs/metrics.md``."""
     ttl = format_duration(StateConfig.model_fields["finished_task_ttl"].default)
@@ -295,6 +394,8 @@ def render_metrics_doc(fleet: Fleet = REFERENCE_FLEET) -> str:
         "aggregates keep counting. `nico_task_stage_status` is opt-in (`metrics.per_task_stages`).",
         "",
         *_cardinality(fleet),
+        "",
+        *_controls(fleet),
         "",
     ]
     return "\n".join(lines)

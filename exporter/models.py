@@ -33,6 +33,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
@@ -40,6 +41,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from exporter.errors import BadPayload
 
@@ -183,9 +185,43 @@ Uuid = Annotated[str, BeforeValidator(canonical_uuid)]
 Timestamp = Annotated[datetime | None, WrapValidator(_timestamp)]
 
 
+# Unknown fields are ignored: the server adds fields between releases.
+_CONFIG = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
 class _Model(BaseModel):
-    # Unknown fields are ignored: the server adds fields between releases.
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    model_config = _CONFIG
+
+
+P = TypeVar("P", bound="_Payload")
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+
+
+def _adapter(model: type) -> TypeAdapter[Any]:
+    adapter = _ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _ADAPTERS[model] = TypeAdapter(model)
+    return adapter
+
+
+class _Payload:
+    """A frozen, slotted payload: what the exporter keeps per tracked task (tasks and reports).
+
+    Pydantic dataclasses with ``__slots__`` and no per-instance field set weigh a sixth of a
+    ``BaseModel`` (benchmarks/render.py measures the bytes per tracked task); they validate the
+    same way, through a ``TypeAdapter``.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls: type[P], data: Any, notes: ParseNotes | None = None) -> P:
+        """Validate ``data`` (deviations go to ``notes``); raises pydantic's ``ValidationError``."""
+        result: P = _adapter(cls).validate_python(data, context=notes)
+        return result
+
+
+_PAYLOAD_CONFIG = ConfigDict(extra="ignore", populate_by_name=True)
 
 
 _BY_LOWER: dict[type[StrEnum], dict[str, StrEnum]] = {
@@ -238,7 +274,8 @@ TrayType = Annotated[
 ]
 
 
-class ReportStep(_Model):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class ReportStep(_Payload):
     """``TaskReportV1Step``: one rule sequence step (one component type) inside a stage."""
 
     component_type: StepComponent = Field(alias="componentType")
@@ -249,7 +286,8 @@ class ReportStep(_Model):
     error: str | None = None
 
 
-class ReportStage(_Model):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class ReportStage(_Payload):
     """``TaskReportV1Stage``: one rule stage, its steps run in parallel."""
 
     number: int = Field(ge=1)
@@ -260,7 +298,8 @@ class ReportStage(_Model):
     error: str | None = None
 
 
-class TaskReport(_Model):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class TaskReport(_Payload):
     """``TaskReportV1``: the stage-by-stage execution report of a task."""
 
     # The code writes the integer 1; older spec text says the string "1" (pydantic takes both).
@@ -269,7 +308,8 @@ class TaskReport(_Model):
     error: str | None = None
 
 
-class Task(_Model):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class Task(_Payload):
     """A NICo task as the REST API returns it (no rack, tray, site or operation fields)."""
 
     id: Uuid
@@ -324,11 +364,13 @@ class Task(_Model):
         return self.status.is_terminal
 
 
-class SiteCapabilities(_Model):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class SiteCapabilities(_Payload):
     flow: bool = False
 
 
-class Site(_Model):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class Site(_Payload):
     """A NICo site; only those with ``capabilities.flow`` serve tasks."""
 
     id: Uuid
@@ -343,7 +385,8 @@ class Site(_Model):
         return self.capabilities is not None and self.capabilities.flow
 
 
-class Rack(_Model):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class Rack(_Payload):
     """A rack. The API gives it no ``siteId``: the caller knows the site from its query."""
 
     id: Uuid
@@ -353,13 +396,15 @@ class Rack(_Model):
     serial_number: str | None = Field(default=None, alias="serialNumber")
 
 
-class TrayPosition(_Model):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class TrayPosition(_Payload):
     slot_id: int | None = Field(default=None, alias="slotId")
     tray_idx: int | None = Field(default=None, alias="trayIdx")
     host_id: int | None = Field(default=None, alias="hostId")
 
 
-class Tray(_Model):
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class Tray(_Payload):
     """A tray (compute tray, NVSwitch tray, power shelf) of a rack."""
 
     id: Uuid
@@ -408,7 +453,7 @@ class LoginResponse(_Model):
     token_type: str | None = Field(default=None, alias="tokenType")
 
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=BaseModel | _Payload)
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -420,7 +465,8 @@ def _first_error(exc: ValidationError) -> str:
 def parse_item(model: type[M], item: Any, *, endpoint: str, notes: ParseNotes | None = None) -> M:
     """Validate one object; on failure raise :class:`BadPayload` naming field and endpoint."""
     try:
-        return model.model_validate(item, context=notes)
+        result: M = _adapter(model).validate_python(item, context=notes)
+        return result
     except ValidationError as exc:
         ident = item.get("id") if isinstance(item, dict) else None
         raise BadPayload(

@@ -317,7 +317,7 @@ class Poller:
         for tray in trays.items:
             if tray.rack_id is not None:
                 by_rack.setdefault(tray.rack_id, []).append(tray)
-                self.store.tray_types[tray.id] = tray.type.value
+                self.store.learn_tray_type(tray.id, tray.type.value)
         owned: set[str] = set()
         for rack in racks.items:
             if not self.shard.owns(rack.id):

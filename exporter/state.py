@@ -24,7 +24,9 @@ No I/O and no clock reads here: the caller passes ``now`` (epoch seconds).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -80,7 +82,11 @@ class TaskRecord:
 
 @dataclass(frozen=True)
 class Transition:
-    """One change of one task, delivered once. ``stage``/``step`` are set for stage and step kinds."""
+    """One change of one task, delivered once. ``stage``/``step`` are set for stage and step kinds.
+
+    ``key`` names the change within its task (``status/Running``, ``stage/2/finished``): the task's
+    delivered keys are kept, and persisted, under its id.
+    """
 
     kind: Kind
     key: str
@@ -168,18 +174,27 @@ class Store:
         self.terminal_retention = terminal_retention
         self.tasks: dict[str, TaskRecord] = {}
         self._by_rack: dict[str, set[str]] = {}
+        self._rack_trays: dict[str, frozenset[str]] = {}  # the last tray set attributed per rack
         self._subscribers: list[Subscriber] = []
         self._after_commit: list[Callable[[], None]] = []
         self.tray_types: dict[str, str] = {}
+        self.tray_types_version = 0
+        # Ids of tasks whose record was added, changed or dropped since the snapshot publisher
+        # last took them (it re-renders only those tasks' series).
+        self.touched: set[str] = set()
         loaded = self.persistence.load()
         self.racks: dict[str, RackLedger] = {
             rack_id: RackLedger(*row) for rack_id, row in loaded.racks.items()
         }
         self.terminal: dict[str, float] = dict(loaded.terminal)
-        # Delivered transition keys, by task: a task's keys are forgotten with the task.
-        self._delivered: dict[str, set[str]] = {}
+        # Delivered transition keys, by task: a task's keys are forgotten with the task. A tuple of
+        # interned strings (a task has a few dozen keys at most; a set would weigh 5x more).
+        self._delivered: dict[str, tuple[str, ...]] = {}
         for key, task_id in loaded.delivered:
-            self._delivered.setdefault(task_id, set()).add(key)
+            # Rows carry the task id in front of the key (see _claim).
+            key = sys.intern(key.removeprefix(f"{task_id}/"))
+            if key not in self._delivered.get(task_id, ()):
+                self._delivered[task_id] = (*self._delivered.get(task_id, ()), key)
         self.totals = FinishedTotals(dict(loaded.totals), dict(loaded.tray_failures), dict(loaded.unobserved))
         # Tasks that were being tracked, or named and waiting for their final fetch, when the
         # last process stopped: fetch them again.
@@ -199,11 +214,13 @@ class Store:
 
     def _claim(self, task_id: str, key: str) -> bool:
         """Mark ``key`` delivered for ``task_id``; False if it already was."""
-        keys = self._delivered.setdefault(task_id, set())
+        keys = self._delivered.get(task_id, ())
         if key in keys:
             return False
-        keys.add(key)
-        self._batch.delivered.append((key, task_id))
+        key = sys.intern(key)
+        self._delivered[task_id] = (*keys, key)
+        # The table's key column is unique across tasks: rows carry the task id in front.
+        self._batch.delivered.append((f"{task_id}/{key}", task_id))
         return True
 
     def _deliver(self, transition: Transition) -> bool:
@@ -239,6 +256,17 @@ class Store:
                 listener()
             except Exception:  # a broken listener must not stop polling
                 log.exception("after-commit listener failed")
+
+    def take_touched(self) -> set[str]:
+        """The ids of tasks added, changed or dropped since the last call (and forget them)."""
+        touched, self.touched = self.touched, set()
+        return touched
+
+    def learn_tray_type(self, tray_id: str, tray_type: str) -> None:
+        """Record a tray's type (discovery); ``tray_types_version`` moves when one changes."""
+        if self.tray_types.get(tray_id) != tray_type:
+            self.tray_types[tray_id] = tray_type
+            self.tray_types_version += 1
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -417,7 +445,7 @@ class Store:
                 return True
             self.pending.pop(task.id, None)
             record = self._track(site_id, rack_id, task, now)
-            self._deliver(Transition(Kind.APPEARED, f"{task.id}/appeared", record, now))
+            self._deliver(Transition(Kind.APPEARED, "appeared", record, now))
             previous: Task | None = None
         else:
             if record.is_terminal:
@@ -430,8 +458,9 @@ class Store:
                 record.task = task
             else:
                 # Keep the report we had: lists without reports must not erase it.
-                record.task = task.model_copy(update={"report": record.task.report})
+                record.task = dataclasses.replace(task, report=record.task.report)
             record.observed_at = now
+            self.touched.add(task.id)
             if (
                 not had_report
                 and record.task.report is not None
@@ -454,19 +483,19 @@ class Store:
             trays=recovered[2] if recovered else None,
         )
         self.tasks[task.id] = record
+        self.touched.add(task.id)
         self._by_rack.setdefault(rack_id, set()).add(task.id)
         self._batch.tracked[task.id] = (site_id, rack_id, record.trays)
         return record
 
     def _transitions(self, record: TaskRecord, previous: Task | None, now: float) -> None:
         task = record.task
-        tid = task.id
         old_status = previous.status if previous is not None else None
         if old_status != task.status:
             self._deliver(
                 Transition(
                     Kind.STATUS_CHANGED,
-                    f"{tid}/status/{task.status}",
+                    f"status/{task.status}",
                     record,
                     now,
                     previous_status=old_status,
@@ -474,10 +503,10 @@ class Store:
             )
         if task.started is not None:
             # Once per task, also across restarts: its queue wait is over.
-            self._deliver(Transition(Kind.STARTED, f"{tid}/started", record, now))
+            self._deliver(Transition(Kind.STARTED, "started", record, now))
         if task.report is not None:
             for stage in task.report.stages:
-                base = f"{tid}/stage/{stage.number}"
+                base = f"stage/{stage.number}"
                 if stage.status not in (ReportStatus.PENDING, ReportStatus.SKIPPED, ReportStatus.UNKNOWN):
                     self._deliver(Transition(Kind.STAGE_STARTED, f"{base}/started", record, now, stage=stage))
                 for index, step in enumerate(stage.steps):
@@ -519,7 +548,7 @@ class Store:
         self.terminal[record.id] = finished_at
         self._batch.terminal[record.id] = (record.rack_id, finished_at)
         self._batch.untracked.add(record.id)
-        if self._deliver(Transition(Kind.FINISHED, f"{record.id}/finished", record, now)):
+        if self._deliver(Transition(Kind.FINISHED, "finished", record, now)):
             key = (record.site_id, record.status.value, record.operation.value)
             self.totals.tasks[key] = self.totals.tasks.get(key, 0) + 1
             self._batch.totals[key] = self.totals.tasks[key]
@@ -529,7 +558,7 @@ class Store:
         """A failed task counts once against each of its trays, when both are known."""
         if record.status is not TaskStatus.FAILED or record.trays is None:
             return
-        if f"{record.id}/finished" not in self._delivered.get(record.id, ()):
+        if "finished" not in self._delivered.get(record.id, ()):
             return
         if not self._claim(record.id, f"{record.id}/trays-failed"):
             return
@@ -543,7 +572,15 @@ class Store:
         record = self.tasks.get(task_id)
         if record is None or record.trays is not None:
             return
-        record.trays = frozenset(trays)
+        settled = frozenset(trays)
+        # Tasks on one rack mostly share their trays (a rack-wide operation): share the set.
+        last = self._rack_trays.get(record.rack_id)
+        if last == settled:
+            settled = last
+        else:
+            self._rack_trays[record.rack_id] = settled
+        record.trays = settled
+        self.touched.add(task_id)
         self._batch.tracked[task_id] = (record.site_id, record.rack_id, record.trays)
         self._count_tray_failures(record)
 
@@ -559,7 +596,7 @@ class Store:
             self._batch.untracked.add(task_id)
             return
         self._batch.terminal[task_id] = (record.rack_id, now)
-        if self._deliver(Transition(Kind.VANISHED, f"{task_id}/vanished", record, now)):
+        if self._deliver(Transition(Kind.VANISHED, "vanished", record, now)):
             self.vanished += 1
         self._drop(task_id)
 
@@ -587,6 +624,7 @@ class Store:
 
     def _drop(self, task_id: str) -> None:
         record = self.tasks.pop(task_id, None)
+        self.touched.add(task_id)
         if record is not None:
             ids = self._by_rack.get(record.rack_id)
             if ids is not None:
@@ -610,6 +648,8 @@ class Store:
             # Still running when its rack went: its series go, its name and delivered keys stay,
             # so it is fetched (and its transitions not repeated) if the rack returns.
             del self.tasks[tid]
+            self.touched.add(tid)
             self.pending[tid] = (record.site_id, rack_id)
             self._batch.tracked[tid] = (record.site_id, rack_id, record.trays)
         self._by_rack.pop(rack_id, None)
+        self._rack_trays.pop(rack_id, None)

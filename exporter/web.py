@@ -36,7 +36,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import gzip
 import hashlib
 import html
 import ipaddress
@@ -46,6 +45,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -57,10 +57,13 @@ from urllib.parse import parse_qs, urlsplit
 import bcrypt
 import prometheus_client
 import yaml
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.exposition import generate_latest, gzip_accepted
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.exposition import EOF_MARKER, Format
+from exporter.snapshot import EMPTY, Snapshot, chunked
 
 log = logging.getLogger(__name__)
 
@@ -443,11 +446,21 @@ def _normalize_san(value: str) -> str:
         return value
 
 
+# gzip level of /metrics bodies: level 1 is several times faster than 6 for a body a few percent
+# larger (benchmarks/render.py measures both; the README has the figures).
+GZIP_LEVEL = 1
+GZIP_WBITS = 31  # zlib's window bits for a gzip header and trailer (RFC 1952)
+
+
 class MetricsServer:
-    """Serves a registry on ``/metrics`` plus ``/healthz``, ``/readyz`` and an index page.
+    """Serves ``/metrics`` plus ``/healthz``, ``/readyz`` and an index page.
+
+    Runs its own threads: they read only the latest published :class:`Snapshot` (immutable) and
+    the thread-safe process collectors of ``registry``; see :mod:`exporter.snapshot`.
 
     Args:
-        registry: what ``/metrics`` exposes.
+        snapshot: returns the latest published snapshot.
+        registry: extra collectors (process, platform, GC), rendered after the snapshot.
         listen: ``(host, port)``; port 0 binds an ephemeral port (see :attr:`port`).
         web_config_file: exporter-toolkit web config (TLS, basic auth, headers), or None.
         ready: ``/readyz`` answers 200 once this returns True.
@@ -457,15 +470,19 @@ class MetricsServer:
 
     def __init__(
         self,
-        registry: prometheus_client.CollectorRegistry,
+        snapshot: Callable[[], Snapshot] = lambda: EMPTY,
+        registry: prometheus_client.CollectorRegistry | None = None,
         *,
         listen: tuple[str, int],
+        gzip_level: int = GZIP_LEVEL,
         web_config_file: str | Path | None = None,
         ready: Callable[[], bool] = lambda: True,
         health: Callable[[], bool] = lambda: True,
         title: str = "NICo task exporter",
     ) -> None:
-        self.registry = registry
+        self.snapshot = snapshot
+        self.registry = registry or prometheus_client.CollectorRegistry(auto_describe=False)
+        self.gzip_level = gzip_level
         self.listen = listen
         self.web_config_file = Path(web_config_file) if web_config_file not in (None, "") else None
         self.ready = ready
@@ -675,20 +692,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self, query: str) -> None:
         owner = self.server.owner
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        fmt = Format.for_accept(self.headers.get("Accept", ""))
         names = parse_qs(query).get("name[]")
-        target: Collector = owner.registry.restricted_registry(names) if names else owner.registry
         try:
-            body = encoder(target)
+            body = owner.snapshot().parts(fmt, names=names, extra=_standard(owner.registry, fmt, names))
         except Exception:
-            log.exception("metrics collection failed")
+            log.exception("metrics rendering failed")
             self._send(500, b"An error has occurred while serving metrics.\n")
             return
         extra = {}
         if gzip_accepted(self.headers.get("Accept-Encoding", "")):
-            body = gzip.compress(body, compresslevel=6)
+            # Chunk by chunk: zlib lets go of the interpreter lock while it deflates each one.
+            compressor = zlib.compressobj(owner.gzip_level, zlib.DEFLATED, GZIP_WBITS)
+            body = [compressor.compress(chunk) for chunk in chunked(body)]
+            body.append(compressor.flush())
             extra["Content-Encoding"] = "gzip"
-        self._send(200, body, content_type=content_type, extra=extra)
+        self._send(200, body, content_type=fmt.content_type, extra=extra)
 
     def _healthz(self, _query: str) -> None:
         if _probe(self.server.owner.health, "health"):
@@ -720,18 +739,26 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, page.encode(), content_type="text/html; charset=utf-8")
 
     def _send(
-        self, status: int, body: bytes, *, content_type: str = _TEXT, extra: Mapping[str, str] | None = None
+        self,
+        status: int,
+        body: bytes | list[bytes],
+        *,
+        content_type: str = _TEXT,
+        extra: Mapping[str, str] | None = None,
     ) -> None:
+        """Answer with ``body`` (or its pieces, sent in chunks of about 1 MB)."""
+        parts = [body] if isinstance(body, bytes) else body
         self.send_response(status)
         for name, value in self._config_headers:
             self.send_header(name, value)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(sum(len(part) for part in parts)))
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            for chunk in chunked(parts):
+                self.wfile.write(chunk)
 
 
 _ROUTES: dict[str, Callable[[_Handler, str], None]] = {
@@ -740,6 +767,15 @@ _ROUTES: dict[str, Callable[[_Handler, str], None]] = {
     "/healthz": _Handler._healthz,
     "/readyz": _Handler._readyz,
 }
+
+
+def _standard(registry: prometheus_client.CollectorRegistry, fmt: Format, names: list[str] | None) -> bytes:
+    """The process, platform and GC collectors (thread-safe), in ``fmt``, without ``# EOF``."""
+    target: Collector = registry.restricted_registry(names) if names else registry
+    if fmt is Format.OPENMETRICS:
+        body = generate_openmetrics(target)  # type: ignore[no-untyped-call]
+        return bytes(body).removesuffix(EOF_MARKER)
+    return bytes(generate_latest(target))
 
 
 def _probe(check: Callable[[], bool], what: str) -> bool:

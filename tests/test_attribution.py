@@ -21,7 +21,7 @@ def nvl72() -> list[Tray]:
         for _ in range(count):
             n = len(trays) + 1
             trays.append(
-                Tray.model_validate(
+                Tray.parse(
                     {
                         "id": f"00000000-0000-4000-9000-{n:012d}",
                         "rackId": RACK,
@@ -55,7 +55,7 @@ def task(description: str, *stages: list[dict[str, Any]], report: bool = True) -
                 {"number": n, "status": "pending", "steps": steps} for n, steps in enumerate(stages, start=1)
             ],
         }
-    return Task.model_validate(data)
+    return Task.parse(data)
 
 
 def test_rack_wide_power_on_knows_all_35_trays_without_a_scan() -> None:

@@ -8,23 +8,35 @@ figure in ``docs/metrics.md`` have to follow.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from math import gcd
+from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.client import NicoClient, ParseEvent, RequestEvent
-from exporter.docs import REFERENCE_FLEET, Fleet, Layout, busy_stage, fleet_series
-from exporter.metrics import FAMILIES, FAMILY, ClientMetrics, NicoCollector, SpanCounters, TaskMetrics
+from exporter.docs import CONTROLS, REFERENCE_FLEET, Fleet, Layout, busy_stage, fleet_series
+from exporter.exposition import Format
+from exporter.metrics import (
+    FAMILIES,
+    FAMILY,
+    ClientMetrics,
+    SeriesOptions,
+    SpanCounters,
+    TaskMetrics,
+    family_filter,
+)
 from exporter.models import Rack, ReportStatus, Site, Task, TaskReport, TaskStatus
 from exporter.operations import Operation
 from exporter.poller import Poller, RackEntry, SiteHealth
+from exporter.snapshot import Publisher, Snapshot
 from exporter.state import Store
+from tests.scrape import Scrape
 
 NOW = 1_780_000_000.0
 AGGREGATES = [f.name for f in FAMILIES if f.name == "nico_tasks" or f.name.startswith("nico_tasks_")] + [
@@ -69,7 +81,7 @@ def fleet_report(layout: Layout, shape: TaskStatus) -> TaskReport:
         error = {"error": "Timed out waiting for tray"} if status is ReportStatus.FAILED else {}
         steps = [{"componentType": k.value, "status": status.value, **times, **error} for k in kinds]
         stages.append({"number": number, "status": status.value, "steps": steps, **times})
-    return TaskReport.model_validate({"version": 1, "stages": stages})
+    return TaskReport.parse({"version": 1, "stages": stages})
 
 
 class FleetState:
@@ -115,7 +127,8 @@ class FleetState:
         for r in range(fleet.racks):
             rack_id = uid(2, r)
             self.trays[r] = [uid(3, r * len(kinds) + k) for k in range(len(kinds))]
-            self.store.tray_types.update(zip(self.trays[r], kinds, strict=True))
+            for tray_id, kind in zip(self.trays[r], kinds, strict=True):
+                self.store.learn_tray_type(tray_id, kind)
             self.poller.racks[rack_id] = RackEntry(self.site(r), Rack(id=rack_id, name=f"rack-{r}"))
 
     def _active_tasks(self) -> None:
@@ -142,8 +155,8 @@ class FleetState:
                 started=at(NOW - 900) if running else None,
                 updated=at(NOW - 30),
             )
-            if running:  # the report validator takes wire dicts only: attach the parsed one
-                task = task.model_copy(update={"report": self.reports[(op, TaskStatus.RUNNING)]})
+            if running:
+                task = dataclasses.replace(task, report=self.reports[(op, TaskStatus.RUNNING)])
             self.store.observe(self.site(rack), uid(2, rack), task, NOW - 30)
             if i % per_rack == 0 and rack < fleet.attributed_running:
                 self.store.attribute(task.id, self.trays[rack])
@@ -166,7 +179,8 @@ class FleetState:
                 started=at(NOW - 900),
                 updated=at(NOW - 60),
                 finished=at(NOW - 60),
-            ).model_copy(update={"report": self.reports[(op, status)]})
+                report=self.reports[(op, status)],
+            )
             self.store.observe(self.site(rack), uid(2, rack), task, NOW - 30)
             if is_failed:
                 if failed < fleet.attributed_failed:
@@ -182,19 +196,23 @@ class FleetState:
             self.client_metrics.on_parse_error(ParseEvent(endpoint, reason, "detail"))
         self.poller.stats.shed = dict.fromkeys(self.fleet.shed_jobs, 1)
 
-    def registry(self) -> CollectorRegistry:
-        registry = CollectorRegistry()
-        registry.register(
-            NicoCollector(
-                self.store,
-                self.poller,
-                self.task_metrics,
-                self.client_metrics,
-                spans=SpanCounters(),
-                per_task_stages=self.fleet.per_task_stages,
-            )
+    def publish(self, options: SeriesOptions | None = None) -> Snapshot:
+        publisher = Publisher(
+            self.store,
+            self.poller,
+            self.task_metrics,
+            self.client_metrics,
+            spans=SpanCounters(),
+            options=options or SeriesOptions(per_task_stages=self.fleet.per_task_stages),
         )
-        return registry
+        return publisher.publish()
+
+    def registry(self) -> Scrape:
+        return Scrape(self.publish())
+
+
+def _text(scrape: Scrape) -> bytes:
+    return scrape.text
 
 
 def _no_io(request: httpx.Request) -> httpx.Response:
@@ -231,7 +249,7 @@ def reference() -> Rendered:
     """The reference fleet, built and rendered once (about 2 s to build, 4 s to render)."""
     started = time.perf_counter()
     state = FleetState(REFERENCE_FLEET)
-    exposition = generate_latest(state.registry()).decode()
+    exposition = _text(state.registry()).decode()
     seconds = time.perf_counter() - started
     return Rendered(state, *count_series(exposition), seconds)
 
@@ -283,8 +301,40 @@ SMALL_FLEET = Fleet(
 
 
 def test_formula_holds_for_another_fleet_with_per_task_stages() -> None:
-    exposition = generate_latest(FleetState(SMALL_FLEET).registry()).decode()
+    exposition = _text(FleetState(SMALL_FLEET).registry()).decode()
     counts, _ = count_series(exposition)
     expected = fleet_series(SMALL_FLEET)
     assert expected["nico_task_stage_status"] > 0
     assert {name: counts.get(name, 0) for name in expected} == expected
+
+
+@pytest.mark.parametrize("setting,change", [(c[0], c[1]) for c in CONTROLS], ids=[c[0] for c in CONTROLS])
+def test_each_documented_control_saves_what_the_page_says(
+    reference: Rendered, setting: str, change: dict[str, Any]
+) -> None:
+    """The reference fleet rendered with the setting has exactly the series the page's row claims
+    (``fleet_series`` of the fleet with that change), family by family."""
+    fleet = dataclasses.replace(REFERENCE_FLEET, **change)
+    options = SeriesOptions(
+        status_one_hot=fleet.status_one_hot, families=family_filter(fleet.allowlist, fleet.denylist)
+    )
+    body = reference.state.publish(options).render(Format.TEXT).decode()
+    counts, _ = count_series(body)
+    expected = {name: n for name, n in fleet_series(fleet).items() if n}
+    assert counts == expected
+    assert sum(counts.values()) < sum(reference.counts.values())
+
+
+def test_current_status_only_keeps_one_series_of_value_1_per_task(reference: Rendered) -> None:
+    body = reference.state.publish(SeriesOptions(status_one_hot=False)).render(Format.TEXT).decode()
+    statuses: dict[str, list[str]] = {}
+    for line in body.splitlines():
+        if line.startswith("nico_task_status{"):
+            labels, value = line.rsplit(" ", 1)
+            assert float(value) == 1.0, line
+            task_id = labels.split('task_id="', 1)[1].split('"', 1)[0]
+            statuses.setdefault(task_id, []).append(labels.split('status="', 1)[1].split('"', 1)[0])
+    records = {r.id: r.status.value for r in reference.state.store.records()}
+    assert {task_id: values for task_id, values in statuses.items()} == {
+        task_id: [status] for task_id, status in records.items()
+    }

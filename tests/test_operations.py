@@ -14,7 +14,7 @@ LEAK = "Leak detection: force power-off component tray-ext-17 of type    Compute
 
 def layout(*stage_types: tuple[str, ...]) -> TaskReport:
     """A report whose stage ``n`` has one pending step per named component type."""
-    return TaskReport.model_validate(
+    return TaskReport.parse(
         {
             "version": 1,
             "stages": [

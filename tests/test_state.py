@@ -74,7 +74,7 @@ def task(
         data["created"] = iso(created)
     if rep is not None:
         data["report"] = rep
-    return Task.model_validate(data)
+    return Task.parse(data)
 
 
 def done_task(n: int = 1, status: str = "Succeeded", *, finished: float = T0, **kw: Any) -> Task:
@@ -126,7 +126,7 @@ def test_first_observation_delivers_appeared_then_status(store: Store, rec: Reco
     assert store.observe(SITE, RACK, task(1, "Pending"), T0) is False
     got = rec.take()
     assert [t.kind for t in got] == [Kind.APPEARED, Kind.STATUS_CHANGED]
-    assert [t.key for t in got] == [f"{tid(1)}/appeared", f"{tid(1)}/status/Pending"]
+    assert [t.key for t in got] == ["appeared", "status/Pending"]
     assert got[1].previous_status is None
     assert got[0].record.site_id == SITE and got[0].record.rack_id == RACK
     assert store.rack_task_ids(RACK) == {tid(1)}
@@ -149,8 +149,8 @@ def test_status_change_carries_previous_status(store: Store, rec: Recorder) -> N
     store.observe(SITE, RACK, task(1, "Running"), T0 + 2)
     changes = [t for t in rec.take() if t.kind is Kind.STATUS_CHANGED]
     assert [(t.previous_status, t.key) for t in changes][1:] == [
-        (TaskStatus.PENDING, f"{tid(1)}/status/Waiting"),
-        (TaskStatus.WAITING, f"{tid(1)}/status/Running"),
+        (TaskStatus.PENDING, "status/Waiting"),
+        (TaskStatus.WAITING, "status/Running"),
     ]
 
 
@@ -184,10 +184,10 @@ def test_three_stage_report_moving_stage_by_stage(store: Store, rec: Recorder) -
         (Kind.STAGE_FINISHED, 3),
         (Kind.FINISHED, None),
     ]
-    assert got[1].key == f"{tid(1)}/stage/3/step/0/finished"
+    assert got[1].key == "stage/3/step/0/finished"
     assert got[1].step is not None and got[1].step_index == 0
-    assert got[2].key == f"{tid(1)}/stage/3/finished"
-    assert got[3].key == f"{tid(1)}/finished"
+    assert got[2].key == "stage/3/finished"
+    assert got[3].key == "finished"
 
 
 def test_first_seen_terminal_with_report_finishes_in_one_observation(store: Store, rec: Recorder) -> None:
@@ -435,7 +435,7 @@ def test_vanish_records_the_task_without_counting_it(store: Store, rec: Recorder
     rec.take()
     store.vanish(tid(1), T0 + 5)
     got = rec.take()
-    assert [(t.kind, t.key) for t in got] == [(Kind.VANISHED, f"{tid(1)}/vanished")]
+    assert [(t.kind, t.key) for t in got] == [(Kind.VANISHED, "vanished")]
     assert store.vanished == 1
     assert tid(1) not in store.tasks and store.rack_task_ids(RACK) == set()
     assert store.is_known_terminal(tid(1))

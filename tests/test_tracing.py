@@ -114,7 +114,7 @@ def task(
         data["finished"] = iso(finished)
     if rule_id is not None:
         data["ruleId"] = rule_id
-    return Task.model_validate(data)
+    return Task.parse(data)
 
 
 @dataclass

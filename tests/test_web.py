@@ -99,7 +99,9 @@ async def start() -> AsyncIterator[Start]:
     servers: list[MetricsServer] = []
 
     async def _start(**kwargs: Any) -> MetricsServer:
-        server = MetricsServer(kwargs.pop("registry", None) or registry(), listen=("127.0.0.1", 0), **kwargs)
+        server = MetricsServer(
+            registry=kwargs.pop("registry", None) or registry(), listen=("127.0.0.1", 0), **kwargs
+        )
         await server.start()
         servers.append(server)
         return server
@@ -212,7 +214,7 @@ async def test_stop_releases_the_port(start: Start) -> None:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
-    again = MetricsServer(registry(), listen=("127.0.0.1", port))
+    again = MetricsServer(registry=registry(), listen=("127.0.0.1", port))
     await again.start()
     try:
         assert get(again, "/healthz").status == 200
@@ -224,7 +226,7 @@ async def test_a_taken_port_raises_oserror() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
-        server = MetricsServer(registry(), listen=("127.0.0.1", sock.getsockname()[1]))
+        server = MetricsServer(registry=registry(), listen=("127.0.0.1", sock.getsockname()[1]))
         with pytest.raises(OSError):
             await server.start()
 
@@ -326,7 +328,7 @@ async def test_bad_web_config_names_the_problem(tmp_path: Path, text: str, probl
     assert problem in str(error.value)
     assert str(config) in str(error.value)
     with pytest.raises(WebConfigError):
-        await MetricsServer(registry(), listen=("127.0.0.1", 0), web_config_file=config).start()
+        await MetricsServer(registry=registry(), listen=("127.0.0.1", 0), web_config_file=config).start()
 
 
 def test_missing_web_config_file_is_an_error(tmp_path: Path) -> None:

@@ -1,0 +1,489 @@
+"""Immutable snapshots of everything ``/metrics`` shows, and the one thread that makes them.
+
+Thread ownership (the rule of the whole exporter):
+
+- the **poller's thread** (the asyncio event loop) owns every mutable object: the store, the
+  poller, the client and its hooks' counters, the transition-fed histograms, and the
+  :class:`Publisher` with its caches. Only that thread reads or writes them;
+- the **HTTP server's threads** only ever read ``Publisher.latest``, a :class:`Snapshot` that is
+  never changed after it is published (frozen dataclasses, tuples and bytes). Publishing is one
+  reference assignment, atomic in CPython, so a scrape sees one whole snapshot or the previous one.
+
+Everything in a snapshot is already bytes. Each tracked task's lines are rendered once, when the
+task changes (kube-state-metrics' design); a rack's tasks and its per-tray counts are regrouped
+only when one of them changes; an aggregate family is re-rendered only when its samples differ
+from the last snapshot's. So publishing costs the poller what changed since the last publish, and
+a scrape is a join of cached bytes that no churn can break.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from exporter import __version__
+from exporter.exposition import (
+    EOF_MARKER,
+    FamilySpec,
+    Format,
+    label_text,
+    render_histograms,
+    render_samples,
+    sample_line,
+)
+from exporter.metrics import (
+    FAMILY,
+    PER_TASK,
+    ClientMetrics,
+    HistogramSet,
+    SeriesOptions,
+    SpanCounters,
+    TaskMetrics,
+    task_series,
+)
+
+if TYPE_CHECKING:
+    from exporter.models import Task
+    from exporter.poller import Poller
+    from exporter.state import Store, TaskRecord
+
+log = logging.getLogger(__name__)
+
+PUBLISH_INTERVAL_S = 0.5
+AGE_FAMILY = "nico_exporter_snapshot_age_seconds"
+TRAY_FAMILY = "nico_tray_tasks"
+
+Samples = tuple[tuple[tuple[str, ...], float], ...]
+Chunks = tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One family of a snapshot, rendered: its headers and its sample lines in both formats.
+
+    ``text`` and ``openmetrics`` are the lines as chunks (the same tuple when the formats agree,
+    as they do for every family but histograms with exemplars). ``nested``: the chunks are
+    tuples of chunks (a rack's tasks), flattened when written.
+    """
+
+    spec: FamilySpec
+    text: tuple[bytes, ...] | tuple[Chunks, ...]
+    openmetrics: tuple[bytes, ...] | tuple[Chunks, ...]
+    nested: bool = False
+
+    def write(self, parts: list[bytes], fmt: Format) -> None:
+        parts.append(_header(self.spec, fmt))
+        body = self.openmetrics if fmt is Format.OPENMETRICS else self.text
+        if self.nested:
+            parts.extend(itertools.chain.from_iterable(body))  # type: ignore[arg-type]
+        else:
+            parts.extend(body)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One consistent view of the exporter, frozen and rendered: what a scrape writes.
+
+    ``blocks`` are the families with samples, in the contract's order (only those allowed);
+    ``with_age``: whether ``nico_exporter_snapshot_age_seconds`` is written (at scrape time).
+    """
+
+    published_at: float
+    blocks: tuple[Block, ...]
+    with_age: bool = True
+
+    def render(
+        self,
+        fmt: Format,
+        *,
+        names: Iterable[str] | None = None,
+        now: float | None = None,
+        extra: bytes = b"",
+    ) -> bytes:
+        """The exposition of this snapshot (``names``: only these families, as ``name[]``).
+
+        ``extra`` is appended before the OpenMetrics ``# EOF`` (the process collectors' output).
+        """
+        return b"".join(self.parts(fmt, names=names, now=now, extra=extra))
+
+    def parts(
+        self,
+        fmt: Format,
+        *,
+        names: Iterable[str] | None = None,
+        now: float | None = None,
+        extra: bytes = b"",
+    ) -> list[bytes]:
+        """:meth:`render`'s body as the cached pieces it is made of, in order (not joined: the
+        server sends them in chunks, so no thread holds the interpreter lock for a 30 MB join)."""
+        wanted = None if names is None else set(names)
+        parts: list[bytes] = []
+        for block in self.blocks:
+            if wanted is None or {block.spec.name, block.spec.base_name} & wanted:
+                block.write(parts, fmt)
+        age_spec = FAMILY[AGE_FAMILY]
+        if self.with_age and (wanted is None or AGE_FAMILY in wanted):
+            age = max(0.0, (time.time() if now is None else now) - self.published_at)
+            parts.append(_header(age_spec, fmt))
+            parts.append(render_samples(age_spec, (((), age),)))
+        parts.append(extra)
+        if fmt is Format.OPENMETRICS:
+            parts.append(EOF_MARKER)
+        return parts
+
+
+def chunked(parts: Iterable[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    """``parts`` joined into chunks of about ``size`` bytes (a larger part is its own chunk)."""
+    batch: list[bytes] = []
+    length = 0
+    for part in parts:
+        batch.append(part)
+        length += len(part)
+        if length >= size:
+            yield b"".join(batch)
+            batch, length = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
+EMPTY = Snapshot(0.0, (), with_age=False)
+
+# Every family's HELP/TYPE lines in both formats, built at import and never written again (the
+# HTTP threads read it).
+_HEADERS: dict[tuple[FamilySpec, Format], bytes] = {
+    (spec, fmt): spec.header(fmt) for spec in FAMILY.values() for fmt in Format
+}
+
+
+def _header(spec: FamilySpec, fmt: Format) -> bytes:
+    header = _HEADERS.get((spec, fmt))
+    return spec.header(fmt) if header is None else header
+
+
+@dataclass(slots=True)
+class _TaskEntry:
+    """A task's cached lines and what they were rendered from (tasks are frozen: identity)."""
+
+    task: Task
+    rack_id: str
+    operation: str
+    trays: frozenset[str] | None
+    lines: tuple[bytes, ...]  # one per per-task family the options allow (b"" when none)
+    active: tuple[str, str, str] | None  # (site, status, operation) while the task is active
+
+
+@dataclass(slots=True, eq=False)
+class _RackEntry:
+    """A rack's tasks, regrouped when one changes: their lines per family, and tray counts."""
+
+    site_id: str
+    rack_id: str
+    tasks: dict[str, _TaskEntry] = field(default_factory=dict)
+    lines: tuple[Chunks, ...] = ()
+    trays: bytes = b""
+
+
+class _Memo:
+    """Rendered bytes of a family, reused while what they were rendered from is unchanged."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[Hashable | object, tuple[Chunks, Chunks]]] = {}
+
+    def get(
+        self, name: str, source: object, render: Callable[[], tuple[Chunks, Chunks]]
+    ) -> tuple[Chunks, Chunks]:
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == source:
+            return cached[1]
+        rendered = render()
+        self._cache[name] = (source, rendered)
+        return rendered
+
+
+class Publisher:
+    """Builds and publishes snapshots. Lives on the poller's thread; see the module docstring.
+
+    Args:
+        store, poller: the state (read on this thread only).
+        task_metrics, client_metrics, spans: the counters and histograms fed on this thread.
+        options: what the per-task generator emits (allow/deny lists, one-hot status, stages).
+        persistent: whether state survives restarts (``nico_exporter_state_persistent``).
+        clock: epoch seconds, stamped on each snapshot.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        poller: Poller,
+        task_metrics: TaskMetrics,
+        client_metrics: ClientMetrics,
+        *,
+        spans: SpanCounters | None = None,
+        options: SeriesOptions | None = None,
+        persistent: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.poller = poller
+        self.task_metrics = task_metrics
+        self.client_metrics = client_metrics
+        self.spans = spans or SpanCounters()
+        self.options = options or SeriesOptions()
+        self.persistent = persistent
+        self.clock = clock
+        self.latest: Snapshot = EMPTY
+        wanted = self.options.families
+        self.order = tuple(f for f in FAMILY if f in wanted)
+        self._task_families = tuple(f for f in PER_TASK if f in wanted)
+        self._tasks: dict[str, _TaskEntry] = {}
+        self._racks: dict[str, _RackEntry] = {}
+        self._rack_order: list[_RackEntry] = []
+        self._active: Counter[tuple[str, str, str]] = Counter()
+        self._tray_types_version = -1
+        self._memo = _Memo()
+        self._per_task_blocks: dict[str, Block] = {}
+
+    # -- per-task and per-rack lines ------------------------------------------------------------
+
+    def _entry(self, record: TaskRecord) -> _TaskEntry:
+        rendered = task_series(record, self.options)
+        status = record.task.status
+        return _TaskEntry(
+            record.task,
+            record.rack_id,
+            record.operation.value,
+            record.trays,
+            tuple(rendered.get(name, b"") for name in self._task_families),
+            (record.site_id, status.value, record.operation.value) if status.is_active else None,
+        )
+
+    def _update_tasks(self) -> set[_RackEntry]:
+        """Re-render the tasks that changed; returns the racks to regroup."""
+        store = self.store
+        dirty = self._update(store.take_touched())
+        if len(self._tasks) != len(store.tasks):
+            # A change the store did not announce (a record set from outside its methods):
+            # look at every task, as the first publish does.
+            dirty |= self._update(store.tasks.keys() | self._tasks.keys())
+        return dirty
+
+    def _update(self, task_ids: Iterable[str]) -> set[_RackEntry]:
+        dirty: set[_RackEntry] = set()
+        tasks, active = self._tasks, self._active
+        for task_id in task_ids:
+            record = self.store.tasks.get(task_id)
+            old = tasks.get(task_id)
+            if (
+                old is not None
+                and record is not None
+                and (
+                    old.task is record.task
+                    and old.operation == record.operation.value
+                    and old.trays is record.trays
+                )
+            ):
+                continue
+            if old is not None:
+                rack = self._racks[old.rack_id]
+                del rack.tasks[task_id], tasks[task_id]
+                if old.active is not None:
+                    active[old.active] -= 1
+                    if not active[old.active]:
+                        del active[old.active]
+                dirty.add(rack)
+            if record is not None:
+                entry = tasks[task_id] = self._entry(record)
+                rack = self._rack(record.site_id, record.rack_id)
+                rack.tasks[task_id] = entry
+                if entry.active is not None:
+                    active[entry.active] += 1
+                dirty.add(rack)
+        return dirty
+
+    def _rack(self, site_id: str, rack_id: str) -> _RackEntry:
+        rack = self._racks.get(rack_id)
+        if rack is None:
+            rack = self._racks[rack_id] = _RackEntry(site_id, rack_id)
+            self._rack_order = []
+        return rack
+
+    def _regroup(self, rack: _RackEntry) -> None:
+        tasks = [rack.tasks[task_id] for task_id in sorted(rack.tasks)]
+        rack.lines = tuple(
+            tuple(line for t in tasks if (line := t.lines[index]))
+            for index in range(len(self._task_families))
+        )
+        rack.trays = self._tray_lines(rack, tasks)
+
+    def _tray_lines(self, rack: _RackEntry, tasks: list[_TaskEntry]) -> bytes:
+        if TRAY_FAMILY not in self.options.families:
+            return b""
+        types = self.store.tray_types
+        counts: Counter[tuple[str, str, str]] = Counter()
+        for t in tasks:
+            if t.active is not None and t.trays is not None:
+                status = t.active[1]
+                for tray in t.trays:
+                    counts[(tray, types.get(tray, "Unknown"), status)] += 1
+        if not counts:
+            return b""
+        spec = FAMILY[TRAY_FAMILY]
+        # The rack's labels are escaped once; the family's labels are (site, rack, tray, type, status).
+        prefix = spec.name + label_text(spec.labels[:2], (rack.site_id, rack.rack_id))[:-1] + ","
+        names = spec.labels[2:]
+        return "".join(
+            sample_line(prefix, label_text(names, key)[1:], n) for key, n in sorted(counts.items())
+        ).encode()
+
+    def _task_blocks(self) -> dict[str, Block]:
+        """Regroup the racks that changed and assemble the per-task and per-tray families."""
+        dirty = self._update_tasks()
+        if self.store.tray_types_version != self._tray_types_version:
+            self._tray_types_version = self.store.tray_types_version
+            dirty |= set(self._racks.values())
+        if not dirty and self._rack_order:
+            return self._per_task_blocks
+        for rack in dirty:
+            if rack.tasks:
+                self._regroup(rack)
+            elif self._racks.get(rack.rack_id) is rack:
+                del self._racks[rack.rack_id]
+                self._rack_order = []
+        if not self._rack_order:
+            self._rack_order = sorted(self._racks.values(), key=lambda r: (r.site_id, r.rack_id))
+        blocks: dict[str, Block] = {}
+        for index, name in enumerate(self._task_families):
+            chunks = tuple(lines for r in self._rack_order if (lines := r.lines[index]))
+            if chunks:
+                blocks[name] = Block(FAMILY[name], chunks, chunks, nested=True)
+        trays = tuple(r.trays for r in self._rack_order if r.trays)
+        if trays:
+            blocks[TRAY_FAMILY] = Block(FAMILY[TRAY_FAMILY], trays, trays)
+        self._per_task_blocks = blocks
+        return blocks
+
+    # -- the aggregates -------------------------------------------------------------------------
+
+    def _aggregates(self) -> dict[str, Samples]:
+        totals, p = self.store.totals, self.poller
+        # Every watched site has the unobserved counter from the start (0 until a task goes unseen).
+        unobserved = {site: totals.unobserved.get(site, 0) for site in set(totals.unobserved) | set(p.health)}
+        sites = sorted(p.health.items())
+        per_site: Counter[str] = Counter(entry.site_id for entry in p.racks.values())
+        return {
+            "nico_tasks": _sorted(self._active.items()),
+            "nico_tasks_finished_total": _sorted(totals.tasks.items()),
+            "nico_tasks_unobserved_total": _sorted(((site,), n) for site, n in unobserved.items()),
+            "nico_site_info": tuple(((site_id, h.site.name), 1.0) for site_id, h in sites),
+            "nico_rack_info": _sorted(
+                ((e.site_id, rack_id, e.rack.name), 1.0) for rack_id, e in p.racks.items()
+            ),
+            "nico_site_up": tuple(((site_id,), 1.0 if h.up else 0.0) for site_id, h in sites),
+            "nico_exporter_last_successful_poll_timestamp_seconds": tuple(
+                ((site_id,), h.last_success) for site_id, h in sites if h.last_success is not None
+            ),
+            "nico_exporter_racks": _sorted(((site_id,), float(n)) for site_id, n in per_site.items()),
+            **self._self(),
+        }
+
+    def _self(self) -> dict[str, Samples]:
+        c, p, s = self.client_metrics, self.poller, self.store
+        scalars: dict[str, float] = {
+            "nico_exporter_spans_exported_total": self.spans.exported,
+            "nico_exporter_span_export_errors_total": self.spans.errors,
+            "nico_exporter_ready": 1.0 if p.ready else 0.0,
+            "nico_exporter_tracked_tasks": float(len(s.tasks)),
+            "nico_exporter_shard": float(p.shard.index),
+            "nico_exporter_total_shards": float(p.shard.total),
+            "nico_exporter_freshness_shortfall_seconds": p.stats.freshness_shortfall_seconds,
+            "nico_exporter_budget_required_requests_per_second": p.stats.required_rps,
+            "nico_exporter_budget_requests_per_second": p.client.limiter.rate,
+            "nico_exporter_active_poll_cycle_seconds": p.stats.last_cycle_seconds,
+            "nico_exporter_rack_polls_late_total": float(p.stats.late_polls),
+            "nico_exporter_final_fetch_queue": float(len(p.final_fetches)),
+            "nico_exporter_tasks_vanished_total": float(s.vanished),
+            "nico_exporter_state_write_errors_total": float(getattr(s.persistence, "write_errors", 0)),
+            "nico_exporter_state_persistent": 1.0 if self.persistent else 0.0,
+        }
+        out: dict[str, Samples] = {name: (((), value),) for name, value in scalars.items()}
+        out["nico_exporter_api_requests_total"] = _sorted(c.requests.items())
+        out["nico_exporter_parse_errors_total"] = _sorted(c.parse_errors.items())
+        out["nico_exporter_jobs_shed_total"] = _sorted(((job,), n) for job, n in p.stats.shed.items())
+        out["nico_exporter_build_info"] = (((__version__,), 1.0),)
+        return out
+
+    def _sample_block(self, name: str, source: object, samples: Callable[[], Samples]) -> Block | None:
+        spec = FAMILY[name]
+
+        def render() -> tuple[Chunks, Chunks]:
+            body = render_samples(spec, samples())
+            return ((body,), (body,)) if body else ((), ())
+
+        text, om = self._memo.get(name, source, render)
+        return Block(spec, text, om) if text else None
+
+    def _histogram_block(self, histograms: HistogramSet) -> Block | None:
+        spec = histograms.family
+
+        def render() -> tuple[Chunks, Chunks]:
+            series = histograms.frozen()
+            if not series:
+                return (), ()
+            return (
+                (render_histograms(spec, series, Format.TEXT),),
+                (render_histograms(spec, series, Format.OPENMETRICS),),
+            )
+
+        text, om = self._memo.get(spec.name, histograms.version, render)
+        return Block(spec, text, om) if text else None
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    def publish(self) -> Snapshot:
+        """Build a snapshot of the current state and make it the one scrapes read."""
+        wanted = self.options.families
+        blocks: dict[str, Block | None] = dict(self._task_blocks())
+        for name, samples in self._aggregates().items():
+            if name in wanted:
+                blocks[name] = self._sample_block(name, samples, lambda s=samples: s)  # type: ignore[misc]
+        failures = self.store.totals.tray_failures
+        if "nico_tray_task_failures_total" in wanted:
+            # The largest aggregate: compared as a dict, sorted and rendered only when it moved.
+            blocks["nico_tray_task_failures_total"] = self._sample_block(
+                "nico_tray_task_failures_total", dict(failures), lambda: _sorted(failures.items())
+            )
+        for histograms in (*self.task_metrics.histograms(), self.client_metrics.durations):
+            if histograms.family.name in wanted:
+                blocks[histograms.family.name] = self._histogram_block(histograms)
+        snapshot = Snapshot(
+            published_at=self.clock(),
+            blocks=tuple(block for name in self.order if (block := blocks.get(name)) is not None),
+            with_age=AGE_FAMILY in wanted,
+        )
+        self.latest = snapshot
+        return snapshot
+
+    async def run(self, stop: asyncio.Event, interval: float = PUBLISH_INTERVAL_S) -> None:
+        """Publish every ``interval`` seconds until ``stop`` is set (and once more at the end)."""
+        while not stop.is_set():
+            try:
+                self.publish()
+            except Exception:  # a bad publish keeps the last snapshot; the next one tries again
+                log.exception("snapshot publish failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+        self.publish()
+
+
+def _sorted(items: Iterable[tuple[tuple[str, ...], float]]) -> Samples:
+    return tuple(sorted((labels, float(value)) for labels, value in items))
+
+
+__all__ = ["EMPTY", "Block", "Publisher", "Snapshot"]
