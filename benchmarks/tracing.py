@@ -9,22 +9,24 @@ spans received per second of wall time, from the first observation to the last s
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from exporter.metrics import SpanCounters
 from exporter.models import Task
+from exporter.outbox import SqliteOutbox, wait_until_sent
+from exporter.persistence import SqlitePersistence
 from exporter.state import Store
-from exporter.tracing import CountingSpanExporter, TracingHandle
+from exporter.tracing import TracingHandle
 
 SITE = "11111111-1111-4111-8111-111111111111"
 RACK = "22222222-2222-4222-8222-222222222222"
@@ -116,27 +118,34 @@ def _task(n: int) -> Task:
 
 
 def run() -> dict[str, float]:
+    """Spans a second from the first commit to the receiver, through the outbox in the state file."""
     tasks = [_task(n) for n in range(TASKS)]
-    counters = SpanCounters()
-    with _receiver() as (url, received):
-        exporter = CountingSpanExporter(OTLPSpanExporter(endpoint=url + "/v1/traces"), counters)
-        processor = BatchSpanProcessor(exporter, max_queue_size=TASKS * 16, schedule_delay_millis=100)
-        handle = TracingHandle(processor, exporter, Resource.create({"service.name": "nico"}), "http", url)
-        store = Store()
+    with _receiver() as (url, received), tempfile.TemporaryDirectory() as folder:
+        db = Path(folder) / "state.db"
+        handle = TracingHandle(
+            OTLPSpanExporter(endpoint=url + "/v1/traces"),
+            Resource.create({"service.name": "nico"}),
+            "http",
+            url,
+        )
+        persistence = SqlitePersistence(db)
+        store = Store(persistence)
         handle.builder().attach(store)
+        sender = handle.start_sender(SqliteOutbox(db), durable=True)
+        store.after_commit(sender.wake)
         began = time.perf_counter()
         for start in range(0, TASKS, PER_COMMIT):
             for task in tasks[start : start + PER_COMMIT]:
                 store.observe(SITE, RACK, task, T0 + 200)
             store.commit()
-        processor.force_flush()
-        expected = counters.exported + counters.errors
-        while received.spans < expected and time.perf_counter() - began < 120:
-            time.sleep(0.005)
+        if not wait_until_sent(sender, 120):
+            raise RuntimeError("the outbox did not empty within 120 s")
         elapsed = time.perf_counter() - began
+        stats = sender.stats
         handle.shutdown()
-    if counters.errors or received.spans != counters.exported:
-        raise RuntimeError(f"export failed: {counters}, received {received.spans}")
+        persistence.close()
+    if stats.errors or received.spans != stats.exported:
+        raise RuntimeError(f"export failed: {stats}, received {received.spans}")
     return {"spans_per_s": round(received.spans / elapsed)}
 
 

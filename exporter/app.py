@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from exporter.addresses import parse_listen_address
 from exporter.client import ClientHooks, NicoClient
 from exporter.config import Config
-from exporter.metrics import ClientMetrics, SeriesOptions, SpanCounters, TaskMetrics, family_filter
+from exporter.metrics import ClientMetrics, SeriesOptions, TaskMetrics, family_filter
 from exporter.operations import Classifier
+from exporter.outbox import MemoryOutbox, SenderStats, SqliteOutbox
 from exporter.persistence import NullPersistence, SqlitePersistence, open_state
 from exporter.poller import Intervals, Poller
 from exporter.scheduler import Runner
@@ -41,7 +42,6 @@ class Exporter:
     runner: Runner
     persistence: SqlitePersistence | NullPersistence
     registry: CollectorRegistry
-    spans: SpanCounters
     publisher: Publisher
     tracing: TracingHandle | None = None
 
@@ -53,7 +53,11 @@ def build(config: Config) -> Exporter:
     client = NicoClient(
         config.api.url, config.api.org, auth=config.token_source(), hooks=hooks, **config.client_kwargs()
     )
+    # -- tracing: off unless an OTLP endpoint is configured (the standard OTEL_* environment).
+    tracing = configure_tracing(config.tracing.service_name)
     persistence = open_state(config.state.path)
+    if tracing is not None and isinstance(persistence, NullPersistence):
+        persistence = NullPersistence(MemoryOutbox())  # no state file: spans wait in memory
     store = Store(
         persistence,
         classifier=Classifier(config.operations.extra_patterns),
@@ -76,15 +80,11 @@ def build(config: Config) -> Exporter:
     )
     task_metrics = TaskMetrics()
     store.subscribe(task_metrics)
-    spans = SpanCounters()
-    # -- tracing (issue 5): off unless an OTLP endpoint is configured; spans leave after commits.
-    tracing = configure_tracing(config.tracing.service_name, spans)
     if tracing is not None:
         tracing.builder(
             site_name=lambda site_id: health.site.name if (health := poller.health.get(site_id)) else "",
             rack_name=lambda rack_id: entry.rack.name if (entry := poller.racks.get(rack_id)) else "",
         ).attach(store)
-    # -- end tracing
     # Process, platform and GC metrics: prometheus_client's own collectors, safe from any thread.
     registry = CollectorRegistry(auto_describe=False)
     for standard in (ProcessCollector, PlatformCollector, GCCollector):
@@ -95,7 +95,7 @@ def build(config: Config) -> Exporter:
         poller,
         task_metrics,
         client_metrics,
-        spans=spans,
+        spans=lambda: tracing.sender.stats if tracing is not None and tracing.sender else SenderStats(),
         options=SeriesOptions(
             status_one_hot=metrics.task_status == "one_hot",
             per_task_stages=metrics.per_task_stages,
@@ -103,9 +103,20 @@ def build(config: Config) -> Exporter:
         ),
         persistent=persistence.durable,
     )
-    return Exporter(
-        config, client, store, poller, Runner(poller), persistence, registry, spans, publisher, tracing
-    )
+    return Exporter(config, client, store, poller, Runner(poller), persistence, registry, publisher, tracing)
+
+
+def start_tracing(exporter: Exporter) -> None:
+    """Start the span sender (its own thread): pending spans left by the last process go first."""
+    tracing, persistence = exporter.tracing, exporter.persistence
+    if tracing is None:
+        return
+    if isinstance(persistence, SqlitePersistence):
+        sender = tracing.start_sender(SqliteOutbox(persistence.path), durable=True)
+    else:
+        assert persistence.outbox is not None
+        sender = tracing.start_sender(persistence.outbox, durable=False)
+    exporter.store.after_commit(sender.wake)
 
 
 async def _summaries(exporter: Exporter) -> None:
@@ -138,6 +149,7 @@ async def serve(exporter: Exporter, stop: asyncio.Event) -> None:
         ready=lambda: exporter.poller.ready,
     )
     await server.start()
+    start_tracing(exporter)
     log.info("serving metrics", extra={"url": server.url + "/metrics"})
     summaries = asyncio.create_task(_summaries(exporter))
     publishing = asyncio.create_task(publisher.run(stop))
@@ -151,7 +163,7 @@ async def serve(exporter: Exporter, stop: asyncio.Event) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await summaries
         await exporter.client.aclose()
-        if exporter.tracing is not None:  # flush queued spans, bounded (tracing.SHUTDOWN_TIMEOUT_S)
+        if exporter.tracing is not None:  # send what is pending, bounded (tracing.SHUTDOWN_TIMEOUT_S)
             await asyncio.to_thread(exporter.tracing.shutdown)
         exporter.persistence.close()
         log.info("stopped")

@@ -185,7 +185,31 @@ FAMILIES: tuple[Family, ...] = (
         "Payload problems survived (an item skipped, a value tolerated), by reason.",
     ),
     _f("nico_exporter_spans_exported_total", "counter", "", "Spans exported over OTLP."),
-    _f("nico_exporter_span_export_errors_total", "counter", "", "Spans that failed to export."),
+    _f(
+        "nico_exporter_span_export_errors_total",
+        "counter",
+        "",
+        "Spans in export attempts that failed (they stay in the outbox and are sent again).",
+    ),
+    _f(
+        "nico_exporter_spans_pending",
+        "gauge",
+        "",
+        "Spans in the outbox waiting for a successful export.",
+    ),
+    _f(
+        "nico_exporter_spans_dropped_total",
+        "counter",
+        "",
+        "Spans dropped, never exported, because the outbox was over its bound (100,000 spans).",
+    ),
+    _f(
+        "nico_exporter_spans_resent_total",
+        "counter",
+        "",
+        "Spans found pending at start and sent again; at most these were duplicates (exported "
+        "before the last process stopped, not yet marked sent).",
+    ),
     _f("nico_exporter_build_info", "gauge", "version", "Always 1: the exporter's version."),
     _f("nico_exporter_ready", "gauge", "", "1 once the first discovery succeeded."),
     _f(
@@ -249,6 +273,13 @@ FAMILIES: tuple[Family, ...] = (
         "Age of the snapshot this scrape was written from (published by the poller's thread).",
     ),
     _f("nico_exporter_state_write_errors_total", "counter", "", "Failed writes of the state file."),
+    _f(
+        "nico_exporter_state_pending_writes",
+        "gauge",
+        "",
+        "Commits kept in memory after failed writes of the state file, written with the next commit "
+        "that succeeds (0 when the file is healthy).",
+    ),
     _f(
         "nico_exporter_state_persistent",
         "gauge",
@@ -372,14 +403,6 @@ class ClientMetrics:
 
     def on_parse_error(self, event: ParseEvent) -> None:
         self.parse_errors[(event.endpoint, event.reason)] += 1
-
-
-@dataclass
-class SpanCounters:
-    """Filled by the tracing exporter (when tracing is on)."""
-
-    exported: int = 0
-    errors: int = 0
 
 
 # -- failure context ------------------------------------------------------------------------------

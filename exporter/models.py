@@ -220,6 +220,10 @@ class _Payload:
         result: P = _adapter(cls).validate_python(data, context=notes)
         return result
 
+    def to_json(self) -> str:
+        """The payload in its API form (field aliases), which :meth:`parse` reads back."""
+        return _adapter(type(self)).dump_json(self, by_alias=True).decode()
+
 
 _PAYLOAD_CONFIG = ConfigDict(extra="ignore", populate_by_name=True)
 

@@ -2,8 +2,10 @@
 
 Kept: delivered transition keys of tracked tasks, terminal task ids (pruned by age), rack
 ledgers (baseline, creation counter, tasks seen and counted unobserved), finished and unobserved
-totals (so counters continue instead of resetting), per-tray failure totals, and the tasks being
-tracked or named and awaiting their final fetch (to fetch them again after a restart). Each poll's changes are written in one transaction, so a kill -9 at any moment leaves
+totals (so counters continue instead of resetting), per-tray failure totals, the tasks being
+tracked or named and awaiting their final fetch (to fetch them again after a restart), finished
+tasks within their TTL (their series, failure infos among them, survive a restart), and the span
+outbox (spans made final, until their export succeeded: see ``exporter/outbox.py``). Each poll's changes are written in one transaction, so a kill -9 at any moment leaves
 either all of a poll's transitions or none: none are then delivered again, once.
 
 A corrupt file is moved aside and a fresh one started; an unwritable one leaves the exporter
@@ -21,7 +23,10 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from exporter.outbox import MemoryOutbox
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +54,18 @@ CREATE TABLE IF NOT EXISTS tray_failures (
 CREATE TABLE IF NOT EXISTS tracked (
     task_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, rack_id TEXT NOT NULL, trays TEXT
 );
+CREATE TABLE IF NOT EXISTS finished (
+    task_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, rack_id TEXT NOT NULL, trays TEXT,
+    first_seen REAL NOT NULL, finished_seen_at REAL NOT NULL, task TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS span_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL
+);
 """
 
 TrackedRow = tuple[str, str, frozenset[str] | None]
+# site_id, rack_id, trays, first_seen, finished_seen_at, the task as JSON (its API form)
+FinishedRow = tuple[str, str, frozenset[str] | None, float, float, str]
 # site_id, baselined_at, baseline_total, last_total, seen_new, unobserved
 RackRow = tuple[str, float | None, int | None, int | None, int, int]
 
@@ -75,11 +89,19 @@ class StateBatch:
     untracked: set[str] = field(default_factory=set)
     forget_delivered: set[str] = field(default_factory=set)
     forget_terminal: set[str] = field(default_factory=set)
+    # Finished tasks within their TTL (their series survive a restart), and those that left.
+    finished: dict[str, FinishedRow] = field(default_factory=dict)
+    forget_finished: set[str] = field(default_factory=set)
+    # Spans made final by this batch's transitions (span key, encoded span): the outbox.
+    spans: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not any(
             (
+                self.finished,
+                self.forget_finished,
+                self.spans,
                 self.delivered,
                 self.terminal,
                 self.racks,
@@ -103,28 +125,40 @@ class LoadedState:
     tray_failures: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     unobserved: dict[str, int] = field(default_factory=dict)
     tracked: dict[str, TrackedRow] = field(default_factory=dict)
+    finished: dict[str, FinishedRow] = field(default_factory=dict)
 
 
 class Persistence(Protocol):
     def load(self) -> LoadedState: ...
 
-    def write(self, batch: StateBatch) -> bool:
-        """Write one batch in one transaction; False (logged, counted) if it could not be written."""
+    def write(self, *batches: StateBatch) -> bool:
+        """Write ``batches``, in order, in one transaction; False (logged, counted) if they could
+        not be written (then none of them is)."""
         ...
 
     def close(self) -> None: ...
 
 
 class NullPersistence:
-    """Nothing survives a restart (tests, or a state file that cannot be used)."""
+    """Nothing survives a restart (tests, or a state file that cannot be used).
+
+    ``outbox``: where committed spans wait for export when tracing is on (in memory).
+    """
 
     durable = False
     write_errors = 0
 
+    def __init__(self, outbox: MemoryOutbox | None = None) -> None:
+        self.outbox = outbox
+        self.spans_dropped = 0
+
     def load(self) -> LoadedState:
         return LoadedState()
 
-    def write(self, batch: StateBatch) -> bool:
+    def write(self, *batches: StateBatch) -> bool:
+        if self.outbox is not None:
+            for batch in batches:
+                self.spans_dropped += self.outbox.add(batch.spans)
         return True
 
     def close(self) -> None:
@@ -140,9 +174,11 @@ class SqlitePersistence:
 
     durable = True
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_pending_spans: int = 100_000) -> None:
         self.path = Path(path)
         self.write_errors = 0
+        self.max_pending_spans = max_pending_spans
+        self.spans_dropped = 0
         self._conn = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -203,15 +239,18 @@ class SqlitePersistence:
         state.tray_failures = {
             (s, r, t, ty): int(n) for s, r, t, ty, n in c.execute("SELECT * FROM tray_failures")
         }
-        state.tracked = {
-            t: (s, r, frozenset(json.loads(trays)) if trays is not None else None)
-            for t, s, r, trays in c.execute("SELECT * FROM tracked")
+        state.tracked = {t: (s, r, _trays(trays)) for t, s, r, trays in c.execute("SELECT * FROM tracked")}
+        state.finished = {
+            t: (s, r, _trays(trays), float(first), float(seen), task)
+            for t, s, r, trays, first, seen, task in c.execute(
+                "SELECT task_id, site_id, rack_id, trays, first_seen, finished_seen_at, task FROM finished"
+            )
         }
         return state
 
-    def write(self, batch: StateBatch) -> bool:
+    def write(self, *batches: StateBatch) -> bool:
         try:
-            self._write(batch)
+            self._write(batches)
         except sqlite3.Error as exc:
             self.write_errors += 1
             # The store keeps working in memory; exactly-once across a restart is what is at risk.
@@ -219,51 +258,90 @@ class SqlitePersistence:
             return False
         return True
 
-    def _write(self, b: StateBatch) -> None:
+    def _write(self, batches: tuple[StateBatch, ...]) -> None:
         c = self._conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.executemany("INSERT OR IGNORE INTO delivered (key, task_id) VALUES (?, ?)", b.delivered)
-            c.executemany(
-                "INSERT OR REPLACE INTO terminal (task_id, rack_id, finished_at) VALUES (?, ?, ?)",
-                [(t, r, f) for t, (r, f) in b.terminal.items()],
-            )
-            c.executemany(
-                "INSERT OR REPLACE INTO racks (rack_id, site_id, baselined_at, baseline_total, last_total,"
-                " seen_new, unobserved) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r, *row) for r, row in b.racks.items()],
-            )
-            c.executemany(
-                "INSERT OR REPLACE INTO unobserved (site_id, count) VALUES (?, ?)", list(b.unobserved.items())
-            )
-            c.executemany(
-                "INSERT OR REPLACE INTO totals (site_id, status, operation, count) VALUES (?, ?, ?, ?)",
-                [(*k, n) for k, n in b.totals.items()],
-            )
-            c.executemany(
-                "INSERT OR REPLACE INTO tray_failures (site_id, rack_id, tray_id, tray_type, count) VALUES (?, ?, ?, ?, ?)",
-                [(*k, n) for k, n in b.tray_failures.items()],
-            )
-            c.executemany(
-                "INSERT OR REPLACE INTO tracked (task_id, site_id, rack_id, trays) VALUES (?, ?, ?, ?)",
-                [
-                    (t, s, r, None if trays is None else json.dumps(sorted(trays)))
-                    for t, (s, r, trays) in b.tracked.items()
-                    if t not in b.untracked
-                ],
-            )
-            c.executemany("DELETE FROM tracked WHERE task_id = ?", [(t,) for t in b.untracked])
-            c.executemany("DELETE FROM delivered WHERE task_id = ?", [(t,) for t in b.forget_delivered])
-            c.executemany("DELETE FROM terminal WHERE task_id = ?", [(t,) for t in b.forget_terminal])
+            for batch in batches:
+                self._apply(batch)
+            dropped = self._bound_outbox() if any(b.spans for b in batches) else 0
             c.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 c.execute("ROLLBACK")
             raise
+        if dropped:
+            self.spans_dropped += dropped
+            log.warning("span outbox full: oldest spans dropped", extra={"spans": dropped})
+
+    def _bound_outbox(self) -> int:
+        """Drop the oldest pending spans beyond ``max_pending_spans``; how many were dropped."""
+        c = self._conn
+        low, high = c.execute("SELECT MIN(seq), MAX(seq) FROM span_outbox").fetchone()
+        if low is None or high - low + 1 <= self.max_pending_spans:
+            return 0  # seq has gaps where spans were sent: this bound is cheap and never low
+        excess = int(c.execute("SELECT COUNT(*) FROM span_outbox").fetchone()[0]) - self.max_pending_spans
+        if excess <= 0:
+            return 0
+        c.execute(
+            "DELETE FROM span_outbox WHERE seq IN (SELECT seq FROM span_outbox ORDER BY seq LIMIT ?)",
+            (excess,),
+        )
+        return excess
+
+    def _apply(self, b: StateBatch) -> None:
+        c = self._conn
+        c.executemany("INSERT OR IGNORE INTO delivered (key, task_id) VALUES (?, ?)", b.delivered)
+        c.executemany(
+            "INSERT OR REPLACE INTO terminal (task_id, rack_id, finished_at) VALUES (?, ?, ?)",
+            [(t, r, f) for t, (r, f) in b.terminal.items()],
+        )
+        c.executemany(
+            "INSERT OR REPLACE INTO racks (rack_id, site_id, baselined_at, baseline_total, last_total,"
+            " seen_new, unobserved) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(r, *row) for r, row in b.racks.items()],
+        )
+        c.executemany(
+            "INSERT OR REPLACE INTO unobserved (site_id, count) VALUES (?, ?)", list(b.unobserved.items())
+        )
+        c.executemany(
+            "INSERT OR REPLACE INTO totals (site_id, status, operation, count) VALUES (?, ?, ?, ?)",
+            [(*k, n) for k, n in b.totals.items()],
+        )
+        c.executemany(
+            "INSERT OR REPLACE INTO tray_failures (site_id, rack_id, tray_id, tray_type, count) VALUES (?, ?, ?, ?, ?)",
+            [(*k, n) for k, n in b.tray_failures.items()],
+        )
+        c.executemany(
+            "INSERT OR REPLACE INTO tracked (task_id, site_id, rack_id, trays) VALUES (?, ?, ?, ?)",
+            [(t, s, r, _trays_text(trays)) for t, (s, r, trays) in b.tracked.items() if t not in b.untracked],
+        )
+        c.executemany(
+            "INSERT OR REPLACE INTO finished (task_id, site_id, rack_id, trays, first_seen, finished_seen_at,"
+            " task) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (t, s, r, _trays_text(trays), first, seen, task)
+                for t, (s, r, trays, first, seen, task) in b.finished.items()
+                if t not in b.forget_finished
+            ],
+        )
+        c.executemany("INSERT OR IGNORE INTO span_outbox (key, body) VALUES (?, ?)", b.spans)
+        c.executemany("DELETE FROM tracked WHERE task_id = ?", [(t,) for t in b.untracked])
+        c.executemany("DELETE FROM finished WHERE task_id = ?", [(t,) for t in b.forget_finished])
+        c.executemany("DELETE FROM delivered WHERE task_id = ?", [(t,) for t in b.forget_delivered])
+        c.executemany("DELETE FROM terminal WHERE task_id = ?", [(t,) for t in b.forget_terminal])
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
+
+
+def _trays(text: str | None) -> frozenset[str] | None:
+    return frozenset(json.loads(text)) if text is not None else None
+
+
+def _trays_text(trays: frozenset[str] | None) -> str | None:
+    return None if trays is None else json.dumps(sorted(trays))
 
 
 def _is_unwritable(exc: sqlite3.Error) -> bool:

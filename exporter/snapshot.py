@@ -44,10 +44,10 @@ from exporter.metrics import (
     ClientMetrics,
     HistogramSet,
     SeriesOptions,
-    SpanCounters,
     TaskMetrics,
     task_series,
 )
+from exporter.outbox import SenderStats
 
 if TYPE_CHECKING:
     from exporter.models import Task
@@ -212,7 +212,8 @@ class Publisher:
 
     Args:
         store, poller: the state (read on this thread only).
-        task_metrics, client_metrics, spans: the counters and histograms fed on this thread.
+        task_metrics, client_metrics: the counters and histograms fed on this thread.
+        spans: the span sender's latest stats (a frozen value the sender replaces).
         options: what the per-task generator emits (allow/deny lists, one-hot status, stages).
         persistent: whether state survives restarts (``nico_exporter_state_persistent``).
         clock: epoch seconds, stamped on each snapshot.
@@ -225,7 +226,7 @@ class Publisher:
         task_metrics: TaskMetrics,
         client_metrics: ClientMetrics,
         *,
-        spans: SpanCounters | None = None,
+        spans: Callable[[], SenderStats] | None = None,
         options: SeriesOptions | None = None,
         persistent: bool = True,
         clock: Callable[[], float] = time.time,
@@ -234,7 +235,7 @@ class Publisher:
         self.poller = poller
         self.task_metrics = task_metrics
         self.client_metrics = client_metrics
-        self.spans = spans or SpanCounters()
+        self.spans = spans or SenderStats
         self.options = options or SeriesOptions()
         self.persistent = persistent
         self.clock = clock
@@ -395,9 +396,13 @@ class Publisher:
 
     def _self(self) -> dict[str, Samples]:
         c, p, s = self.client_metrics, self.poller, self.store
+        spans = self.spans()
         scalars: dict[str, float] = {
-            "nico_exporter_spans_exported_total": self.spans.exported,
-            "nico_exporter_span_export_errors_total": self.spans.errors,
+            "nico_exporter_spans_exported_total": float(spans.exported),
+            "nico_exporter_span_export_errors_total": float(spans.errors),
+            "nico_exporter_spans_pending": float(spans.pending),
+            "nico_exporter_spans_dropped_total": float(getattr(s.persistence, "spans_dropped", 0)),
+            "nico_exporter_spans_resent_total": float(spans.resent),
             "nico_exporter_ready": 1.0 if p.ready else 0.0,
             "nico_exporter_tracked_tasks": float(len(s.tasks)),
             "nico_exporter_shard": float(p.shard.index),
@@ -410,6 +415,7 @@ class Publisher:
             "nico_exporter_final_fetch_queue": float(len(p.final_fetches)),
             "nico_exporter_tasks_vanished_total": float(s.vanished),
             "nico_exporter_state_write_errors_total": float(getattr(s.persistence, "write_errors", 0)),
+            "nico_exporter_state_pending_writes": float(len(s.unwritten)),
             "nico_exporter_state_persistent": 1.0 if self.persistent else 0.0,
         }
         out: dict[str, Samples] = {name: (((), value),) for name, value in scalars.items()}

@@ -25,6 +25,7 @@ No I/O and no clock reads here: the caller passes ``now`` (epoch seconds).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +34,7 @@ from enum import StrEnum
 
 from exporter.models import ReportStage, ReportStatus, ReportStep, Task, TaskStatus
 from exporter.operations import Classifier, Operation
-from exporter.persistence import NullPersistence, Persistence, RackRow, StateBatch
+from exporter.persistence import FinishedRow, NullPersistence, Persistence, RackRow, StateBatch
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,10 @@ class Store:
         # Tasks named terminal by a list without report, waiting for their final fetch.
         self.pending: dict[str, tuple[str, str]] = {}
         self._batch = StateBatch()
+        # Batches whose write failed, oldest first: written, in order, with the next commit.
+        self.unwritten: list[StateBatch] = []
+        for task_id, row in loaded.finished.items():
+            self._restore_finished(task_id, row)
         self.vanished = 0
         # Finished tasks named after they were counted unobserved (not counted twice).
         self.absorbed = 0
@@ -245,17 +250,30 @@ class Store:
         self._after_commit.append(listener)
 
     def commit(self) -> None:
-        """Write the transitions and state changes since the last commit in one transaction."""
-        if self._batch.empty:
+        """Write the transitions and state changes since the last commit in one transaction.
+
+        A batch that could not be written is kept and written, before the new one and in the
+        same transaction, by the next commit: after a full disk clears nothing is lost, and
+        nothing is counted twice after a restart. Effects that wait for the disk (span export)
+        wait with it.
+        """
+        if self._batch.empty and not self.unwritten:
             return
-        batch, self._batch = self._batch, StateBatch()
-        if not self.persistence.write(batch):
-            return  # not on disk: effects wait for a commit that is (they may repeat after a restart)
+        batches = [*self.unwritten, self._batch] if not self._batch.empty else list(self.unwritten)
+        self._batch = StateBatch()
+        if not self.persistence.write(*batches):
+            self.unwritten = batches
+            return
+        self.unwritten = []
         for listener in self._after_commit:
             try:
                 listener()
             except Exception:  # a broken listener must not stop polling
                 log.exception("after-commit listener failed")
+
+    def outbox(self, spans: Iterable[tuple[str, str]]) -> None:
+        """Spans (key, encoded) made final by the transition being delivered: written with it."""
+        self._batch.spans.extend(spans)
 
     def take_touched(self) -> set[str]:
         """The ids of tasks added, changed or dropped since the last call (and forget them)."""
@@ -548,11 +566,47 @@ class Store:
         self.terminal[record.id] = finished_at
         self._batch.terminal[record.id] = (record.rack_id, finished_at)
         self._batch.untracked.add(record.id)
+        self._batch.finished[record.id] = self._finished_row(record)
         if self._deliver(Transition(Kind.FINISHED, "finished", record, now)):
             key = (record.site_id, record.status.value, record.operation.value)
             self.totals.tasks[key] = self.totals.tasks.get(key, 0) + 1
             self._batch.totals[key] = self.totals.tasks[key]
             self._count_tray_failures(record)
+
+    @staticmethod
+    def _finished_row(record: TaskRecord) -> FinishedRow:
+        assert record.finished_seen_at is not None
+        return (
+            record.site_id,
+            record.rack_id,
+            record.trays,
+            record.first_seen,
+            record.finished_seen_at,
+            record.task.to_json(),
+        )
+
+    def _restore_finished(self, task_id: str, row: FinishedRow) -> None:
+        """A task that finished within its TTL before the restart: its series come back as they were."""
+        site_id, rack_id, trays, first_seen, finished_seen_at, text = row
+        try:
+            task = Task.parse(json.loads(text))
+        except ValueError:  # pydantic's ValidationError and JSON errors alike
+            log.warning("finished task unreadable in the state file; dropped", extra={"task_id": task_id})
+            self._batch.forget_finished.add(task_id)
+            return
+        record = TaskRecord(
+            site_id=site_id,
+            rack_id=rack_id,
+            task=task,
+            operation=self.classifier.classify(task.description, task.report),
+            first_seen=first_seen,
+            observed_at=finished_seen_at,
+            trays=trays,
+            finished_seen_at=finished_seen_at,
+        )
+        self.tasks[task_id] = record
+        self.touched.add(task_id)
+        self._by_rack.setdefault(rack_id, set()).add(task_id)
 
     def _count_tray_failures(self, record: TaskRecord) -> None:
         """A failed task counts once against each of its trays, when both are known."""
@@ -560,7 +614,7 @@ class Store:
             return
         if "finished" not in self._delivered.get(record.id, ()):
             return
-        if not self._claim(record.id, f"{record.id}/trays-failed"):
+        if not self._claim(record.id, "trays-failed"):
             return
         for tray in record.trays:
             key = (record.site_id, record.rack_id, tray, self.tray_types.get(tray, "Unknown"))
@@ -581,7 +635,10 @@ class Store:
             self._rack_trays[record.rack_id] = settled
         record.trays = settled
         self.touched.add(task_id)
-        self._batch.tracked[task_id] = (record.site_id, record.rack_id, record.trays)
+        if record.finished_seen_at is not None:
+            self._batch.finished[task_id] = self._finished_row(record)
+        else:
+            self._batch.tracked[task_id] = (record.site_id, record.rack_id, record.trays)
         self._count_tray_failures(record)
 
     def vanish(self, task_id: str, now: float) -> None:
@@ -632,6 +689,7 @@ class Store:
         self._delivered.pop(task_id, None)
         self._batch.untracked.add(task_id)
         self._batch.forget_delivered.add(task_id)
+        self._batch.forget_finished.add(task_id)
 
     def drop_rack(self, rack_id: str) -> None:
         """A rack left the inventory: its tasks and their series go.

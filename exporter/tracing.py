@@ -17,10 +17,10 @@ clock, so :func:`stage_span`, :func:`step_span` and :func:`task_spans` are pure.
 
 Emission follows the store's exactly-once transitions: a stage or step span when it is final
 (``STAGE_FINISHED`` / ``STEP_FINISHED``), the root and queue spans when the task is terminal
-(``FINISHED``). :class:`SpanBuilder` keeps the spans of a poll pending and hands them to the
-batch processor only after the store committed the transitions (``Store.after_commit``): a crash
-before the commit redelivers them after the restart instead of sending them twice. Spans still
-in the batch queue when the process is killed are lost (at most once after the commit).
+(``FINISHED``). :class:`SpanBuilder` puts each span into the outbox in the same commit as its
+transition, and the outbox's sender deletes it only after its export succeeded
+(:mod:`exporter.outbox`): a kill at any moment loses no span, and the only duplicate is a span
+exported but not yet marked sent, the identical span again.
 
 Export (:func:`configure_tracing`) is OTLP over HTTP or gRPC, configured by the standard
 ``OTEL_*`` environment; without an endpoint tracing is off and nothing is subscribed.
@@ -28,11 +28,12 @@ Export (:func:`configure_tracing`) is OTLP over HTTP or gRPC, configured by the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,14 +41,15 @@ from typing import TYPE_CHECKING
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
 from exporter import __version__
-from exporter.metrics import SpanCounters, failure_context, trace_id
+from exporter.metrics import failure_context, trace_id
 from exporter.models import ReportStage, ReportStatus, ReportStep, TaskStatus
+from exporter.outbox import Outbox, Sender
 from exporter.state import Kind, TaskRecord, Transition
 
 if TYPE_CHECKING:
@@ -372,37 +374,40 @@ def task_spans(
 
 
 class SpanBuilder:
-    """Store subscriber: transitions become spans, handed to ``sink`` after each commit.
+    """Store subscriber: each span made final by a transition goes into the outbox, in the
+    transition's own commit (``Store.outbox``); :mod:`exporter.outbox` sends it from there.
 
     Args:
-        sink: receives each finished span once (``BatchSpanProcessor.on_end``).
         settings: resource and name lookups shared by every span.
     """
 
-    def __init__(self, sink: Callable[[ReadableSpan], None], settings: SpanSettings) -> None:
-        self.sink = sink
+    def __init__(self, settings: SpanSettings) -> None:
         self.settings = settings
-        self.pending: list[ReadableSpan] = []
+        self._store: Store | None = None
         # Status changes by task until its root span is built (insertion order: oldest first).
         self.events: dict[str, list[Event]] = {}
 
     def attach(self, store: Store) -> None:
-        """Subscribe to ``store``'s transitions and hand spans over after its commits."""
+        """Subscribe to ``store``'s transitions."""
+        self._store = store
         store.subscribe(self.on_transition)
-        store.after_commit(self.flush)
+
+    def _emit(self, spans: Sequence[ReadableSpan]) -> None:
+        assert self._store is not None, "attach the builder to a store first"
+        self._store.outbox([(span_key(span), encode_span(span)) for span in spans])
 
     def on_transition(self, t: Transition) -> None:
         record = t.record
         if t.kind is Kind.STAGE_FINISHED and t.stage is not None:
-            self.pending.append(stage_span(record, t.stage, self.settings))
+            self._emit([stage_span(record, t.stage, self.settings)])
         elif t.kind is Kind.STEP_FINISHED and t.stage is not None and t.step is not None:
             index = t.step_index if t.step_index is not None else 0
-            self.pending.append(step_span(record, t.stage, t.step, index, self.settings))
+            self._emit([step_span(record, t.stage, t.step, index, self.settings)])
         elif t.kind is Kind.STATUS_CHANGED:
             self._remember(t)
         elif t.kind is Kind.FINISHED:
             events = self.events.pop(record.id, [])
-            self.pending.extend(task_spans(record, self.settings, observed_at=t.observed_at, events=events))
+            self._emit(task_spans(record, self.settings, observed_at=t.observed_at, events=events))
         elif t.kind is Kind.VANISHED:
             self.events.pop(record.id, None)
 
@@ -415,66 +420,100 @@ class SpanBuilder:
         if len(events) < MAX_EVENTS_PER_TASK:
             events.append(status_event(t))
 
-    def flush(self) -> None:
-        """Hand the pending spans on: called once their transitions are on disk."""
-        pending, self.pending = self.pending, []
-        for span in pending:
-            self.sink(span)
+
+# -- the outbox's encoding -------------------------------------------------------------------------
+
+
+def span_key(span: ReadableSpan) -> str:
+    """The span's identity in the outbox: trace id and span id (deterministic, see span_id)."""
+    context = span.get_span_context()
+    assert context is not None
+    return f"{context.trace_id:032x}/{context.span_id:016x}"
+
+
+def _attrs_out(attrs: Mapping[str, AttributeValue] | None) -> dict[str, object]:
+    return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in (attrs or {}).items()}
+
+
+def _attrs_in(attrs: Mapping[str, object]) -> Attributes:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items()}  # type: ignore[misc]
+
+
+def encode_span(span: ReadableSpan) -> str:
+    """A span as JSON, everything but its resource (the exporter's own, added back on decode)."""
+    context = span.get_span_context()
+    assert context is not None
+    return json.dumps(
+        {
+            "name": span.name,
+            "trace": f"{context.trace_id:032x}",
+            "span": f"{context.span_id:016x}",
+            "parent": f"{span.parent.span_id:016x}" if span.parent is not None else None,
+            "start": span.start_time,
+            "end": span.end_time,
+            "kind": span.kind.name,
+            "attributes": _attrs_out(span.attributes),
+            "events": [[e.name, e.timestamp, _attrs_out(e.attributes)] for e in span.events],
+            "status": [span.status.status_code.name, span.status.description],
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode_span(text: str, resource: Resource) -> ReadableSpan:
+    """The span :func:`encode_span` wrote, with ``resource``; raises ValueError/KeyError if unreadable."""
+    data = json.loads(text)
+    trace = int(data["trace"], 16)
+
+    def context(span: str) -> SpanContext:
+        return SpanContext(trace, int(span, 16), is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+    code, description = data["status"]
+    return ReadableSpan(
+        data["name"],
+        context=context(data["span"]),
+        parent=context(data["parent"]) if data["parent"] else None,
+        resource=resource,
+        attributes=_attrs_in(data["attributes"]),
+        events=[Event(name, _attrs_in(attrs), timestamp) for name, timestamp, attrs in data["events"]],
+        kind=SpanKind[data["kind"]],
+        status=Status(StatusCode[code], description),
+        start_time=data["start"],
+        end_time=data["end"],
+        instrumentation_scope=SCOPE,
+    )
 
 
 # -- export ----------------------------------------------------------------------------------------
 
 
-class CountingSpanExporter(SpanExporter):
-    """Delegates to an OTLP exporter and counts spans exported and spans that failed."""
-
-    def __init__(self, inner: SpanExporter, counters: SpanCounters) -> None:
-        self.inner = inner
-        self.counters = counters
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self.inner.export(spans)
-        except Exception:
-            log.exception("span export failed")
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            self.counters.exported += len(spans)
-        else:
-            self.counters.errors += len(spans)
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-
 @dataclass
 class TracingHandle:
-    """Tracing when it is on: the batch processor, its exporter and the resource."""
+    """Tracing when it is on: the OTLP exporter, the resource, and (once wired) the sender."""
 
-    processor: BatchSpanProcessor
-    exporter: CountingSpanExporter
+    exporter: SpanExporter
     resource: Resource
     protocol: str
     endpoint: str
+    sender: Sender | None = None
 
     def builder(self, *, site_name: NameLookup = _no_name, rack_name: NameLookup = _no_name) -> SpanBuilder:
-        return SpanBuilder(self.processor.on_end, SpanSettings(self.resource, site_name, rack_name))
+        return SpanBuilder(SpanSettings(self.resource, site_name, rack_name))
+
+    def start_sender(self, outbox: Outbox, *, durable: bool) -> Sender:
+        """Start sending ``outbox``'s pending spans (its own thread)."""
+        self.sender = Sender(
+            outbox, self.exporter, functools.partial(decode_span, resource=self.resource), durable=durable
+        )
+        self.sender.start()
+        return self.sender
 
     def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
-        """Flush queued spans and stop, within ``timeout_s`` even if the receiver is down.
-
-        The processor's own shutdown waits up to 30 s; past ``timeout_s`` the OTLP exporter is
-        shut down, which aborts its retries, and what is left is dropped.
-        """
-        worker = threading.Thread(target=self.processor.shutdown, name="tracing-shutdown", daemon=True)
-        worker.start()
-        worker.join(timeout_s)
-        if worker.is_alive():
-            log.warning("span export did not finish in %.0fs; dropping the rest", timeout_s)
+        """Send what is pending for up to ``timeout_s`` (even if the receiver is down), then stop.
+        Whatever is left stays in the outbox for the next start."""
+        if self.sender is not None:
+            self.sender.stop(timeout_s)
+        with contextlib.suppress(Exception):
             self.exporter.shutdown()
 
 
@@ -484,7 +523,6 @@ def _env(environ: Mapping[str, str], *names: str) -> str:
 
 def configure_tracing(
     service_name: str = DEFAULT_SERVICE_NAME,
-    counters: SpanCounters | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> TracingHandle | None:
     """Tracing as the standard ``OTEL_*`` environment asks, or ``None`` when it is off.
@@ -492,9 +530,8 @@ def configure_tracing(
     Off when ``OTEL_SDK_DISABLED=true``, ``OTEL_TRACES_EXPORTER=none``, or neither
     ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` nor ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set. The
     protocol (``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL``) is ``http/protobuf`` (default) or
-    ``grpc``; headers, timeout, compression and TLS are read by the OTLP exporter itself, and
-    ``OTEL_BSP_*`` by the batch processor. Export runs on the processor's thread: it never blocks
-    polling or scrapes.
+    ``grpc``; headers, timeout, compression and TLS are read by the OTLP exporter itself. Export
+    runs on the sender's thread (:mod:`exporter.outbox`): it never blocks polling or scrapes.
     """
     env = os.environ if environ is None else environ
     if _env(env, "OTEL_SDK_DISABLED").lower() == "true":
@@ -522,8 +559,7 @@ def configure_tracing(
 
         endpoint = traces_endpoint or base_endpoint.removesuffix("/") + "/v1/traces"
         inner = HttpExporter(endpoint=endpoint)
-    exporter = CountingSpanExporter(inner, counters if counters is not None else SpanCounters())
     resource = Resource.create({"service.name": service_name, "service.version": __version__})
-    handle = TracingHandle(BatchSpanProcessor(exporter), exporter, resource, protocol, endpoint)
+    handle = TracingHandle(inner, resource, protocol, endpoint)
     log.info("tracing on", extra={"endpoint": endpoint, "protocol": protocol})
     return handle

@@ -151,11 +151,11 @@ class DiesBeforeCommit(SqlitePersistence):
         super().__init__(path)
         self.survive = survive
 
-    def write(self, batch: StateBatch) -> bool:
+    def write(self, *batches: StateBatch) -> bool:
         if self.survive <= 0:
             raise KilledError
         self.survive -= 1
-        return super().write(batch)
+        return super().write(*batches)
 
 
 class KilledError(BaseException):

@@ -27,7 +27,6 @@ from exporter.metrics import (
     FAMILY,
     ClientMetrics,
     SeriesOptions,
-    SpanCounters,
     TaskMetrics,
     family_filter,
 )
@@ -202,7 +201,6 @@ class FleetState:
             self.poller,
             self.task_metrics,
             self.client_metrics,
-            spans=SpanCounters(),
             options=options or SeriesOptions(per_task_stages=self.fleet.per_task_stages),
         )
         return publisher.publish()

@@ -31,13 +31,13 @@ from exporter.metrics import (
     TASK_BUCKETS,
     ClientMetrics,
     SeriesOptions,
-    SpanCounters,
     TaskMetrics,
     failure_reason,
     short_error,
     trace_id,
 )
 from exporter.models import Rack, Site, Task
+from exporter.outbox import SenderStats
 from exporter.persistence import SqlitePersistence
 from exporter.poller import FinalFetch, Poller, RackEntry, SiteHealth
 from exporter.sharding import Shard
@@ -175,7 +175,7 @@ class World:
     store: Store = field(default_factory=Store)
     task_metrics: TaskMetrics = field(default_factory=TaskMetrics)
     client_metrics: ClientMetrics = field(default_factory=ClientMetrics)
-    spans: SpanCounters = field(default_factory=SpanCounters)
+    spans: SenderStats = field(default_factory=SenderStats)
     poller: Poller = field(init=False)
 
     def __post_init__(self) -> None:
@@ -190,7 +190,7 @@ class World:
             self.poller,
             self.task_metrics,
             self.client_metrics,
-            spans=self.spans,
+            spans=lambda: self.spans,
             options=SeriesOptions(per_task_stages=per_task_stages, **options),
             persistent=persistent,
         )
@@ -708,7 +708,7 @@ def test_poller_store_and_span_self_metrics(world: World) -> None:
     world.observe(running_power_on(1), T0 + 50)
     world.observe(task(9, "Running", started=T0), T0 + 50)
     world.store.vanish(tid(9), T0 + 60)
-    world.spans.exported, world.spans.errors = 40, 3
+    world.spans = SenderStats(exported=40, errors=3, resent=2, pending=6)
     reg = world.registry(persistent=False)
     expected = {
         "nico_exporter_ready": 1,
@@ -723,7 +723,11 @@ def test_poller_store_and_span_self_metrics(world: World) -> None:
         "nico_exporter_tasks_vanished_total": 1,
         "nico_exporter_spans_exported_total": 40,
         "nico_exporter_span_export_errors_total": 3,
+        "nico_exporter_spans_resent_total": 2,
+        "nico_exporter_spans_pending": 6,
+        "nico_exporter_spans_dropped_total": 0,
         "nico_exporter_state_write_errors_total": 0,
+        "nico_exporter_state_pending_writes": 0,
         "nico_exporter_state_persistent": 0,
     }
     assert {name: reg.get_sample_value(name) for name in expected} == expected
@@ -802,7 +806,7 @@ def populated_world() -> World:
     world.client_metrics.on_request(RequestEvent("/site", "GET", "200", 0.1, 1))
     world.client_metrics.on_parse_error(ParseEvent("/site", "invalid_site", "id"))
     world.poller.stats.shed = {"reconcile": 1}
-    world.spans.exported = 5
+    world.spans = SenderStats(exported=5)
     return world
 
 

@@ -877,6 +877,62 @@ async def test_global_down_and_site_outages(w: World) -> None:
     assert (await w.rack_tasks()).status_code == 200
 
 
+async def test_a_logical_call_fails_on_every_retry_until_its_window_ends() -> None:
+    ticks = FakeMonotonic()
+    async for w in make_world(config(), monotonic=ticks):
+        w.sim.configure_faults({"call_failure": 1.0, "call_failure_seconds": 20.0, "seed": 4})
+        kind = w.sim.faults.call(f"GET /v2/org/{ORG}/nico/rack/{w.rack_id}/task?siteId={w.site_id}")
+        assert kind is not None and kind.failure is not None
+        # Every attempt of the same call gets the same failure: a client's retries cannot absorb it.
+        again = [
+            w.sim.faults.call(f"GET /v2/org/{ORG}/nico/rack/{w.rack_id}/task?siteId={w.site_id}")
+            for _ in range(5)
+        ]
+        assert again == [kind] * 5 and w.sim.faults.calls_failed == 1
+        w.sim.configure_faults({"call_failure": 0.0})
+        assert (await w.rack_tasks()).status_code == 200
+        w.sim.configure_faults({"call_failure": 1.0})
+        ticks.value += 100.0
+        failed = [await w.get("/site", isFlowEnabled="true") for _ in range(3)]
+        kinds = {r.status_code for r in failed}
+        assert len(kinds) == 1 and kinds <= {500, 503, 200}  # one failure for the call (a cut body is a 200)
+        assert w.sim.faults.calls_failed == 2
+        ticks.value += 21.0  # the window is over: the call is drawn again (and fails again at 1.0)
+        await w.get("/site", isFlowEnabled="true")
+        assert w.sim.faults.calls_failed == 3
+
+
+async def test_a_stalled_call_waits_on_every_attempt() -> None:
+    ticks = FakeMonotonic()
+    async for w in make_world(config(), monotonic=ticks):
+        w.sim.configure_faults({"stall": 1.0, "stall_seconds": 0.05})
+        began = time.monotonic()
+        assert (await w.rack_tasks()).status_code == 200
+        assert (await w.rack_tasks()).status_code == 200
+        assert time.monotonic() - began >= 0.1
+        assert w.sim.faults.calls_stalled == 1
+
+
+async def test_bursts_and_429_storms_come_and_go_on_their_schedule() -> None:
+    ticks = FakeMonotonic()
+    async for w in make_world(config(), monotonic=ticks):
+        w.sim.configure_faults({"burst_every_s": 100.0, "burst_seconds": 10.0})
+        assert (await w.rack_tasks()).status_code == 500  # the window opens at once
+        ticks.value += 10.0
+        assert (await w.rack_tasks()).status_code == 200
+        ticks.value += 90.0
+        assert (await w.rack_tasks()).status_code == 500
+        w.sim.configure_faults({"burst_every_s": 0.0, "burst_seconds": 0.0})
+        w.sim.configure_faults({"throttle_every_s": 60.0, "throttle_seconds": 20.0})
+        storm = await w.get("/site")
+        assert storm.status_code == 429 and storm.json()["message"].startswith("Request rate limit exceeded")
+        assert (await w.http.get("/healthz")).status_code == 429  # every route
+        ticks.value += 20.0
+        assert (await w.get("/site")).status_code == 200
+    with pytest.raises(ValueError):
+        FaultConfig(burst_every_s=10.0, burst_seconds=10.0)
+
+
 def test_fault_config_validation() -> None:
     with pytest.raises(ValueError):
         FaultConfig(error_5xx=1.5)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from exporter.metrics import SeriesOptions, task_series
 from exporter.models import Task, TaskStatus
 from exporter.operations import Operation
-from exporter.persistence import SqlitePersistence
+from exporter.persistence import SqlitePersistence, StateBatch
 from exporter.state import Kind, Store, Transition
 
 SITE = "11111111-1111-4111-8111-111111111111"
@@ -592,3 +594,96 @@ def test_delivered_keys_of_tasks_finished_before_a_restart_are_forgotten(db: Pat
     remaining = p2.load().delivered
     p2.close()
     assert remaining == []
+
+
+# -- a state file that fails, and finished tasks across a restart ----------------------------------
+
+
+class DiskFull(SqlitePersistence):
+    """A state file whose disk is full while ``full`` is set: every write fails as SQLite's does."""
+
+    full = False
+
+    def _write(self, batches: tuple[StateBatch, ...]) -> None:
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        super()._write(batches)
+
+
+def test_writes_that_fail_are_kept_and_land_with_the_next_commit(db: Path) -> None:
+    persistence = DiskFull(db)
+    first = Store(persistence)
+    first.begin_baseline(RACK, SITE, T0)
+    first.observe_total(RACK, 0)
+    first.commit()
+    persistence.full = True
+    first.observe(SITE, RACK, task(1, rep=power_on_report(1), created=T0 + 1), T0 + 1)
+    first.commit()
+    first.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 5, created=T0 + 1), T0 + 5)
+    first.observe(SITE, RACK, done_task(2, finished=T0 + 6, created=T0 + 2), T0 + 6)
+    first.commit()
+    assert persistence.write_errors == 2 and len(first.unwritten) == 2
+    persistence.full = False  # the disk has room again
+    first.commit()  # nothing new: the kept batches alone
+    assert first.unwritten == []
+    persistence.close()
+
+    second, p2 = open_store(db)
+    rec = Recorder(second)
+    assert second.totals.tasks == {(SITE, "Failed", "power_on"): 1, (SITE, "Succeeded", "power_on"): 1}
+    assert set(second.terminal) == {tid(1), tid(2)}
+    # Seen again after the restart: nothing delivered twice, nothing counted twice.
+    second.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 5, created=T0 + 1), T0 + 9)
+    second.observe(SITE, RACK, done_task(2, finished=T0 + 6, created=T0 + 2), T0 + 9)
+    assert rec.take() == []
+    assert second.totals.tasks == {(SITE, "Failed", "power_on"): 1, (SITE, "Succeeded", "power_on"): 1}
+    p2.close()
+
+
+def test_a_kill_while_the_disk_is_full_loses_only_what_was_never_written(db: Path) -> None:
+    """The kept batches die with the process; the restart then sees those tasks for the first time
+    and counts each once (not zero times, not twice)."""
+    persistence = DiskFull(db)
+    first = Store(persistence)
+    first.begin_baseline(RACK, SITE, T0)
+    first.observe_total(RACK, 0)
+    first.commit()
+    persistence.full = True
+    first.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 5, created=T0 + 1), T0 + 5)
+    first.commit()
+    assert first.totals.tasks == {(SITE, "Failed", "power_on"): 1}
+    persistence.close()  # kill -9: the kept batch is gone
+
+    second, p2 = open_store(db)
+    assert second.totals.tasks == {}
+    second.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 5, created=T0 + 1), T0 + 9)
+    second.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 5, created=T0 + 1), T0 + 12)
+    assert second.totals.tasks == {(SITE, "Failed", "power_on"): 1}
+    p2.close()
+
+
+def test_finished_tasks_keep_their_series_across_a_restart_until_their_ttl(db: Path) -> None:
+    first, p1 = open_store(db, finished_ttl=600)
+    failed = done_task(1, "Failed", finished=T0 + 5, created=T0 + 1)
+    first.observe(SITE, RACK, task(1, rep=power_on_report(1), created=T0 + 1), T0 + 1)
+    first.observe(SITE, RACK, failed, T0 + 5)
+    first.attribute(tid(1), ["tray-a", "tray-b"])  # settled after it finished
+    first.commit()
+    before = task_series(first.tasks[tid(1)], SeriesOptions())
+    assert "nico_task_failure_info" in before
+    p1.close()
+
+    second, p2 = open_store(db, finished_ttl=600)
+    restored = second.tasks[tid(1)]
+    assert restored.task == failed
+    assert (restored.trays, restored.finished_seen_at) == (frozenset({"tray-a", "tray-b"}), T0 + 5)
+    assert task_series(restored, SeriesOptions()) == before  # every series as it was
+    assert tid(1) in second.take_touched()  # the first snapshot after the restart shows it
+    assert second.expire(T0 + 5 + 599) == []
+    assert second.expire(T0 + 5 + 600) == [tid(1)]
+    second.commit()
+    p2.close()
+
+    third, p3 = open_store(db, finished_ttl=600)
+    assert tid(1) not in third.tasks
+    p3.close()

@@ -6,6 +6,7 @@ and spans land in an ``InMemorySpanExporter``; nothing touches the network.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections import Counter
@@ -18,22 +19,23 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from exporter.app import build
+from exporter.app import build, start_tracing
 from exporter.config import Config, load_config
-from exporter.metrics import SpanCounters
 from exporter.models import Task
-from exporter.persistence import SqlitePersistence
+from exporter.outbox import MemoryOutbox, Outbox, Sender, SqliteOutbox
+from exporter.persistence import NullPersistence, SqlitePersistence, StateBatch
 from exporter.simulator import ScenarioConfig
 from exporter.state import Store
 from exporter.tracing import (
-    CountingSpanExporter,
     SpanBuilder,
     SpanSettings,
     configure_tracing,
+    decode_span,
+    encode_span,
     span_id,
 )
 from tests.pollharness import DiesBeforeCommit, Harness, KilledError, expected_finished, simulation
@@ -117,21 +119,33 @@ def task(
     return Task.parse(data)
 
 
+RESOURCE = Resource.create({"service.name": "nico"})
+
+
+def sender_for(outbox: Outbox, memory: SpanExporter, *, durable: bool = False) -> Sender:
+    """The outbox's sender, run on the test's thread (``drain``) instead of its own."""
+    return Sender(outbox, memory, functools.partial(decode_span, resource=RESOURCE), durable=durable)
+
+
 @dataclass
 class World:
-    """A store with a span builder attached; spans land in ``memory`` after each commit."""
+    """A store with a span builder attached; spans go through the (memory) outbox and its
+    sender, encoded and decoded, and land in ``memory`` after each commit."""
 
-    store: Store = field(default_factory=Store)
+    outbox: MemoryOutbox = field(default_factory=MemoryOutbox)
     memory: InMemorySpanExporter = field(default_factory=InMemorySpanExporter)
 
     def __post_init__(self) -> None:
+        self.store = Store(NullPersistence(self.outbox))
         settings = SpanSettings(
-            Resource.create({"service.name": "nico"}),
+            RESOURCE,
             site_name=lambda site: "site-a" if site == SITE else "",
             rack_name=lambda rack: "rack-1" if rack == RACK else "",
         )
-        self.builder = SpanBuilder(SimpleSpanProcessor(self.memory).on_end, settings)
+        self.builder = SpanBuilder(settings)
         self.builder.attach(self.store)
+        self.sender = sender_for(self.outbox, self.memory)
+        self.store.after_commit(self.sender.drain_after_commit)
 
     def observe(self, t: Task, at: float, *, commit: bool = True) -> None:
         self.store.observe(SITE, RACK, t, at)
@@ -266,13 +280,13 @@ def test_stage_spans_leave_when_final_and_the_root_only_when_the_task_ends(world
     assert "power_on" in names and "stage 2 Compute" in names
 
 
-def test_spans_are_handed_over_only_after_the_commit(world: World) -> None:
+def test_spans_enter_the_outbox_only_with_their_commit(world: World) -> None:
     world.observe(succeeded(), T0 + 60, commit=False)
     assert world.memory.get_finished_spans() == ()
-    assert world.builder.pending
+    assert world.outbox.count() == 0
     world.store.commit()
     assert len(world.memory.get_finished_spans()) == 7
-    assert world.builder.pending == []
+    assert world.outbox.count() == 0
 
 
 # -- status mapping and the steps that never ran ---------------------------------------------------
@@ -481,8 +495,13 @@ def test_a_task_that_never_started_queued_until_it_ended(world: World) -> None:
 # -- exactly once across a restart -----------------------------------------------------------------
 
 
-def traced(h: Harness, memory: InMemorySpanExporter) -> None:
-    SpanBuilder(SimpleSpanProcessor(memory).on_end, SpanSettings(Resource.create({}))).attach(h.store)
+def traced(h: Harness, db: Path, memory: InMemorySpanExporter) -> Sender:
+    """Spans of ``h`` through the state file's outbox, sent after each commit."""
+    SpanBuilder(SpanSettings(RESOURCE)).attach(h.store)
+    sender = sender_for(SqliteOutbox(db), memory, durable=True)
+    h.store.after_commit(sender.drain_after_commit)
+    sender.drain()  # what the last process left pending goes first
+    return sender
 
 
 @pytest.mark.parametrize("survive", [40, 200])
@@ -501,14 +520,14 @@ async def test_a_kill_then_a_restart_sends_each_span_once(tmp_path: Path, surviv
     db = tmp_path / "state.db"
     memory = InMemorySpanExporter()
     victim = Harness(sim, clock, persistence=DiesBeforeCommit(db, survive))
-    traced(victim, memory)
+    traced(victim, db, memory)
     with pytest.raises(KilledError):
         await victim.run(2 * 3600, step=2)
     sent_before = len(memory.get_finished_spans())
     assert victim.started_at is not None
     await victim.close()
     survivor = Harness(sim, clock, persistence=SqlitePersistence(db))
-    traced(survivor, memory)
+    traced(survivor, db, memory)
     await survivor.run(3 * 3600, step=2)
     await survivor.close()
 
@@ -544,17 +563,62 @@ class Scripted(SpanExporter):
         self.shut = True
 
 
-def test_the_counting_exporter_counts_by_result() -> None:
-    counters = SpanCounters()
-    inner = Scripted([SpanExportResult.SUCCESS, SpanExportResult.FAILURE, RuntimeError("boom")])
-    exporter = CountingSpanExporter(inner, counters)
-    batch = [ReadableSpan("a"), ReadableSpan("b")]
-    assert exporter.export(batch) is SpanExportResult.SUCCESS
-    assert exporter.export(batch) is SpanExportResult.FAILURE
-    assert exporter.export(batch[:1]) is SpanExportResult.FAILURE
-    assert (counters.exported, counters.errors) == (2, 3)
-    exporter.shutdown()
-    assert inner.shut
+def test_the_sender_counts_by_result_and_keeps_what_failed() -> None:
+    outbox = MemoryOutbox()
+    world = World(outbox=outbox)
+    world.store._after_commit.clear()  # sent by hand below
+    world.observe(succeeded(), T0 + 60)
+    assert outbox.count() == 7
+    inner = Scripted([SpanExportResult.FAILURE, RuntimeError("boom"), SpanExportResult.SUCCESS])
+    sender = sender_for(outbox, inner)
+    assert sender.drain() is False  # FAILURE: nothing leaves the outbox
+    assert sender.drain() is False  # an exception: the same
+    assert (sender.stats.exported, sender.stats.errors, outbox.count()) == (0, 14, 7)
+    assert sender.drain() is True
+    assert (sender.stats.exported, sender.stats.errors, outbox.count()) == (7, 14, 0)
+
+
+def test_a_span_survives_its_encoding() -> None:
+    world = World()
+    world.store._after_commit.clear()
+    failed = task(
+        1,
+        "Failed",
+        stage(1, "completed", step("PowerShelf", "completed", T0 + 10, T0 + 20), start=T0 + 10, end=T0 + 20),
+        stage(2, "failed", step("Compute", "failed", T0 + 20, T0 + 50), start=T0 + 20, end=T0 + 50),
+        finished=T0 + 50,
+    )
+    world.observe(failed, T0 + 60)
+    rows = world.outbox.pending(100)
+    memory = InMemorySpanExporter()
+    assert sender_for(world.outbox, memory).drain()
+    for (_, body), span in zip(rows, memory.get_finished_spans(), strict=True):
+        assert encode_span(span) == body
+        assert span.resource is RESOURCE
+    root = next(s for s in memory.get_finished_spans() if s.parent is None)
+    assert root.status.status_code is StatusCode.ERROR
+    assert all(isinstance(v, (str, bool, int, float, tuple)) for v in (root.attributes or {}).values())
+
+
+def test_the_memory_outbox_is_bounded_and_counts_what_it_drops() -> None:
+    outbox = MemoryOutbox(max_pending=3)
+    assert outbox.add([(f"k{n}", f"b{n}") for n in range(5)]) == 2
+    assert [body for _, body in outbox.pending(10)] == ["b2", "b3", "b4"]
+    assert outbox.add([("k4", "again")]) == 0  # a key already pending is not added twice
+    assert outbox.count() == 3
+
+
+def test_the_state_file_outbox_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
+    persistence = SqlitePersistence(tmp_path / "state.db", max_pending_spans=4)
+    assert persistence.write(StateBatch(spans=[(f"k{n}", f"b{n}") for n in range(3)]))
+    assert persistence.write(StateBatch(spans=[(f"k{n}", f"b{n}") for n in range(3, 6)]))
+    assert persistence.spans_dropped == 2
+    outbox = SqliteOutbox(tmp_path / "state.db")
+    assert [body for _, body in outbox.pending(10)] == ["b2", "b3", "b4", "b5"]
+    outbox.done([seq for seq, _ in outbox.pending(2)])
+    assert [body for _, body in outbox.pending(10)] == ["b4", "b5"]
+    outbox.close()
+    persistence.close()
 
 
 @pytest.mark.parametrize(
@@ -567,7 +631,7 @@ def test_the_counting_exporter_counts_by_result() -> None:
     ],
 )
 def test_tracing_is_off_without_an_endpoint_or_when_disabled(env: dict[str, str]) -> None:
-    assert configure_tracing("nico", SpanCounters(), env) is None
+    assert configure_tracing("nico", env) is None
 
 
 @pytest.mark.parametrize(
@@ -591,7 +655,7 @@ def test_tracing_is_off_without_an_endpoint_or_when_disabled(env: dict[str, str]
     ],
 )
 def test_tracing_follows_the_otel_environment(env: dict[str, str], protocol: str, endpoint: str) -> None:
-    handle = configure_tracing("nico-test", SpanCounters(), env)
+    handle = configure_tracing("nico-test", env)
     assert handle is not None
     try:
         assert (handle.protocol, handle.endpoint) == (protocol, endpoint)
@@ -600,26 +664,31 @@ def test_tracing_follows_the_otel_environment(env: dict[str, str], protocol: str
         handle.shutdown(timeout_s=2)
 
 
-def test_shutdown_is_bounded_when_the_receiver_is_down() -> None:
-    counters = SpanCounters()
+def test_shutdown_is_bounded_when_the_receiver_is_down_and_the_spans_stay_pending(tmp_path: Path) -> None:
     # Port 9 (discard) on loopback: nothing listens, every attempt is refused and retried.
-    handle = configure_tracing("nico", counters, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    handle = configure_tracing("nico", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
     assert handle is not None
-    builder = handle.builder()
-    world = World()
-    builder.attach(world.store)
-    world.observe(succeeded(), T0 + 60)
+    db = tmp_path / "state.db"
+    store = Store(SqlitePersistence(db))
+    handle.builder().attach(store)
+    sender = handle.start_sender(SqliteOutbox(db), durable=True)
+    store.after_commit(sender.wake)
+    store.observe(SITE, RACK, succeeded(), T0 + 60)
+    store.commit()
     began = time.monotonic()
     handle.shutdown(timeout_s=1.0)
-    assert time.monotonic() - began < 5
-    assert counters.exported == 0
+    assert time.monotonic() - began < 10
+    assert sender.stats.exported == 0
+    left = SqliteOutbox(db)
+    assert left.count() == 7  # kept for the next start
+    left.close()
 
 
-def test_a_broken_sink_does_not_stop_polling(world: World) -> None:
-    def broken(_: ReadableSpan) -> None:
-        raise RuntimeError("queue exploded")
+def test_a_broken_subscriber_does_not_stop_polling(world: World) -> None:
+    def broken(_: object) -> None:
+        raise RuntimeError("outbox exploded")
 
-    world.builder.sink = broken
+    world.store._subscribers.insert(0, broken)
     world.observe(succeeded(), T0 + 60)  # logged by the store, not raised
     assert world.store.is_known_terminal(tid(1))
 
@@ -652,9 +721,10 @@ def test_build_wires_tracing_only_when_an_endpoint_is_set(
     try:
         assert on.tracing is not None
         assert on.tracing.resource.attributes["service.name"] == "nico-east"
-        assert on.tracing.exporter.counters is on.spans  # the collector renders these counters
-        # One subscriber and one after-commit listener more than without tracing.
+        # One subscriber more than without tracing; the sender starts with serving (start_tracing).
         assert len(on.store._subscribers) == len(off.store._subscribers) + 1
+        start_tracing(on)
+        assert on.tracing.sender is not None and on.tracing.sender.durable
         assert len(on.store._after_commit) == len(off.store._after_commit) + 1
     finally:
         on.tracing.shutdown(timeout_s=1) if on.tracing else None

@@ -12,6 +12,7 @@ benchmarks, and no part of NICo (the limiter does not count it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from email.utils import format_datetime
 from typing import Any
@@ -106,10 +107,15 @@ def api_endpoint(resource: str, workflow: str, handler: Handler) -> Callable[[Re
         if denied is not None:
             return denied
         faults = sim.faults.config
-        if faults.down:
+        if faults.down or sim.faults.in_burst():
             await asyncio.sleep(faults.down_delay_s)
             return nico_error(500, h.timeout_message(resource, workflow))
+        call = sim.faults.call(f"{request.method} {request.url.path}?{request.url.query}")
+        if call is not None and call.stall:
+            await asyncio.sleep(faults.stall_seconds)
         plan = sim.faults.draw()
+        if call is not None and call.failure is not None:
+            plan = dataclasses.replace(plan, failure=call.failure)
         if plan.slow:
             await asyncio.sleep(faults.slow_seconds)
         if plan.failure in (Failure.ERROR_500, Failure.ERROR_503):
@@ -228,9 +234,11 @@ class RateLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         limited = (
             scope["type"] == "http"
-            and self.sim.config.rate_limit
             and not str(scope.get("path", "")).startswith("/_sim/")
-            and not self.sim.limiter.allow(client_ip(scope))
+            and (
+                self.sim.faults.throttling()  # a 429 storm (faults), limiter on or off
+                or (self.sim.config.rate_limit and not self.sim.limiter.allow(client_ip(scope)))
+            )
         )
         if limited:
             await nico_error(429, RATE_LIMITED)(scope, receive, send)

@@ -135,7 +135,8 @@ async def sim_stats(request: Request) -> Response:
     sim: Simulation = request.app.state.sim
     if request.method == "DELETE":
         sim.stats.reset()
-    return nico_response(200, sim.stats.as_json())
+    faults = {"callsFailed": sim.faults.calls_failed, "callsStalled": sim.faults.calls_stalled}
+    return nico_response(200, {**sim.stats.as_json(), **faults})
 
 
 async def sim_clock(request: Request) -> Response:

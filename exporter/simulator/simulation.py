@@ -181,7 +181,7 @@ class Simulation:
     Args:
         config: the simulator configuration.
         clock: simulated time (default: an :class:`AcceleratedClock` at ``config.speed``).
-        monotonic: real-time source for token expiry and rate limiting (tests inject one).
+        monotonic: real-time source for token expiry, rate limiting and fault windows (tests inject one).
     """
 
     def __init__(
@@ -212,7 +212,7 @@ class Simulation:
         horizon = config.scenario.horizon_hours
         # When the scenario stops submitting (None: never): ground truth for "the traffic is over".
         self.arrivals_end = None if horizon is None else start + timedelta(hours=horizon)
-        self.faults = FaultInjector(config.faults)
+        self.faults = FaultInjector(config.faults, monotonic)
         self.tokens = TokenStore(
             static_tokens=config.tokens,
             client_credentials=config.client_credentials,

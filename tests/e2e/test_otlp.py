@@ -2,8 +2,9 @@
 
 The receiver (``http.server`` on 127.0.0.1) decodes every ``POST /v1/traces`` with
 opentelemetry-proto, so the assertions are about the bytes on the wire: one root span per finished
-task with the task's UUID as trace id, no span id twice across a kill -9 and a restart, and a
-receiver that goes away costs the exporter nothing but an error count.
+task with the task's UUID as trace id, none lost to a kill -9 while spans wait for a collector
+that is down, a duplicate only where the exporter counted a re-send, and a receiver that goes
+away costs the exporter nothing but an error count.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class WireSpan:
 class Received:
     spans: list[WireSpan] = field(default_factory=list)
     requests: int = 0
+    # While set the receiver answers 503 and keeps nothing (a collector that is down).
+    down: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> list[WireSpan]:
@@ -74,6 +77,11 @@ def _handler(received: Received) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             if self.path != "/v1/traces":
                 self.send_response(404)
+                self.end_headers()
+                return
+            if received.down:
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
             request = ExportTraceServiceRequest()
@@ -130,7 +138,6 @@ SIM_ARGS = [
 def _otel_env(endpoint: str) -> dict[str, str]:
     return {
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
         "OTEL_EXPORTER_OTLP_TIMEOUT": "2",
         "OTEL_SDK_DISABLED": "",
     }
@@ -173,37 +180,34 @@ def _counter(metrics_url: str, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
-def _settled(received: Received, quiet: float = 1.0) -> bool:
-    """No span arrived for ``quiet`` seconds: the exporter's batch queue is empty."""
-    before = len(received.snapshot())
-    time.sleep(quiet)
-    return len(received.snapshot()) == before
-
-
 # -- the tests -------------------------------------------------------------------------------------
 
 
-def test_every_finished_task_has_one_root_span_and_a_kill_sends_no_span_twice(tmp_path: Path) -> None:
+def test_a_kill_with_spans_pending_loses_none_and_repeats_only_what_it_counts(tmp_path: Path) -> None:
+    """Spans pile up in the outbox while the collector is down; kill -9 then; a restart with the
+    collector back sends them all. Duplicates are only spans the second process counted as re-sent."""
     received = Received()
     with simulator(tmp_path, *SIM_ARGS) as url, receiver(received) as (endpoint, _):
-        config, _ = exporter_config(tmp_path, url)
+        port = free_port()
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        config, _ = exporter_config(tmp_path, url, port=port)
         db = tmp_path / "exporter.db"
         env = _otel_env(endpoint)
         first = Process(exporter_command("run", "--config.file", str(config)), tmp_path / "first.log", env)
         try:
             wait_until(lambda: sum(received.roots().values()) >= 3, 60, "the first root spans")
-            # Kill -9 mid-run where the batch queue is empty: polling paused by failing every API
-            # call, no span arriving for a second. (A kill with spans queued loses them: at most
-            # once after the commit, by design; uncommitted transitions are redelivered, as the
-            # unit tests show.)
-            faults = {"error_5xx": 1.0, "seed": 3}
-            assert httpx.put(url + "/_sim/faults", json=faults, timeout=5).status_code == 200
-            wait_until(lambda: _settled(received), 20, "the span queue to drain")
+            received.down = True
+            wait_until(
+                lambda: _scrape_ok(metrics) and _counter(metrics, PENDING) >= 5,
+                90,
+                "spans pending in the outbox",
+            )
+            pending_at_kill = _counter(metrics, PENDING)
             first.kill9()
         finally:
             first.stop()
         sent_before = len(received.snapshot())
-        httpx.put(url + "/_sim/faults", json={"error_5xx": 0}, timeout=5)
+        received.down = False
         second = Process(exporter_command("run", "--config.file", str(config)), tmp_path / "second.log", env)
         try:
             wait_until(lambda: traffic_over(url), 90, "the simulated traffic to end")
@@ -212,21 +216,23 @@ def test_every_finished_task_has_one_root_span_and_a_kill_sends_no_span_twice(tm
                 expected = _expected(url, _baselines(db))
                 return len(set(received.roots()) & expected) + _unobserved(db) == len(expected)
 
-            wait_until(complete, 30, "a root span for every finished task a list named")
+            wait_until(complete, 60, "a root span for every finished task a list named")
             expected = _expected(url, _baselines(db))
             unobserved = _unobserved(db)
+            wait_until(lambda: _counter(metrics, PENDING) == 0, 30, "the outbox to empty")
+            resent = _counter(metrics, RESENT)
         finally:
             code = second.stop()
         assert code == 0, second.output()[-3000:]
 
     spans = received.snapshot()
     assert len(spans) > sent_before > 0
-    twice = [k for k, n in Counter((s.trace_id, s.span_id) for s in spans).items() if n > 1]
-    assert twice == []
+    assert resent >= pending_at_kill >= 5  # what was pending at the kill was sent again
+    twice = sum(n - 1 for n in Counter((s.trace_id, s.span_id) for s in spans).values() if n > 1)
+    assert twice <= resent  # a duplicate only where an export succeeded just before the kill
     roots = received.roots()
-    assert [t for t, n in roots.items() if n > 1] == []
-    # The tasks that finished after the baseline have a root span, one each, but for those no
-    # list could name (counted in nico_tasks_unobserved_total instead).
+    # The tasks that finished after the baseline have a root span, but for those no list could
+    # name (counted in nico_tasks_unobserved_total instead): none lost to the kill or the outage.
     assert len(expected) > 10
     assert set(roots) <= expected and len(expected) - len(roots) == unobserved
     # Children share their task's trace and name a parent that arrived in it.
@@ -277,6 +283,8 @@ def test_a_receiver_that_goes_away_costs_an_error_count_not_health(tmp_path: Pat
 
 EXPORTED = "nico_exporter_spans_exported_total"
 ERRORS = "nico_exporter_span_export_errors_total"
+PENDING = "nico_exporter_spans_pending"
+RESENT = "nico_exporter_spans_resent_total"
 
 
 def _scrape_ok(metrics_url: str) -> bool:
