@@ -66,6 +66,10 @@ from exporter.ratelimit import Priority, TokenBucket
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 100
+# Discovery walks every page of the racks and trays (about 20 for 1,000 trays): a page that
+# still fails after the client's retries is asked for again after these pauses (seconds).
+DISCOVERY_PAGE_RETRIES = 3
+PAGE_RETRY_PAUSES = (1.0, 3.0, 6.0)
 # What NICo returns when no page is asked for (pagination.go; paginator.DefaultLimit): on v2.0
 # every task list is this many rows at most.
 DEFAULT_PAGE_SIZE = 20
@@ -234,6 +238,7 @@ class NicoClient:
         self.profile = ServerProfile()
         self._paging_probe = asyncio.Lock()
         self.max_pages = max_pages
+        self.page_retry_pauses = PAGE_RETRY_PAUSES
         self.task_cache_size = task_cache_size
         # Task id -> (the raw object last validated for it, the model): an unchanged version is
         # recognised by equality with the raw object (C-speed, cheaper than hashing its repr).
@@ -268,14 +273,28 @@ class NicoClient:
     ) -> Listing[Site]:
         """Every site, by default only those with NICo Flow (the only ones with tasks)."""
         params: dict[str, Any] = {"isFlowEnabled": "true"} if flow_enabled else {}
-        return await self._paged(Site, "/site", "/site", params, priority=priority, deadline=deadline)
+        return await self._paged(
+            Site,
+            "/site",
+            "/site",
+            params,
+            priority=priority,
+            deadline=deadline,
+            page_retries=DISCOVERY_PAGE_RETRIES,
+        )
 
     async def list_racks(
         self, site_id: str, *, deadline: float | None = None, priority: int = Priority.DISCOVERY
     ) -> Listing[Rack]:
         """The racks of one site (racks carry no ``siteId``: the caller keeps it)."""
         return await self._paged(
-            Rack, "/rack", "/rack", {"siteId": site_id}, priority=priority, deadline=deadline
+            Rack,
+            "/rack",
+            "/rack",
+            {"siteId": site_id},
+            priority=priority,
+            deadline=deadline,
+            page_retries=DISCOVERY_PAGE_RETRIES,
         )
 
     async def list_trays(
@@ -290,7 +309,15 @@ class NicoClient:
         params: dict[str, Any] = {"siteId": site_id}
         if rack_id is not None:
             params["rackId"] = rack_id
-        return await self._paged(Tray, "/tray", "/tray", params, priority=priority, deadline=deadline)
+        return await self._paged(
+            Tray,
+            "/tray",
+            "/tray",
+            params,
+            priority=priority,
+            deadline=deadline,
+            page_retries=DISCOVERY_PAGE_RETRIES,
+        )
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -514,8 +541,14 @@ class NicoClient:
         deadline: float | None,
         page_size: int = MAX_PAGE_SIZE,
         max_pages: int | None = None,
+        page_retries: int = 0,
     ) -> Listing[M]:
-        """Follow ``X-Pagination.total`` page by page, dropping ids repeated across pages."""
+        """Follow ``X-Pagination.total`` page by page, dropping ids repeated across pages.
+
+        ``page_retries``: a page whose call failed with a retryable error after the client's own
+        retries is asked for again, up to this many times, after :data:`PAGE_RETRY_PAUSES`
+        (within ``deadline``): one bad page of twenty must not lose the whole walk.
+        """
         limit = self.max_pages if max_pages is None else max_pages
         seen: set[str] = set()
         items: list[M] = []
@@ -529,13 +562,13 @@ class NicoClient:
             return Listing(items, total, page, covered, rejected, duplicates, server_date)
 
         while True:
-            resp = await self._request(
-                "GET",
+            resp = await self._page_with_retries(
                 endpoint,
                 path,
-                params={**params, "pageNumber": page, "pageSize": page_size},
+                {**params, "pageNumber": page, "pageSize": page_size},
                 priority=priority,
                 deadline=deadline,
+                retries=page_retries,
             )
             if page == 1:
                 server_date = _http_date(resp.headers.get("Date"))
@@ -568,6 +601,40 @@ class NicoClient:
                 )
                 return done(False)
             page += 1
+
+    async def _page_with_retries(
+        self,
+        endpoint: str,
+        path: str,
+        params: dict[str, Any],
+        *,
+        priority: int,
+        deadline: float | None,
+        retries: int,
+    ) -> _Response:
+        for again in range(retries + 1):
+            try:
+                return await self._request(
+                    "GET", endpoint, path, params=params, priority=priority, deadline=deadline
+                )
+            except NicoError as exc:
+                pauses = self.page_retry_pauses
+                pause = pauses[min(again, len(pauses) - 1)]
+                late = deadline is not None and time.monotonic() + pause >= deadline
+                # A 429 is not asked again here: the client already paused every caller for it.
+                if not exc.retryable or isinstance(exc, RateLimited) or again == retries or late:
+                    raise
+                log.info(
+                    "asking for a page again",
+                    extra={
+                        "endpoint": endpoint,
+                        "page": params.get("pageNumber"),
+                        "error": str(exc),
+                        "pause_s": pause,
+                    },
+                )
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     async def _unpaged(
         self,

@@ -205,6 +205,7 @@ def fleet_series(fleet: Fleet) -> dict[str, int]:
         "nico_site_up": s,
         "nico_exporter_last_successful_poll_timestamp_seconds": s,
         "nico_exporter_racks": s,
+        "nico_exporter_racks_baselined": s,
         "nico_exporter_api_requests_total": len(fleet.endpoints) * len(fleet.codes),
         "nico_exporter_api_request_duration_seconds": _histogram_series(
             "nico_exporter_api_request_duration_seconds", len(fleet.endpoints)

@@ -219,6 +219,13 @@ FAMILIES: tuple[Family, ...] = (
         "Tasks held in memory (active, and finished within the TTL).",
     ),
     _f("nico_exporter_racks", "gauge", "site_id", "Racks this replica polls."),
+    _f(
+        "nico_exporter_racks_baselined",
+        "gauge",
+        "site_id",
+        "Racks whose task counter has its baseline: from then on every task the rack finishes is "
+        "counted, by name or in nico_tasks_unobserved_total (earlier ones are history).",
+    ),
     _f("nico_exporter_shard", "gauge", "", "This replica's shard index."),
     _f("nico_exporter_total_shards", "gauge", "", "How many replicas share the racks."),
     _f(

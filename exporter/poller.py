@@ -305,16 +305,23 @@ class Poller:
     async def _discover_site(self, site: Site, deadline: float) -> set[str] | None:
         try:
             racks = await self.client.list_racks(site.id, deadline=deadline)
-            trays = await self.client.list_trays(site.id, deadline=deadline)
         except FlowDisabled:
             log.warning("site has no NICo Flow: skipped", extra={"site_id": site.id})
             return set()
         except NicoError as exc:
             self.stats.discovery_errors += 1
-            log.error("rack and tray discovery failed", extra={"site_id": site.id, "error": str(exc)})
+            log.error("rack discovery failed", extra={"site_id": site.id, "error": str(exc)})
             return None
+        try:
+            trays: list[Tray] | None = (await self.client.list_trays(site.id, deadline=deadline)).items
+        except NicoError as exc:
+            # The racks are polled all the same (their tasks need no trays); they keep the trays
+            # they had, and the next discovery tries again.
+            self.stats.discovery_errors += 1
+            log.error("tray discovery failed", extra={"site_id": site.id, "error": str(exc)})
+            trays = None
         by_rack: dict[str, list[Tray]] = {}
-        for tray in trays.items:
+        for tray in trays or ():
             if tray.rack_id is not None:
                 by_rack.setdefault(tray.rack_id, []).append(tray)
                 self.store.learn_tray_type(tray.id, tray.type.value)
@@ -327,7 +334,8 @@ class Poller:
             if entry is None:
                 entry = self.racks[rack.id] = RackEntry(site.id, rack)
             entry.rack = rack
-            entry.trays = sorted(by_rack.get(rack.id, []), key=lambda t: t.id)
+            if trays is not None:
+                entry.trays = sorted(by_rack.get(rack.id, []), key=lambda t: t.id)
         return owned
 
     # -- rack polls --------------------------------------------------------------------------------
@@ -459,7 +467,7 @@ class Poller:
         """One rack's poll: its counter or its active list (or both), then what they call for."""
         try:
             ledger = self.store.ledger(rack_id)
-            if ledger is None or ledger.baselined_at is None:
+            if ledger is None or not ledger.counting:
                 await self._baseline(rack_id, entry, deadline)
             else:
                 await self._poll_known_rack(rack_id, entry, deadline)
@@ -473,12 +481,23 @@ class Poller:
 
     async def _baseline(self, rack_id: str, entry: RackEntry, deadline: float) -> None:
         """A rack seen for the first time: its active list (tasks active now are counted when they
-        finish), then its all-tasks total as the base of its creation counter."""
+        finish), then its all-tasks total as the base of its creation counter, both in one poll.
+
+        The baseline's time is the total's (NICo's ``Date``): a task created between the two
+        calls is in the total, so it belongs to the baseline, not to the tasks created after it.
+        When the total cannot be read, nothing is baselined and the next poll starts again.
+        """
         listing = await self._active_list(rack_id, entry, deadline)
-        self.store.begin_baseline(rack_id, entry.site_id, listing.server_date or self.clock())
+        try:
+            totals = await self._total_listing(rack_id, entry, deadline)
+        except NicoError:
+            self._apply_active(rack_id, entry, listing, in_baseline=True)  # tracked all the same
+            raise
+        self.store.begin_baseline(rack_id, entry.site_id, totals.server_date or self.clock())
+        if totals.total is not None:
+            self.store.observe_total(rack_id, totals.total)
         fetch = self._apply_active(rack_id, entry, listing, in_baseline=True)
-        _, rows = await self._read_total(rack_id, entry, deadline)
-        self._apply_rows(rack_id, entry, rows, in_baseline=True)
+        self._apply_rows(rack_id, entry, totals.items, in_baseline=True)
         await self._fetch_now(fetch, deadline)
 
     async def _poll_known_rack(self, rack_id: str, entry: RackEntry, deadline: float) -> None:
@@ -517,6 +536,12 @@ class Poller:
         a rack with a short history is named whole by them, and any new task among them is
         fetched and counted by name.
         """
+        listing = await self._total_listing(rack_id, entry, deadline)
+        moved = listing.total is not None and self.store.observe_total(rack_id, listing.total)
+        self.stats.totals_moved += moved
+        return moved, listing.items
+
+    async def _total_listing(self, rack_id: str, entry: RackEntry, deadline: float) -> Listing[Task]:
         listing = await self.client.list_rack_tasks(
             entry.site_id,
             rack_id,
@@ -528,9 +553,7 @@ class Poller:
         )
         self.stats.total_reads += 1
         entry.total_read_at = self.monotonic()
-        moved = listing.total is not None and self.store.observe_total(rack_id, listing.total)
-        self.stats.totals_moved += moved
-        return moved, listing.items
+        return listing
 
     def _due_on(self, rack_id: str) -> list[str]:
         """Final fetches of the rack's named tasks that are due now."""

@@ -378,6 +378,11 @@ class Publisher:
         unobserved = {site: totals.unobserved.get(site, 0) for site in set(totals.unobserved) | set(p.health)}
         sites = sorted(p.health.items())
         per_site: Counter[str] = Counter(entry.site_id for entry in p.racks.values())
+        baselined: Counter[str] = Counter({site: 0 for site in per_site})
+        for rack_id, entry in p.racks.items():
+            ledger = self.store.racks.get(rack_id)
+            if ledger is not None and ledger.counting:
+                baselined[entry.site_id] += 1
         return {
             "nico_tasks": _sorted(self._active.items()),
             "nico_tasks_finished_total": _sorted(totals.tasks.items()),
@@ -391,6 +396,9 @@ class Publisher:
                 ((site_id,), h.last_success) for site_id, h in sites if h.last_success is not None
             ),
             "nico_exporter_racks": _sorted(((site_id,), float(n)) for site_id, n in per_site.items()),
+            "nico_exporter_racks_baselined": _sorted(
+                ((site_id,), float(n)) for site_id, n in baselined.items()
+            ),
             **self._self(),
         }
 

@@ -321,12 +321,15 @@ class Store:
 
     def begin_baseline(self, rack_id: str, site_id: str, server_time: float) -> RackLedger:
         """Start a rack's baseline at ``server_time`` (NICo's clock), before its first active list
-        is observed; a rack that has one keeps it (restarts do not re-baseline)."""
+        is observed; a rack whose baseline total was read keeps it (restarts do not re-baseline)."""
         ledger = self.racks.get(rack_id)
         if ledger is None:
             ledger = self.racks[rack_id] = RackLedger(site_id)
-        if ledger.baselined_at is None:
-            ledger.baselined_at = server_time
+        if ledger.baseline_total is None:
+            # No baseline yet, or one whose total was never read (the read failed, or the
+            # process died first): start it again now. A total read later would count tasks
+            # created in between as part of the baseline, and they would never be counted.
+            ledger.baselined_at, ledger.seen_new, ledger.unobserved = server_time, 0, 0
             self._batch.racks[rack_id] = ledger.row()
         return ledger
 
@@ -561,8 +564,21 @@ class Store:
             self._finish(record, now)
 
     def _finish(self, record: TaskRecord, now: float) -> None:
-        record.finished_seen_at = now
         finished_at = record.task.finished.timestamp() if record.task.finished else now
+        ledger = self.racks.get(record.rack_id)
+        if (
+            ledger is not None
+            and ledger.counting
+            and ledger.baselined_at is not None
+            and finished_at < ledger.baselined_at
+        ):
+            # Active in the baseline's list, over before its counter was read: in the baseline
+            # count, so history like every task that finished before the baseline.
+            self.terminal[record.id] = finished_at
+            self._batch.terminal[record.id] = (record.rack_id, finished_at)
+            self._drop(record.id)
+            return
+        record.finished_seen_at = now
         self.terminal[record.id] = finished_at
         self._batch.terminal[record.id] = (record.rack_id, finished_at)
         self._batch.untracked.add(record.id)

@@ -282,8 +282,45 @@ async def test_retries_give_up_at_max_attempts_with_the_last_error() -> None:
 
     async with make_client(handler, attempts=3) as client:
         with pytest.raises(ServerError, match="timeout occurred"):
-            await client.list_racks(SITE)
+            await client.list_rack_tasks(SITE, RACK)
     assert calls == 3
+
+
+async def test_a_discovery_page_that_keeps_failing_is_asked_for_again_after_a_pause() -> None:
+    """The client's retries of one call can all fail (a workflow failing for seconds): discovery
+    asks for the same page again rather than lose a walk of twenty pages to one of them."""
+    calls: list[int] = []
+    racks = [{"id": f"00000000-0000-4000-8000-{n:012x}", "name": f"r{n}"} for n in range(150)]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        number = int(request.url.params["pageNumber"])
+        calls.append(number)
+        if number == 2 and calls.count(2) <= 4:  # both attempts of two tries fail
+            return nico_error(
+                500, "Failed to perform Rack GetRacks - timeout occurred executing workflow on Site: x"
+            )
+        return page(racks[(number - 1) * 100 : number * 100], total=150, number=number)
+
+    async with make_client(handler, attempts=2) as client:
+        client.page_retry_pauses = (0.0, 0.0, 0.0)
+        listing = await client.list_racks(SITE)
+    assert [r.id for r in listing.items] == [r["id"] for r in racks] and listing.complete
+    assert calls == [1, 2, 2, 2, 2, 2]
+
+
+async def test_a_page_refused_for_good_is_not_asked_again() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return nico_error(400, "Invalid siteId specified in query")
+
+    async with make_client(handler, attempts=2) as client:
+        client.page_retry_pauses = (0.0, 0.0, 0.0)
+        with pytest.raises(BadRequest):
+            await client.list_racks(SITE)
+    assert calls == 1
 
 
 async def test_transport_errors_are_retried_and_labelled() -> None:

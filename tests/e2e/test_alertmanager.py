@@ -32,6 +32,8 @@ pytestmark = pytest.mark.e2e
 
 RUNBOOKS = alerts.ROOT / "docs" / "runbooks"
 FAIL_ERROR = "BMC unreachable: NVSwitch tray did not answer"
+WAITING_AFTER_S = 12.0
+STALE_AFTER_S = 8.0
 
 
 def binary(name: str) -> str:
@@ -95,6 +97,7 @@ class Stack:
     prometheus: str
     alertmanager: str
     receiver: Receiver
+    exporter: Process | None = None
 
     def am_alerts(self) -> list[dict[str, Any]]:
         resp = httpx.get(self.alertmanager + "/api/v2/alerts", timeout=5)
@@ -111,6 +114,9 @@ def _rules(tmp: Path, receiver_url: str) -> Path:
         for_=dict.fromkeys(alerts.ALERTS, 0.0),
         stuck={"power_on": alerts.Thresholds(2, 4)},
         stuck_no_progress_after=3600,
+        waiting_after=WAITING_AFTER_S,
+        stale_after=STALE_AFTER_S,
+        throttled_window=30.0,
     )
     path = tmp / "rules.yml"
     alerts.write(config, path)
@@ -138,7 +144,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"receiver": receiver}))
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    sim_args = ["--sites", "1", "--racks", "2", "--non-flow-sites", "0", "--quiet-scenario"]
+    sim_args = ["--sites", "1", "--racks", "4", "--non-flow-sites", "0", "--quiet-scenario"]
     with simulator(tmp, *sim_args) as sim:
         exporter_port, prom_port, am_port = free_port(), free_port(), free_port()
         exporter_config = tmp / "exporter.yaml"
@@ -187,7 +193,7 @@ scrape_configs:
                 tmp / "prometheus.log",
             ),
         ]
-        s = Stack(sim, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", receiver)
+        s = Stack(sim, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", receiver, procs[0])
         try:
             wait_until(lambda: _ok(f"http://127.0.0.1:{exporter_port}/readyz"), 60, "the exporter")
             wait_until(lambda: _ok(s.alertmanager + "/-/ready"), 60, "Alertmanager")
@@ -309,3 +315,159 @@ def test_failed_and_stuck_tasks_page_then_a_site_outage_mutes_them(stack: Stack)
 
     wait_until(muted, 30, "the site's task alerts to be inhibited by NicoSiteDown", interval=0.5)
     httpx.post(f"{stack.sim}/_sim/sites/{site['id']}/up", json={}, timeout=5)
+
+
+# -- the other six alerts, each with a near miss that stays silent ----------------------------------
+
+
+def _finished(sim: str, task_id: str) -> bool:
+    return any(t["id"] == task_id and t["finished"] for t in truth(sim)["tasks"])
+
+
+def _run(sim: str, body: dict[str, Any]) -> str:
+    """Submit a task and wait for it to finish (tasks on one rack must not overlap: REST conflicts)."""
+    task_id = _create(sim, {"stageSeconds": 0.3, **body})
+    wait_until(lambda: _finished(sim, task_id), 30, f"task {task_id} to finish", interval=0.2)
+    return task_id
+
+
+def _trays(sim: str, rack_id: str, kind: str = "Compute") -> list[str]:
+    site_id = truth(sim)["sites"][0]["id"]
+    resp = httpx.get(
+        f"{sim}/v2/org/acme/nico/tray",
+        params={"siteId": site_id, "rackId": rack_id, "pageSize": 100},
+        headers={"Authorization": "Bearer sim-token"},
+        timeout=5,
+    )
+    resp.raise_for_status()
+    return [tray["id"] for tray in resp.json() if tray["type"] == kind]
+
+
+def _firing(stack: Stack, name: str, **labels: str) -> list[dict[str, Any]]:
+    return [a for a in stack.receiver.alerts(name) if all(a["labels"].get(k) == v for k, v in labels.items())]
+
+
+def _arrives(stack: Stack, name: str, timeout: float = 60, **labels: str) -> dict[str, Any]:
+    wait_until(
+        lambda: bool(_firing(stack, name, **labels)), timeout, f"{name} {labels} at the webhook", interval=0.5
+    )
+    alert = _firing(stack, name, **labels)[0]
+    _check_runbook(alert, stack.receiver)
+    return alert
+
+
+def _faults(stack: Stack, **faults: object) -> None:
+    assert httpx.put(stack.sim + "/_sim/faults", json=faults, timeout=5).status_code == 200
+
+
+def test_the_other_alerts_page_end_to_end_and_their_near_misses_stay_silent(stack: Stack) -> None:
+    """Run after the first test (module order): its site is up again."""
+    site = truth(stack.sim)["sites"][0]
+    rack_c, rack_d = site["racks"][2]["id"], site["racks"][3]["id"]
+    wait_until(lambda: not _firing_now(stack, "NicoSiteDown"), 60, "the site to be up again")
+
+    # NicoTaskWaitingTooLong: a leak-detection task queues behind a long power-on (fires); another
+    # queues behind a short one and starts before the threshold (near miss).
+    blocker = _create(
+        stack.sim, {"siteId": site["id"], "rackId": rack_c, "operation": "power_on", "stageSeconds": 6}
+    )
+    waiting = _create(
+        stack.sim,
+        {"siteId": site["id"], "rackId": rack_c, "operation": "force_power_off", "source": "leak_detection",
+         "trayIds": _trays(stack.sim, rack_c)[:1], "stageSeconds": 0.3},
+    )  # fmt: skip
+    short = _create(
+        stack.sim, {"siteId": site["id"], "rackId": rack_d, "operation": "power_on", "stageSeconds": 0.5}
+    )
+    brief = _create(
+        stack.sim,
+        {"siteId": site["id"], "rackId": rack_d, "operation": "force_power_off", "source": "leak_detection",
+         "trayIds": _trays(stack.sim, rack_d)[:1], "stageSeconds": 0.3},
+    )  # fmt: skip
+    alert = _arrives(stack, "NicoTaskWaitingTooLong", task_id=waiting)
+    assert alert["labels"]["rack_id"] == rack_c and alert["labels"]["site_name"] == site["name"]
+    assert _firing(stack, "NicoTaskWaitingTooLong", task_id=brief) == []
+    for task_id in (blocker, waiting, short, brief):
+        wait_until(lambda t=task_id: _finished(stack.sim, t), 60, "the queue to drain")  # type: ignore[misc]
+
+    # NicoTrayRepeatedFailures and NicoTaskFailureRateHigh: one tray in 3 failed power-offs (fires),
+    # another in 2 (near miss); power-off fails 6 of 6 (fires); power-cycle fails 3 of 3, fewer
+    # than min_tasks 4 (near miss; increase() even misses a new counter's first increment).
+    tray_a, tray_b, tray_c = _trays(stack.sim, rack_c)[:3]
+    for tray in (tray_a, tray_b, tray_a, tray_b, tray_a, tray_c):
+        _run(stack.sim, {"siteId": site["id"], "rackId": rack_c, "operation": "power_off", "outcome": "fail",
+                         "failStage": 1, "error": "BMC unreachable", "trayIds": [tray],
+                         "stageSeconds": 3})  # fmt: skip  # long enough for a tray poll (2 s) to name it
+    for _ in range(3):
+        _run(stack.sim, {"siteId": site["id"], "rackId": rack_d, "operation": "power_cycle", "outcome": "fail",
+                         "failStage": 1})  # fmt: skip
+    repeated = _arrives(stack, "NicoTrayRepeatedFailures", tray_id=tray_a)
+    assert (
+        repeated["labels"]["rack_id"] == rack_c
+        and repeated["labels"]["rack_name"] == site["racks"][2]["name"]
+    )
+    rate = _arrives(stack, "NicoTaskFailureRateHigh", operation="power_off")
+    assert rate["labels"]["site_id"] == site["id"]
+    assert _firing(stack, "NicoTrayRepeatedFailures", tray_id=tray_b) == []
+    assert _firing(stack, "NicoTaskFailureRateHigh", operation="power_cycle") == []
+
+    # NicoAPIThrottled: a real 429 storm from NICo's limiter (fires); before it, a burst of 503s,
+    # which is not throttling (near miss), shorter than the stale threshold.
+    _faults(stack, error_5xx=1.0)
+    wait_until(lambda: _requests(stack, "5") >= 5, 30, "5xx answers to be counted", interval=0.5)
+    _faults(stack, error_5xx=0.0)
+    _faults(stack, throttle_every_s=3600.0, throttle_seconds=10.0)
+    throttled = _arrives(stack, "NicoAPIThrottled")
+    _faults(stack, throttle_every_s=0.0, throttle_seconds=0.0)
+    assert throttled["labels"]["severity"] == "warning"
+    assert [
+        a for a in stack.receiver.alerts("NicoAPIThrottled") if a["startsAt"] < throttled["startsAt"]
+    ] == []
+    assert _firing(stack, "NicoExporterDataStale") == []  # the 503 burst was shorter than the threshold
+
+    # NicoExporterDataStale: every call fails for longer than the threshold. It reaches
+    # Alertmanager, which holds it back: the site is down too (NicoSiteDown), and the example's
+    # inhibition mutes a down site's staleness, so the page is NicoSiteDown's.
+    _faults(stack, down=True)
+    stale: list[dict[str, Any]] = []
+
+    def held_back() -> bool:
+        stale[:] = [
+            a
+            for a in stack.am_alerts()
+            if a["labels"]["alertname"] == "NicoExporterDataStale"
+            and a["labels"].get("site_id") == site["id"]
+        ]
+        return bool(stale) and all(
+            a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"] for a in stale
+        )
+
+    wait_until(
+        held_back, 60, "NicoExporterDataStale at Alertmanager, inhibited by NicoSiteDown", interval=0.5
+    )
+    _faults(stack, down=False)
+    assert stale[0]["labels"]["site_name"] == site["name"]
+    assert stale[0]["annotations"]["runbook_url"].endswith("/NicoExporterDataStale.md")
+    assert _firing(stack, "NicoSiteDown", site_id=site["id"])
+
+    # NicoExporterDown: the exporter is killed; Prometheus's scrape fails.
+    assert stack.exporter is not None
+    stack.exporter.kill9()
+    down = _arrives(stack, "NicoExporterDown")
+    assert down["labels"]["severity"] == "critical"
+
+
+def _firing_now(stack: Stack, name: str) -> bool:
+    return any(
+        a["labels"]["alertname"] == name and a["status"]["state"] == "active" for a in stack.am_alerts()
+    )
+
+
+def _requests(stack: Stack, code_prefix: str) -> float:
+    resp = httpx.get(
+        stack.prometheus + "/api/v1/query",
+        params={"query": f'sum(nico_exporter_api_requests_total{{code=~"{code_prefix}.."}})'},
+        timeout=5,
+    )
+    result = resp.json()["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
