@@ -148,6 +148,10 @@ async def serve(exporter: Exporter, stop: asyncio.Event) -> None:
         web_config_file=config.web.config_file,
         ready=lambda: exporter.poller.ready,
     )
+    # The first snapshot before the first scrape: what the state file restored (finished tasks
+    # within their TTL, their failure infos, the totals) is on /metrics from the start, never an
+    # empty page that would resolve their alerts.
+    publisher.publish()
     await server.start()
     start_tracing(exporter)
     log.info("serving metrics", extra={"url": server.url + "/metrics"})
