@@ -492,20 +492,35 @@ class Store:
         self._transitions(record, previous, now)
         return False
 
-    def _track(self, site_id: str, rack_id: str, task: Task, now: float) -> TaskRecord:
-        recovered = self.recovered.pop(task.id, None)
+    def _register(
+        self,
+        site_id: str,
+        rack_id: str,
+        task: Task,
+        first_seen: float,
+        observed_at: float,
+        trays: frozenset[str] | None,
+        finished_seen_at: float | None = None,
+    ) -> TaskRecord:
+        """A record for ``task``, tracked from now on (its rack's set, the publisher's touched)."""
         record = TaskRecord(
             site_id=site_id,
             rack_id=rack_id,
             task=task,
             operation=self.classifier.classify(task.description, task.report),
-            first_seen=now,
-            observed_at=now,
-            trays=recovered[2] if recovered else None,
+            first_seen=first_seen,
+            observed_at=observed_at,
+            trays=trays,
+            finished_seen_at=finished_seen_at,
         )
         self.tasks[task.id] = record
         self.touched.add(task.id)
         self._by_rack.setdefault(rack_id, set()).add(task.id)
+        return record
+
+    def _track(self, site_id: str, rack_id: str, task: Task, now: float) -> TaskRecord:
+        recovered = self.recovered.pop(task.id, None)
+        record = self._register(site_id, rack_id, task, now, now, recovered[2] if recovered else None)
         self._batch.tracked[task.id] = (site_id, rack_id, record.trays)
         return record
 
@@ -610,19 +625,7 @@ class Store:
             log.warning("finished task unreadable in the state file; dropped", extra={"task_id": task_id})
             self._batch.forget_finished.add(task_id)
             return
-        record = TaskRecord(
-            site_id=site_id,
-            rack_id=rack_id,
-            task=task,
-            operation=self.classifier.classify(task.description, task.report),
-            first_seen=first_seen,
-            observed_at=finished_seen_at,
-            trays=trays,
-            finished_seen_at=finished_seen_at,
-        )
-        self.tasks[task_id] = record
-        self.touched.add(task_id)
-        self._by_rack.setdefault(rack_id, set()).add(task_id)
+        self._register(site_id, rack_id, task, first_seen, finished_seen_at, trays, finished_seen_at)
 
     def _count_tray_failures(self, record: TaskRecord) -> None:
         """A failed task counts once against each of its trays, when both are known."""

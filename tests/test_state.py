@@ -610,13 +610,19 @@ class DiskFull(SqlitePersistence):
         super()._write(batches)
 
 
-def test_writes_that_fail_are_kept_and_land_with_the_next_commit(db: Path) -> None:
+def baselined_then_disk_full(db: Path) -> tuple[Store, DiskFull]:
+    """A store whose rack is baselined (written), then whose disk fills up."""
     persistence = DiskFull(db)
-    first = Store(persistence)
-    first.begin_baseline(RACK, SITE, T0)
-    first.observe_total(RACK, 0)
-    first.commit()
+    store = Store(persistence)
+    store.begin_baseline(RACK, SITE, T0)
+    store.observe_total(RACK, 0)
+    store.commit()
     persistence.full = True
+    return store, persistence
+
+
+def test_writes_that_fail_are_kept_and_land_with_the_next_commit(db: Path) -> None:
+    first, persistence = baselined_then_disk_full(db)
     first.observe(SITE, RACK, task(1, rep=power_on_report(1), created=T0 + 1), T0 + 1)
     first.commit()
     first.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 5, created=T0 + 1), T0 + 5)
@@ -643,12 +649,7 @@ def test_writes_that_fail_are_kept_and_land_with_the_next_commit(db: Path) -> No
 def test_a_kill_while_the_disk_is_full_loses_only_what_was_never_written(db: Path) -> None:
     """The kept batches die with the process; the restart then sees those tasks for the first time
     and counts each once (not zero times, not twice)."""
-    persistence = DiskFull(db)
-    first = Store(persistence)
-    first.begin_baseline(RACK, SITE, T0)
-    first.observe_total(RACK, 0)
-    first.commit()
-    persistence.full = True
+    first, persistence = baselined_then_disk_full(db)
     first.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 5, created=T0 + 1), T0 + 5)
     first.commit()
     assert first.totals.tasks == {(SITE, "Failed", "power_on"): 1}
