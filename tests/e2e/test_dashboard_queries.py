@@ -38,10 +38,10 @@ pytestmark = pytest.mark.e2e
 SIM_ARGS = [
     "--sites", "2", "--racks", "3", "--non-flow-sites", "1", "--seed", "5",
     "--arrivals-per-rack-per-hour", "400", "--failure-rate", "0.3", "--stuck-tasks", "1",
-    "--history-hours", "0.1", "--horizon-hours", "0.1",
+    "--history-hours", "0.02", "--horizon-hours", "0.1",
     "--operation-mix", "power_on=2,power_off=2,power_cycle=1,firmware_update=1,bring_up=1",
     "--stage-seconds", "power=1:3,firmware=2:4,bring_up=1:3", "--leak-queue-timeout", "8",
-    "--rate-limit", "6",
+    "--rate-limit", "10",
 ]  # fmt: skip
 WINDOW = "1m"  # $__rate_interval and $__range: the whole run fits in it
 
@@ -88,7 +88,9 @@ def _fail_one_tray_twice(sim: str) -> None:
     The random workload's tray failures often finish between two tray polls (then no tray is
     attributed), and a tray's failure counter is born at 1, which ``increase()`` cannot see; the
     second failure is the increase the tray panels show. Flow refuses a conflicting submission, so
-    each submission retries until the rack is free.
+    each submission retries until the rack is free. Two conditions of the workload above matter:
+    the history is short, so the rack's capped 20-row list (v2.0) still shows new tasks, and the rate
+    limit leaves the tray scans (the lowest priority) some budget.
     """
     site = truth(sim)["sites"][0]
     rack = site["racks"][0]
@@ -98,8 +100,9 @@ def _fail_one_tray_twice(sim: str) -> None:
         headers={"Authorization": "Bearer sim-token"},
         timeout=5,
     ).json()
+    compute = next(tray["id"] for tray in trays if tray["type"] == "Compute")
     body = {"siteId": site["id"], "rackId": rack["id"], "operation": "power_off", "outcome": "fail",
-            "error": "BMC unreachable", "trayIds": [trays[0]["id"]], "stageSeconds": 3}  # fmt: skip
+            "failStage": 1, "error": "BMC unreachable", "trayIds": [compute], "stageSeconds": 10}  # fmt: skip
     for _ in range(2):
         task_id = _submit_when_free(sim, body)
         wait_until(lambda t=task_id: _finished(sim, t), 60, "the tray task to finish", interval=0.5)  # type: ignore[misc]
