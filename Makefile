@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit bench simulate clean
+.PHONY: demo test lint typecheck unit bench simulate generate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# Rewrite every generated file (dashboards, alert rules, docs/metrics.md) from its source.
+generate: $(STAMP)
+	$(BIN)/python -m tools.generate
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import bisect
 import re
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from exporter.client import ParseEvent, RequestEvent
 from exporter.exposition import Exemplar, FamilySpec, HistogramData, label_text, sample_line
-from exporter.models import ReportStatus, TaskStatus
+from exporter.facts import current_stage, failure_context, failure_reason, short_error, trace_id
+from exporter.models import TaskStatus
 from exporter.state import Kind, TaskRecord, Transition
 
 # Bucket bounds, in seconds. Power operations take seconds to minutes; firmware and bring-up
@@ -33,7 +33,6 @@ QUEUE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 2700, 3600, 7200)
 STAGE_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
 
-ERROR_LABEL_MAX = 128
 STATUSES = tuple(s.value for s in TaskStatus)
 
 
@@ -349,11 +348,6 @@ class HistogramSet:
         return tuple(self.series[labels].frozen(labels) for labels in sorted(self.series))
 
 
-def trace_id(task_id: str) -> str:
-    """The task's trace id: its UUID's 128 bits as 32 hex digits."""
-    return uuid.UUID(task_id).hex
-
-
 def _exemplar(record: TaskRecord, value: float, at: float | None) -> Exemplar:
     return Exemplar((("trace_id", trace_id(record.id)),), value, at)
 
@@ -410,77 +404,6 @@ class ClientMetrics:
 
     def on_parse_error(self, event: ParseEvent) -> None:
         self.parse_errors[(event.endpoint, event.reason)] += 1
-
-
-# -- failure context ------------------------------------------------------------------------------
-
-_REASONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (reason, re.compile(pattern, re.IGNORECASE))
-    for reason, pattern in (
-        ("expired", r"queue timeout"),
-        ("timeout", r"time(d)?[ -]?out|deadline"),
-        ("unreachable", r"unreachable|connection|refused|no route|did not (answer|respond)"),
-        ("auth", r"unauthori[sz]ed|forbidden|permission|credential|denied"),
-        ("leak", r"\bleak"),
-        ("firmware", r"firmware|image|version|checksum|flash"),
-        ("power", r"power"),
-    )
-)
-
-
-def failure_reason(error: str) -> str:
-    """A small closed set of failure kinds, for grouping alerts (the error itself is a label too)."""
-    if not error:
-        return "unknown"
-    return next((reason for reason, pattern in _REASONS if pattern.search(error)), "error")
-
-
-@dataclass(frozen=True)
-class FailureContext:
-    stage_number: str
-    component_type: str
-    error: str
-
-
-# Flow wraps a stage's error as "stage N failed: component type T failed: <cause>"
-# (flow/internal/task/executor/temporalworkflow/workflow/helpers.go:342-343, :431).
-_FLOW_WRAPPING = re.compile(r"^(stage \d+ failed: |component type \S+ failed: )+")
-
-
-def error_cause(error: str) -> str:
-    """Flow's error without its wrapping: the stage and component type are labels of their own."""
-    return _FLOW_WRAPPING.sub("", error.strip(), count=1) or error
-
-
-def failure_context(record: TaskRecord) -> FailureContext:
-    """Where and why a failed task failed: the first failed stage and step of its report."""
-    report = record.task.report
-    if report is not None:
-        for stage in report.stages:
-            if stage.status is not ReportStatus.FAILED:
-                continue
-            failed_steps = [s for s in stage.steps if s.status is ReportStatus.FAILED]
-            step = failed_steps[0] if failed_steps else None
-            error = (step.error if step else None) or stage.error or report.error or record.task.message or ""
-            kinds = ",".join(sorted({s.component_type.value for s in failed_steps})) or "unknown"
-            return FailureContext(str(stage.number), kinds, error_cause(error))
-        if report.error:
-            return FailureContext("", "unknown", error_cause(report.error))
-    return FailureContext("", "unknown", error_cause(record.task.message or ""))
-
-
-def short_error(error: str) -> str:
-    """An error as a label value: one line, at most 128 characters."""
-    text = " ".join(error.split())
-    return text if len(text) <= ERROR_LABEL_MAX else text[: ERROR_LABEL_MAX - 1] + "…"
-
-
-def current_stage(record: TaskRecord) -> int | None:
-    report = record.task.report
-    if report is None:
-        return None
-    running = [s.number for s in report.stages if s.status is ReportStatus.RUNNING]
-    return running[0] if running else None
 
 
 # -- per-task series -------------------------------------------------------------------------------

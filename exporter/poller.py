@@ -160,6 +160,43 @@ class PollerStats:
     followed: int = 0
 
 
+@dataclass(frozen=True)
+class SiteView:
+    site_id: str
+    name: str
+    up: bool
+    last_success: float | None
+
+
+@dataclass(frozen=True)
+class RackView:
+    rack_id: str
+    site_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class PollerView:
+    """What the poller tells the metrics, as values: the publisher reads this and nothing else of it.
+
+    Built on the poller's thread by :meth:`Poller.view`; immutable, so nothing of the poller's
+    mutable state leaks into a snapshot.
+    """
+
+    sites: tuple[SiteView, ...] = ()
+    racks: tuple[RackView, ...] = ()
+    ready: bool = False
+    shard_index: int = 0
+    shard_total: int = 1
+    freshness_shortfall_seconds: float = 0.0
+    required_rps: float = 0.0
+    budget_rps: float = 0.0
+    last_cycle_seconds: float = 0.0
+    late_polls: int = 0
+    final_fetch_queue: int = 0
+    shed: tuple[tuple[str, int], ...] = ()
+
+
 class Poller:
     """Runs the polling jobs against one NICo for the racks this shard owns.
 
@@ -202,6 +239,29 @@ class Poller:
         self._last_discovery = 0.0
         for task_id, site_id, rack_id in store.awaiting_fetch():
             self.final_fetches[task_id] = FinalFetch(site_id, rack_id)
+
+    def view(self) -> PollerView:
+        """The poller's state for the metrics, as an immutable value."""
+        stats = self.stats
+        return PollerView(
+            sites=tuple(
+                SiteView(site_id, h.site.name, h.up, h.last_success)
+                for site_id, h in sorted(self.health.items())
+            ),
+            racks=tuple(
+                RackView(rack_id, e.site_id, e.rack.name) for rack_id, e in sorted(self.racks.items())
+            ),
+            ready=self.ready,
+            shard_index=self.shard.index,
+            shard_total=self.shard.total,
+            freshness_shortfall_seconds=stats.freshness_shortfall_seconds,
+            required_rps=stats.required_rps,
+            budget_rps=self.client.limiter.rate,
+            last_cycle_seconds=stats.last_cycle_seconds,
+            late_polls=stats.late_polls,
+            final_fetch_queue=len(self.final_fetches),
+            shed=tuple(sorted(stats.shed.items())),
+        )
 
     # -- budget ------------------------------------------------------------------------------------
 
@@ -739,7 +799,7 @@ class Poller:
             else:
                 self.attributions[record.id] = Attribution(record.site_id, record.rack_id, p)
         for task_id in list(self.attributions):
-            tracked = self.store.tasks.get(task_id)
+            tracked = self.store.record(task_id)
             if tracked is None:
                 del self.attributions[task_id]
             elif tracked.is_terminal:

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from exporter import __version__
 from exporter.exposition import (
@@ -51,10 +51,17 @@ from exporter.outbox import SenderStats
 
 if TYPE_CHECKING:
     from exporter.models import Task
-    from exporter.poller import Poller
+    from exporter.poller import PollerView
     from exporter.state import Store, TaskRecord
 
 log = logging.getLogger(__name__)
+
+
+class PollerSource(Protocol):
+    """What the publisher needs of the poller: its state as a value (:meth:`Poller.view`)."""
+
+    def view(self) -> PollerView: ...
+
 
 PUBLISH_INTERVAL_S = 0.5
 AGE_FAMILY = "nico_exporter_snapshot_age_seconds"
@@ -211,7 +218,8 @@ class Publisher:
     """Builds and publishes snapshots. Lives on the poller's thread; see the module docstring.
 
     Args:
-        store, poller: the state (read on this thread only).
+        store: the state (read on this thread only, through its methods).
+        poller: gives its state as an immutable :class:`~exporter.poller.PollerView`.
         task_metrics, client_metrics: the counters and histograms fed on this thread.
         spans: the span sender's latest stats (a frozen value the sender replaces).
         options: what the per-task generator emits (allow/deny lists, one-hot status, stages).
@@ -222,7 +230,7 @@ class Publisher:
     def __init__(
         self,
         store: Store,
-        poller: Poller,
+        poller: PollerSource,
         task_metrics: TaskMetrics,
         client_metrics: ClientMetrics,
         *,
@@ -269,17 +277,17 @@ class Publisher:
         """Re-render the tasks that changed; returns the racks to regroup."""
         store = self.store
         dirty = self._update(store.take_touched())
-        if len(self._tasks) != len(store.tasks):
+        if len(self._tasks) != len(ids := store.tracked_ids()):
             # A change the store did not announce (a record set from outside its methods):
             # look at every task, as the first publish does.
-            dirty |= self._update(store.tasks.keys() | self._tasks.keys())
+            dirty |= self._update(ids | self._tasks.keys())
         return dirty
 
     def _update(self, task_ids: Iterable[str]) -> set[_RackEntry]:
         dirty: set[_RackEntry] = set()
         tasks, active = self._tasks, self._active
         for task_id in task_ids:
-            record = self.store.tasks.get(task_id)
+            record = self.store.record(task_id)
             old = tasks.get(task_id)
             if (
                 old is not None
@@ -326,13 +334,13 @@ class Publisher:
     def _tray_lines(self, rack: _RackEntry, tasks: list[_TaskEntry]) -> bytes:
         if TRAY_FAMILY not in self.options.families:
             return b""
-        types = self.store.tray_types
+        tray_type = self.store.tray_type
         counts: Counter[tuple[str, str, str]] = Counter()
         for t in tasks:
             if t.active is not None and t.trays is not None:
                 status = t.active[1]
                 for tray in t.trays:
-                    counts[(tray, types.get(tray, "Unknown"), status)] += 1
+                    counts[(tray, tray_type(tray), status)] += 1
         if not counts:
             return b""
         spec = FAMILY[TRAY_FAMILY]
@@ -372,64 +380,60 @@ class Publisher:
 
     # -- the aggregates -------------------------------------------------------------------------
 
-    def _aggregates(self) -> dict[str, Samples]:
-        totals, p = self.store.totals, self.poller
+    def _aggregates(self, p: PollerView) -> dict[str, Samples]:
+        totals = self.store.totals
         # Every watched site has the unobserved counter from the start (0 until a task goes unseen).
-        unobserved = {site: totals.unobserved.get(site, 0) for site in set(totals.unobserved) | set(p.health)}
-        sites = sorted(p.health.items())
-        per_site: Counter[str] = Counter(entry.site_id for entry in p.racks.values())
+        site_ids = {site.site_id for site in p.sites}
+        unobserved = {site: totals.unobserved.get(site, 0) for site in set(totals.unobserved) | site_ids}
+        per_site: Counter[str] = Counter(rack.site_id for rack in p.racks)
         baselined: Counter[str] = Counter({site: 0 for site in per_site})
-        for rack_id, entry in p.racks.items():
-            ledger = self.store.racks.get(rack_id)
-            if ledger is not None and ledger.counting:
-                baselined[entry.site_id] += 1
+        counting = self.store.counting_racks()
+        baselined.update(rack.site_id for rack in p.racks if rack.rack_id in counting)
         return {
             "nico_tasks": _sorted(self._active.items()),
             "nico_tasks_finished_total": _sorted(totals.tasks.items()),
             "nico_tasks_unobserved_total": _sorted(((site,), n) for site, n in unobserved.items()),
-            "nico_site_info": tuple(((site_id, h.site.name), 1.0) for site_id, h in sites),
-            "nico_rack_info": _sorted(
-                ((e.site_id, rack_id, e.rack.name), 1.0) for rack_id, e in p.racks.items()
-            ),
-            "nico_site_up": tuple(((site_id,), 1.0 if h.up else 0.0) for site_id, h in sites),
+            "nico_site_info": tuple(((site.site_id, site.name), 1.0) for site in p.sites),
+            "nico_rack_info": _sorted(((rack.site_id, rack.rack_id, rack.name), 1.0) for rack in p.racks),
+            "nico_site_up": tuple(((site.site_id,), 1.0 if site.up else 0.0) for site in p.sites),
             "nico_exporter_last_successful_poll_timestamp_seconds": tuple(
-                ((site_id,), h.last_success) for site_id, h in sites if h.last_success is not None
+                ((site.site_id,), site.last_success) for site in p.sites if site.last_success is not None
             ),
             "nico_exporter_racks": _sorted(((site_id,), float(n)) for site_id, n in per_site.items()),
             "nico_exporter_racks_baselined": _sorted(
                 ((site_id,), float(n)) for site_id, n in baselined.items()
             ),
-            **self._self(),
+            **self._self(p),
         }
 
-    def _self(self) -> dict[str, Samples]:
-        c, p, s = self.client_metrics, self.poller, self.store
+    def _self(self, p: PollerView) -> dict[str, Samples]:
+        c, s = self.client_metrics, self.store.health()
         spans = self.spans()
         scalars: dict[str, float] = {
             "nico_exporter_spans_exported_total": float(spans.exported),
             "nico_exporter_span_export_errors_total": float(spans.errors),
             "nico_exporter_spans_pending": float(spans.pending),
-            "nico_exporter_spans_dropped_total": float(getattr(s.persistence, "spans_dropped", 0)),
+            "nico_exporter_spans_dropped_total": float(s.spans_dropped),
             "nico_exporter_spans_resent_total": float(spans.resent),
             "nico_exporter_ready": 1.0 if p.ready else 0.0,
-            "nico_exporter_tracked_tasks": float(len(s.tasks)),
-            "nico_exporter_shard": float(p.shard.index),
-            "nico_exporter_total_shards": float(p.shard.total),
-            "nico_exporter_freshness_shortfall_seconds": p.stats.freshness_shortfall_seconds,
-            "nico_exporter_budget_required_requests_per_second": p.stats.required_rps,
-            "nico_exporter_budget_requests_per_second": p.client.limiter.rate,
-            "nico_exporter_active_poll_cycle_seconds": p.stats.last_cycle_seconds,
-            "nico_exporter_rack_polls_late_total": float(p.stats.late_polls),
-            "nico_exporter_final_fetch_queue": float(len(p.final_fetches)),
+            "nico_exporter_tracked_tasks": float(s.tracked),
+            "nico_exporter_shard": float(p.shard_index),
+            "nico_exporter_total_shards": float(p.shard_total),
+            "nico_exporter_freshness_shortfall_seconds": p.freshness_shortfall_seconds,
+            "nico_exporter_budget_required_requests_per_second": p.required_rps,
+            "nico_exporter_budget_requests_per_second": p.budget_rps,
+            "nico_exporter_active_poll_cycle_seconds": p.last_cycle_seconds,
+            "nico_exporter_rack_polls_late_total": float(p.late_polls),
+            "nico_exporter_final_fetch_queue": float(p.final_fetch_queue),
             "nico_exporter_tasks_vanished_total": float(s.vanished),
-            "nico_exporter_state_write_errors_total": float(getattr(s.persistence, "write_errors", 0)),
-            "nico_exporter_state_pending_writes": float(len(s.unwritten)),
+            "nico_exporter_state_write_errors_total": float(s.write_errors),
+            "nico_exporter_state_pending_writes": float(s.pending_writes),
             "nico_exporter_state_persistent": 1.0 if self.persistent else 0.0,
         }
         out: dict[str, Samples] = {name: (((), value),) for name, value in scalars.items()}
         out["nico_exporter_api_requests_total"] = _sorted(c.requests.items())
         out["nico_exporter_parse_errors_total"] = _sorted(c.parse_errors.items())
-        out["nico_exporter_jobs_shed_total"] = _sorted(((job,), n) for job, n in p.stats.shed.items())
+        out["nico_exporter_jobs_shed_total"] = tuple(((job,), float(n)) for job, n in p.shed)
         out["nico_exporter_build_info"] = (((__version__,), 1.0),)
         return out
 
@@ -464,7 +468,7 @@ class Publisher:
         """Build a snapshot of the current state and make it the one scrapes read."""
         wanted = self.options.families
         blocks: dict[str, Block | None] = dict(self._task_blocks())
-        for name, samples in self._aggregates().items():
+        for name, samples in self._aggregates(self.poller.view()).items():
             if name in wanted:
                 blocks[name] = self._sample_block(name, samples, lambda s=samples: s)  # type: ignore[misc]
         failures = self.store.totals.tray_failures

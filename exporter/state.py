@@ -28,7 +28,7 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, KeysView
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -147,6 +147,15 @@ class FinishedTotals:
     tray_failures: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     # Tasks created and finished where no poll could name them, by site.
     unobserved: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    tracked: int
+    vanished: int
+    write_errors: int
+    spans_dropped: int
+    pending_writes: int
 
 
 class Store:
@@ -279,6 +288,30 @@ class Store:
         """The ids of tasks added, changed or dropped since the last call (and forget them)."""
         touched, self.touched = self.touched, set()
         return touched
+
+    def health(self) -> StoreHealth:
+        """The store's own numbers for the self-metrics, as a value."""
+        return StoreHealth(
+            tracked=len(self.tasks),
+            vanished=self.vanished,
+            write_errors=int(getattr(self.persistence, "write_errors", 0)),
+            spans_dropped=int(getattr(self.persistence, "spans_dropped", 0)),
+            pending_writes=len(self.unwritten),
+        )
+
+    def counting_racks(self) -> set[str]:
+        """Racks whose baseline is taken: their finished tasks are counted."""
+        return {rack_id for rack_id, ledger in self.racks.items() if ledger.counting}
+
+    def record(self, task_id: str) -> TaskRecord | None:
+        return self.tasks.get(task_id)
+
+    def tracked_ids(self) -> KeysView[str]:
+        """The ids of every tracked task (a live read-only view: read it on the poller's thread)."""
+        return self.tasks.keys()
+
+    def tray_type(self, tray_id: str) -> str:
+        return self.tray_types.get(tray_id, "Unknown")
 
     def learn_tray_type(self, tray_id: str, tray_type: str) -> None:
         """Record a tray's type (discovery); ``tray_types_version`` moves when one changes."""
@@ -636,7 +669,7 @@ class Store:
         if not self._claim(record.id, "trays-failed"):
             return
         for tray in record.trays:
-            key = (record.site_id, record.rack_id, tray, self.tray_types.get(tray, "Unknown"))
+            key = (record.site_id, record.rack_id, tray, self.tray_type(tray))
             self.totals.tray_failures[key] = self.totals.tray_failures.get(key, 0) + 1
             self._batch.tray_failures[key] = self.totals.tray_failures[key]
 

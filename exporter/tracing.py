@@ -1,7 +1,7 @@
 """OpenTelemetry traces of tasks: one trace per task, spans built from the store's transitions.
 
 A task becomes one trace whose id is the task UUID's 128 bits, so a metric exemplar's
-``trace_id`` (:func:`exporter.metrics.trace_id`) opens the same trace. The tree::
+``trace_id`` (:func:`exporter.facts.trace_id`) opens the same trace. The tree::
 
     <operation>                 root: the task, created -> finished
     ├── queue                   created -> started (-> finished if it never started)
@@ -47,7 +47,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from opentelemetry.util.types import AttributeValue
 
 from exporter import __version__
-from exporter.metrics import failure_context, trace_id
+from exporter.facts import failure_context, trace_id_int
 from exporter.models import ReportStage, ReportStatus, ReportStep, TaskStatus
 from exporter.outbox import Outbox, Sender
 from exporter.state import Kind, TaskRecord, Transition
@@ -85,11 +85,6 @@ def _no_name(_: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def trace_id_int(task_id: str) -> int:
-    """The task's trace id as an int: its UUID's 128 bits (the same as ``metrics.trace_id``)."""
-    return int(trace_id(task_id), 16)
-
-
 def span_id(task_id: str, level: str, stage_number: int = 0, step_index: int = 0) -> int:
     """A deterministic, never-zero 64-bit span id for one span of one task.
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter import alerts
 from tests.conftest import skip_or_fail
+from tools import alerts
+from tools.paths import ROOT
 
-ROOT = alerts.ROOT
 TESTS_DIR = ROOT / "alerts" / "tests"
 EXAMPLE = ROOT / "alerts" / "alertmanager.example.yml"
 
@@ -42,12 +42,12 @@ def _committed_groups() -> list[dict[str, Any]]:
 
 
 def test_committed_files_are_what_the_generator_renders() -> None:
-    config = alerts.load_config()
+    config = alerts.load_alert_config()
     assert alerts.RULES_PATH.read_text() == alerts.render_rules(config), (
-        "alerts/nico-task-exporter.rules.yml is stale: run `python -m exporter.alerts`"
+        "alerts/nico-task-exporter.rules.yml is stale: run `python -m tools.alerts`"
     )
     assert alerts.PROMETHEUS_RULE_PATH.read_text() == alerts.render_prometheus_rule(config), (
-        "deploy/prometheusrule.yaml is stale: run `python -m exporter.alerts`"
+        "deploy/prometheusrule.yaml is stale: run `python -m tools.alerts`"
     )
 
 
@@ -75,7 +75,7 @@ def test_every_alert_is_actionable() -> None:
         annotations = rule["annotations"]
         assert annotations["summary"] and annotations["description"], name
         url = annotations["runbook_url"]
-        assert url == f"{alerts.load_config().runbook_url_base}/{name}.md"
+        assert url == f"{alerts.load_alert_config().runbook_url_base}/{name}.md"
         runbook = ROOT / "docs" / "runbooks" / f"{name}.md"
         assert runbook.exists(), f"no runbook for {name}"
         text = runbook.read_text()
@@ -91,14 +91,14 @@ def test_stuck_has_warning_and_critical_and_no_progress() -> None:
         ("critical", "running_too_long"),
         ("warning", "no_progress"),
     }
-    config = alerts.load_config()
+    config = alerts.load_alert_config()
     critical = next(r for r in stuck if r["labels"]["severity"] == "critical")
     for operation, thresholds in config.stuck.items():
         assert f'{{operation="{operation}"}} > {thresholds.critical:g}' in critical["expr"]
 
 
 def test_trace_url_is_added_only_when_a_tracing_ui_is_configured() -> None:
-    config = alerts.load_config()
+    config = alerts.load_alert_config()
     assert "trace_url" not in alerts.render_rules(dataclasses.replace(config, trace_url_prefix=""))
     traced = dataclasses.replace(config, trace_url_prefix="https://jaeger.example.com/trace/")
     failed = next(r for r in _alert_rules(alerts.rule_groups(traced)) if r["alert"] == "NicoTaskFailed")

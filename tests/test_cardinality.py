@@ -1,7 +1,7 @@
 """Cardinality: the reference 1,000-rack fleet exposes exactly the series ``fleet_series`` predicts.
 
 The state is built as the poller builds it (``Store.observe`` / ``attribute``, the inventory in a
-``Poller``) following the assumptions :class:`exporter.docs.Fleet` states; one render is counted
+``Poller``) following the assumptions :class:`tools.metrics_doc.Fleet` states; one render is counted
 per family. A collector change that adds series breaks the equality, and then the formula and the
 figure in ``docs/metrics.md`` have to follow.
 """
@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from exporter.client import NicoClient, ParseEvent, RequestEvent
-from exporter.docs import CONTROLS, REFERENCE_FLEET, Fleet, Layout, busy_stage, fleet_series
 from exporter.exposition import Format
 from exporter.metrics import (
     FAMILIES,
@@ -36,6 +35,7 @@ from exporter.poller import Poller, RackEntry, SiteHealth
 from exporter.snapshot import Publisher, Snapshot
 from exporter.state import Store
 from tests.scrape import Scrape
+from tools.metrics_doc import CONTROLS, REFERENCE_FLEET, Fleet, Layout, busy_stage, fleet_series
 
 NOW = 1_780_000_000.0
 AGGREGATES = [f.name for f in FAMILIES if f.name == "nico_tasks" or f.name.startswith("nico_tasks_")] + [

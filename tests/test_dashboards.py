@@ -12,8 +12,8 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
-from exporter import dashboards
 from tests.conftest import skip_or_fail
+from tools import dashboards
 
 SCHEMA = (
     Path(__file__).resolve().parent.parent.parent
@@ -49,8 +49,8 @@ def test_dashboard_validates_against_the_grafana_schema(name: str, validator: Dr
 @pytest.mark.parametrize("name", sorted(RENDERED))
 def test_committed_json_equals_the_generators_output(name: str) -> None:
     committed = dashboards.DASHBOARD_DIR / name
-    assert committed.exists(), f"run `python -m exporter.dashboards` to write {committed}"
-    assert committed.read_text(encoding="utf-8") == RENDERED[name], "run `python -m exporter.dashboards`"
+    assert committed.exists(), f"run `python -m tools.dashboards` to write {committed}"
+    assert committed.read_text(encoding="utf-8") == RENDERED[name], "run `python -m tools.dashboards`"
 
 
 def test_no_stray_dashboard_files() -> None:

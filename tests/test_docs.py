@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from exporter.docs import DOC_PATH, REFERENCE_FLEET, fleet_series, render_metrics_doc
 from exporter.metrics import FAMILIES
+from tools.metrics_doc import DOC_PATH, REFERENCE_FLEET, fleet_series, render_metrics_doc
 
 
 def test_metrics_doc_is_up_to_date() -> None:
     on_disk = DOC_PATH.read_text(encoding="utf-8") if DOC_PATH.exists() else ""
     assert on_disk == render_metrics_doc(), (
-        "docs/metrics.md differs from exporter/metrics.py: run `python -m exporter.docs` and commit the result"
+        "docs/metrics.md differs from exporter/metrics.py: run `python -m tools.metrics_doc` and commit the result"
     )
 
 

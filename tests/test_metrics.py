@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter import __version__
 from exporter.client import ClientHooks, NicoClient, ParseEvent, RequestEvent
+from exporter.facts import failure_reason, short_error, trace_id
 from exporter.metrics import (
     API_BUCKETS,
     FAMILIES,
@@ -32,9 +33,6 @@ from exporter.metrics import (
     ClientMetrics,
     SeriesOptions,
     TaskMetrics,
-    failure_reason,
-    short_error,
-    trace_id,
 )
 from exporter.models import Rack, Site, Task
 from exporter.outbox import SenderStats

@@ -24,13 +24,14 @@ import httpx
 import pytest
 import yaml
 
-from exporter import alerts
 from tests.conftest import skip_or_fail
 from tests.processes import Process, exporter_command, free_port, simulator, truth, wait_until
+from tools import alerts
+from tools.paths import ROOT
 
 pytestmark = pytest.mark.e2e
 
-RUNBOOKS = alerts.ROOT / "docs" / "runbooks"
+RUNBOOKS = ROOT / "docs" / "runbooks"
 FAIL_ERROR = "BMC unreachable: NVSwitch tray did not answer"
 WAITING_AFTER_S = 12.0
 STALE_AFTER_S = 8.0
@@ -107,7 +108,7 @@ class Stack:
 
 def _rules(tmp: Path, receiver_url: str) -> Path:
     """The generated rules with test thresholds: seconds instead of minutes, no ``for``."""
-    config = alerts.load_config()
+    config = alerts.load_alert_config()
     config = dataclasses.replace(
         config,
         runbook_url_base=receiver_url + "/runbooks",
@@ -125,7 +126,7 @@ def _rules(tmp: Path, receiver_url: str) -> Path:
 
 def _alertmanager_config(tmp: Path, receiver_url: str) -> Path:
     """The example's routing tree, grouping and inhibition, every receiver replaced by the test's."""
-    config = yaml.safe_load((alerts.ROOT / "alerts" / "alertmanager.example.yml").read_text())
+    config = yaml.safe_load((ROOT / "alerts" / "alertmanager.example.yml").read_text())
     config["receivers"] = [{"name": "test", "webhook_configs": [{"url": receiver_url + "/hook"}]}]
     route = config["route"]
     route.update(receiver="test", group_wait="1s", group_interval="1s")

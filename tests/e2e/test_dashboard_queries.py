@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter import dashboards
 from tests.e2e.test_prometheus import binary
 from tests.processes import (
     Process,
@@ -32,6 +31,7 @@ from tests.processes import (
     truth,
     wait_until,
 )
+from tools import dashboards
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""``docs/metrics.md``, generated from ``FAMILIES``: ``python -m exporter.docs`` writes it.
+"""``docs/metrics.md``, generated from ``FAMILIES``: ``python -m tools.metrics_doc`` writes it.
 
 The page holds the family table, the histogram buckets, how exemplars and per-task series work,
 and the series count of a reference fleet. That count comes from :func:`fleet_series`, a formula
@@ -13,7 +13,6 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from exporter.config import StateConfig, format_duration
@@ -28,8 +27,8 @@ from exporter.metrics import (
 )
 from exporter.models import NVL72_TRAYS, ComponentType, TaskStatus
 from exporter.operations import OPERATIONS, Operation
+from tools.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DOC_PATH = ROOT / "docs" / "metrics.md"
 
 _C, _S, _P = ComponentType.COMPUTE, ComponentType.NVSWITCH, ComponentType.POWERSHELF
@@ -361,7 +360,7 @@ def render_metrics_doc(fleet: Fleet = REFERENCE_FLEET) -> str:
     lines = [
         "# Metrics",
         "",
-        "<!-- Generated from exporter/metrics.py by `python -m exporter.docs`; do not edit by hand. -->",
+        "<!-- Generated from exporter/metrics.py by `python -m tools.metrics_doc`; do not edit by hand. -->",
         "",
         "Every family the exporter serves on `/metrics`. A scrape never calls NICo: the collector "
         "renders what the poller and the state store already hold. No task id ever labels an aggregate.",
