@@ -4,59 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+from exporter.simulator.harness import free_port, simulator_process
+
+__all__ = ["RESULTS", "free_port", "simulator_process"]
 
 RESULTS = Path(__file__).with_name("results.json")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def simulator_process(*args: str) -> Iterator[str]:
-    """Serve the simulator over loopback in a child process (so it has its own core and GIL)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "simulate", "--web.listen-address", f"127.0.0.1:{port}", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"simulator exited early: {err[-2000:]}")
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("simulator did not come up within 30 s")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def commit() -> str:

@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import httpx
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from exporter.addresses import parse_listen_address
@@ -19,6 +22,7 @@ from exporter.operations import Classifier
 from exporter.outbox import MemoryOutbox, SenderStats, SqliteOutbox
 from exporter.persistence import NullPersistence, SqlitePersistence, open_state
 from exporter.poller import Intervals, Poller
+from exporter.ratelimit import TokenBucket
 from exporter.scheduler import Runner
 from exporter.sharding import Shard
 from exporter.snapshot import Publisher
@@ -46,15 +50,39 @@ class Exporter:
     tracing: TracingHandle | None = None
 
 
-def build(config: Config) -> Exporter:
-    """Construct everything ``run`` needs, without starting anything."""
+def build(
+    config: Config,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    environ: Mapping[str, str] | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Exporter:
+    """Construct everything ``run`` needs, without starting anything: the one place it is wired.
+
+    Args:
+        config: the validated configuration.
+        transport: how the client reaches NICo (tests hand in an in-process simulator); the
+            network by default.
+        environ: the ``OTEL_*`` environment tracing is configured from; ``os.environ`` by default.
+        clock: wall-clock epoch seconds (timestamps compared with NICo's, snapshot stamps).
+        monotonic: seconds for the poller's own pacing.
+    """
     client_metrics = ClientMetrics()
     hooks = ClientHooks(on_request=client_metrics.on_request, on_parse_error=client_metrics.on_parse_error)
+    # One request budget, spent by the client and watched by the poller (it sheds when it is short).
+    limiter = TokenBucket(config.api.max_requests_per_second, config.api.burst)
     client = NicoClient(
-        config.api.url, config.api.org, auth=config.token_source(), hooks=hooks, **config.client_kwargs()
+        config.api.url,
+        config.api.org,
+        auth=config.token_source(),
+        hooks=hooks,
+        transport=transport,
+        limiter=limiter,
+        **config.client_kwargs(),
     )
-    # -- tracing: off unless an OTLP endpoint is configured (the standard OTEL_* environment).
-    tracing = configure_tracing(config.tracing.service_name)
+    # Tracing is off unless an OTLP endpoint is configured (the standard OTEL_* environment).
+    tracing = configure_tracing(config.tracing.service_name, environ)
     persistence = open_state(config.state.path)
     if tracing is not None and isinstance(persistence, NullPersistence):
         persistence = NullPersistence(MemoryOutbox())  # no state file: spans wait in memory
@@ -77,14 +105,14 @@ def build(config: Config) -> Exporter:
         ),
         sites=config.sites,
         shard=Shard(config.sharding.shard, config.sharding.total_shards),
+        clock=clock,
+        monotonic=monotonic,
+        limiter=limiter,
     )
     task_metrics = TaskMetrics()
     store.subscribe(task_metrics)
     if tracing is not None:
-        tracing.builder(
-            site_name=lambda site_id: health.site.name if (health := poller.health.get(site_id)) else "",
-            rack_name=lambda rack_id: entry.rack.name if (entry := poller.racks.get(rack_id)) else "",
-        ).attach(store)
+        tracing.builder(site_name=poller.site_name, rack_name=poller.rack_name).attach(store)
     # Process, platform and GC metrics: prometheus_client's own collectors, safe from any thread.
     registry = CollectorRegistry(auto_describe=False)
     for standard in (ProcessCollector, PlatformCollector, GCCollector):
@@ -102,6 +130,7 @@ def build(config: Config) -> Exporter:
             families=family_filter(metrics.allowlist, metrics.denylist),
         ),
         persistent=persistence.durable,
+        clock=clock,
     )
     return Exporter(config, client, store, poller, Runner(poller), persistence, registry, publisher, tracing)
 
@@ -123,17 +152,20 @@ async def _summaries(exporter: Exporter) -> None:
     """A status line a minute: what an operator tailing the log wants before metrics exist."""
     while True:
         await asyncio.sleep(SUMMARY_INTERVAL)
-        store, poller = exporter.store, exporter.poller
+        store, view = exporter.store, exporter.poller.view()
         active = Counter(r.status.value for r in store.records() if not r.is_terminal)
         log.info(
-            "status: %d racks, %d sites up of %d, %d active tasks, %d finished counted, cycle %.1fs",
-            len(poller.racks),
-            sum(1 for h in poller.health.values() if h.up),
-            len(poller.health),
-            sum(active.values()),
-            sum(store.totals.tasks.values()),
-            poller.stats.last_cycle_seconds,
-            extra={"active": dict(active), "final_fetch_queue": len(poller.final_fetches)},
+            "status",
+            extra={
+                "racks": len(view.racks),
+                "sites_up": sum(1 for site in view.sites if site.up),
+                "sites": len(view.sites),
+                "active_tasks": sum(active.values()),
+                "finished_counted": sum(store.totals.tasks.values()),
+                "cycle_s": round(view.last_cycle_seconds, 1),
+                "active": dict(active),
+                "final_fetch_queue": view.final_fetch_queue,
+            },
         )
 
 

@@ -220,6 +220,7 @@ class NicoClient:
         rng: random.Random | None = None,
         max_pages: int = MAX_PAGES,
         task_cache_size: int = 50_000,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.org = org
@@ -228,7 +229,8 @@ class NicoClient:
             # Logins and refreshes are API calls too: count them with the rest.
             self.auth.on_request = self._emit_auth
         self.timeout_s = timeout_s
-        self.limiter = TokenBucket(max_requests_per_second, burst)
+        # The request budget; shared with whoever else spends it (the poller reads how busy it is).
+        self.limiter = limiter or TokenBucket(max_requests_per_second, burst)
         self.retry = retry or RetryPolicy()
         self.hooks = hooks or ClientHooks()
         self._prefix = f"/{route_version}/org/{org}/{api_name}"

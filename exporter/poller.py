@@ -46,7 +46,7 @@ from exporter.attribution import Plan, plan
 from exporter.client import Listing, NicoClient
 from exporter.errors import FlowDisabled, NicoError, NotFound, TaskNotOnSite
 from exporter.models import ComponentType, Rack, Site, Task, Tray
-from exporter.ratelimit import Priority
+from exporter.ratelimit import Priority, TokenBucket
 from exporter.sharding import Shard
 from exporter.state import Store
 
@@ -209,6 +209,8 @@ class Poller:
         clock: wall-clock epoch seconds, for timestamps compared with NICo's.
         monotonic: seconds for the poller's own pacing (final-fetch backoff, discovery shedding).
             Deadlines handed to the client are always real ``time.monotonic()``.
+        limiter: the request budget, the client's own bucket unless given (then the same one the
+            client was built with).
     """
 
     def __init__(
@@ -221,8 +223,11 @@ class Poller:
         shard: Shard | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self.client = client
+        # The request budget the client spends (the same bucket): how busy it is decides shedding.
+        self.limiter = limiter or client.limiter
         self.store = store
         self.intervals = intervals or Intervals()
         self.site_filter = list(sites)
@@ -233,12 +238,22 @@ class Poller:
         self.racks: dict[str, RackEntry] = {}
         self.final_fetches: dict[str, FinalFetch] = {}
         self.attributions: dict[str, Attribution] = {}
-        self.stats = PollerStats(budget_rps=client.limiter.rate)
+        self.stats = PollerStats(budget_rps=self.limiter.rate)
         self.ready = False
         self._lags: deque[tuple[float, float]] = deque()
         self._last_discovery = 0.0
         for task_id, site_id, rack_id in store.awaiting_fetch():
             self.final_fetches[task_id] = FinalFetch(site_id, rack_id)
+
+    def site_name(self, site_id: str) -> str:
+        """The site's name from the inventory ('' while unknown)."""
+        health = self.health.get(site_id)
+        return health.site.name if health is not None else ""
+
+    def rack_name(self, rack_id: str) -> str:
+        """The rack's name from the inventory ('' while unknown)."""
+        entry = self.racks.get(rack_id)
+        return entry.rack.name if entry is not None else ""
 
     def view(self) -> PollerView:
         """The poller's state for the metrics, as an immutable value."""
@@ -256,7 +271,7 @@ class Poller:
             shard_total=self.shard.total,
             freshness_shortfall_seconds=stats.freshness_shortfall_seconds,
             required_rps=stats.required_rps,
-            budget_rps=self.client.limiter.rate,
+            budget_rps=self.limiter.rate,
             last_cycle_seconds=stats.last_cycle_seconds,
             late_polls=stats.late_polls,
             final_fetch_queue=len(self.final_fetches),
@@ -268,9 +283,7 @@ class Poller:
     def _saturated(self) -> bool:
         """The budget is all spoken for: urgent callers wait, or rack polls run behind schedule."""
         self.stats.last_cycle_seconds = self._lag()
-        return (
-            self.stats.last_cycle_seconds > 0.9 * self.intervals.active or self.client.limiter.waiting() > 0
-        )
+        return self.stats.last_cycle_seconds > 0.9 * self.intervals.active or self.limiter.waiting() > 0
 
     def _shed(self, job: str) -> None:
         self.stats.shed[job] = self.stats.shed.get(job, 0) + 1
@@ -281,7 +294,7 @@ class Poller:
         racks, sites = len(self.racks), max(1, len(self.health))
         required = racks / iv.active + racks / iv.reconcile + 3 * sites / iv.discovery
         self.stats.required_rps = required
-        budget = self.client.limiter.rate
+        budget = self.limiter.rate
         if budget <= 0:
             self.stats.freshness_shortfall_seconds = 0.0
             return

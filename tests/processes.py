@@ -3,102 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from exporter.simulator.harness import Child as Process
+from exporter.simulator.harness import exporter_command, free_port, simulator_process, wait_until
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-class Process:
-    """A child process with its output in a file, stopped by PID on exit."""
-
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.args = args
-        self.log = log
-        self._out = log.open("ab")
-        self.proc = subprocess.Popen(
-            args,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._out.close()
-        return int(self.proc.returncode)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def exporter_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "exporter", *args]
+__all__ = ["Process", "exporter_command", "free_port", "simulator", "wait_until"]
 
 
 @contextlib.contextmanager
 def simulator(tmp: Path, *args: str) -> Iterator[str]:
-    """``nico-task-exporter simulate`` on a free port; yields its base URL."""
-    port = free_port()
-    proc = Process(
-        exporter_command("simulate", "--web.listen-address", f"127.0.0.1:{port}", *args),
-        tmp / f"simulator-{port}.log",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _healthy(url) or not proc.alive(), 30, "the simulator to start")
-        assert proc.alive(), proc.output()[-2000:]
+    """``nico-task-exporter simulate`` on a free port, its log in ``tmp``; yields its base URL."""
+    with simulator_process(*args, log_dir=tmp) as url:
         yield url
-    finally:
-        proc.stop()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url + "/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def truth(url: str) -> dict[str, Any]:

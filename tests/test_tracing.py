@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from exporter.app import build, start_tracing
+from exporter.app import build
 from exporter.config import Config, load_config
 from exporter.models import Task
 from exporter.outbox import MemoryOutbox, Outbox, Sender, SqliteOutbox
@@ -707,25 +707,24 @@ def _config(tmp_path: Path) -> Config:
     return load_config(None, env)
 
 
-def test_build_wires_tracing_only_when_an_endpoint_is_set(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
-    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
-    off = build(_config(tmp_path))
-    assert off.tracing is None
-    off.persistence.close()
-
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
-    on = build(_config(tmp_path))
-    try:
-        assert on.tracing is not None
-        assert on.tracing.resource.attributes["service.name"] == "nico-east"
-        # One subscriber more than without tracing; the sender starts with serving (start_tracing).
-        assert len(on.store._subscribers) == len(off.store._subscribers) + 1
-        start_tracing(on)
-        assert on.tracing.sender is not None and on.tracing.sender.durable
-        assert len(on.store._after_commit) == len(off.store._after_commit) + 1
-    finally:
-        on.tracing.shutdown(timeout_s=1) if on.tracing else None
-        on.persistence.close()
+def test_build_wires_tracing_only_when_an_endpoint_is_set(tmp_path: Path) -> None:
+    """A finished task leaves its spans pending in the state file only when tracing is on."""
+    for environ, on in (({}, False), ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, True)):
+        home = tmp_path / str(on)
+        home.mkdir()
+        exporter = build(_config(home), environ=environ)
+        try:
+            assert (exporter.tracing is not None) == on
+            if exporter.tracing is not None:
+                assert exporter.tracing.resource.attributes["service.name"] == "nico-east"
+            exporter.store.observe(SITE, RACK, succeeded(), T0 + 600)
+            exporter.store.commit()
+            outbox = SqliteOutbox(home / "state.db")
+            pending = outbox.count()
+            outbox.close()
+            # The root, its two stages and their three steps, or nothing.
+            assert pending == (7 if on else 0)
+        finally:
+            if exporter.tracing is not None:
+                exporter.tracing.shutdown(timeout_s=1)
+            exporter.persistence.close()
