@@ -12,11 +12,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.poller import Poller
+from exporter.poller import Intervals, PollerView
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,31 @@ def _jitter(interval: float) -> float:
     return min(5.0, interval / 10)
 
 
-class Runner:
-    """Owns the scheduler for one poller."""
+class Committer(Protocol):
+    def commit(self) -> None: ...
 
-    def __init__(self, poller: Poller) -> None:
+
+class Jobs(Protocol):
+    """What the runner needs of the poller: its intervals, its jobs, and the store to commit."""
+
+    @property
+    def intervals(self) -> Intervals: ...
+    @property
+    def store(self) -> Committer: ...
+
+    async def start(self) -> None: ...
+    async def run_rack_polls(self, stop: asyncio.Event) -> None: ...
+    async def fetch_finals(self) -> None: ...
+    async def attribute_trays(self) -> None: ...
+    async def discover(self) -> None: ...
+    async def expire(self) -> None: ...
+    def view(self) -> PollerView: ...
+
+
+class Runner:
+    """Owns the scheduler for one poller (:class:`~exporter.poller.Poller`, or anything with its jobs)."""
+
+    def __init__(self, poller: Jobs) -> None:
         self.poller = poller
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.failures: dict[str, int] = {}
@@ -92,11 +113,9 @@ class Runner:
         self._add("discovery", p.discover, iv.discovery, now=False)
         self._add("expire", p.expire, EXPIRE_INTERVAL, now=False)
         self.scheduler.start()
+        view = p.view()
         log.info(
-            "polling %d racks on %d sites",
-            len(p.racks),
-            len(p.health),
-            extra={"racks": len(p.racks), "sites": len(p.health), "shard": p.shard.index},
+            "polling", extra={"racks": len(view.racks), "sites": len(view.sites), "shard": view.shard_index}
         )
         try:
             await stopper

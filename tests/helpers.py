@@ -1,9 +1,11 @@
-"""Small builders for NICo payloads and a recording mock server, shared by the unit tests."""
+"""NICo's HTTP answers (pages, errors, v2.0 task lists) and a recording mock server, for the unit tests.
+
+The payload builders are in :mod:`tests.builders`.
+"""
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,28 +13,9 @@ from typing import Any
 import httpx
 
 from exporter.client import ClientHooks, NicoClient, ParseEvent, RequestEvent, RetryPolicy
+from tests.builders import ORG
 
-SITE = "11111111-1111-4111-8111-111111111111"
-RACK = "22222222-2222-4222-8222-222222222222"
-ORG = "acme"
 NICO_404 = {"source": "nico", "message": "Task not found", "data": None}
-
-
-def task(status: str = "Running", **fields: Any) -> dict[str, Any]:
-    """A task as NICo writes it; ``fields`` override or add keys."""
-    out: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "status": status,
-        "description": "API power on Rack",
-        "message": "",
-        "ruleId": None,
-        "created": "2026-06-08T18:00:00.123456Z",
-        "started": None,
-        "updated": "2026-06-08T18:00:01.5Z",
-        "finished": None,
-    }
-    out.update(fields)
-    return out
 
 
 def page(items: list[dict[str, Any]], total: int, number: int = 1, size: int = 100) -> httpx.Response:

@@ -20,9 +20,9 @@ from exporter.poller import Intervals, Poller
 from exporter.sharding import Shard
 from exporter.simulator import ManualClock, ScenarioConfig, Simulation, SimulatorConfig, create_app
 from exporter.state import Kind, Store, Transition
+from tests.builders import ORG
+from tests.builders import SIM_TOKEN as TOKEN
 
-ORG = "acme"
-TOKEN = "sim-token"
 EXPIRE_EVERY = 30.0
 
 

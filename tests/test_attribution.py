@@ -9,8 +9,8 @@ from typing import Any
 
 from exporter.attribution import plan
 from exporter.models import NVL72_TRAYS, ComponentType, Task, Tray
+from tests.builders import RACK
 
-RACK = "22222222-2222-4222-8222-222222222222"
 C, S, P = ComponentType.COMPUTE, ComponentType.NVSWITCH, ComponentType.POWERSHELF
 
 

@@ -26,7 +26,9 @@ from exporter.errors import (
     Unauthorized,
 )
 from exporter.models import TaskStatus
-from tests.helpers import NICO_404, RACK, SITE, Recorder, make_client, nico_error, page, task, v2_task_list
+from tests.builders import RACK, SITE
+from tests.builders import wire_task as task
+from tests.helpers import NICO_404, Recorder, make_client, nico_error, page, v2_task_list
 
 
 async def test_listing_follows_total_at_page_size_100_and_drops_repeated_ids() -> None:

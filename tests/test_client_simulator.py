@@ -22,10 +22,10 @@ from exporter.client import ClientHooks, NicoClient, ParseEvent, RequestEvent, R
 from exporter.errors import FlowDisabled, ServerError, TaskNotCancellable, TaskNotOnSite, Unauthorized
 from exporter.models import ComponentType, ReportStatus, TaskStatus
 from exporter.simulator import ManualClock, ScenarioConfig, Simulation, SimulatorConfig, create_app
+from tests.builders import ORG
+from tests.builders import SIM_TOKEN as TOKEN
 from tests.servers import serve_app
 
-ORG = "acme"
-TOKEN = "sim-token"
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,88 +40,20 @@ from exporter.poller import FinalFetch, Poller, RackEntry, SiteHealth
 from exporter.sharding import Shard
 from exporter.snapshot import Publisher
 from exporter.state import Store
+from tests.builders import RACK, SITE, T0, report, stage, step, task, tid
 from tests.helpers import page
 from tests.scrape import Scrape
 
-SITE = "11111111-1111-4111-8111-111111111111"
 SITE_B = "44444444-4444-4444-8444-444444444444"
-RACK = "22222222-2222-4222-8222-222222222222"
 RACK_B = "33333333-3333-4333-8333-333333333333"
 TRAY_C = "55555555-5555-4555-8555-555555555555"
 TRAY_P = "66666666-6666-4666-8666-666666666666"
 TRAY_X = "77777777-7777-4777-8777-777777777777"
 RULE = "88888888-8888-4888-8888-888888888888"
-T0 = 1_780_000_000.0  # epoch seconds; every time below is T0 + offset
 TTL = 3600.0
 
 
 # -- builders --------------------------------------------------------------------------------------
-
-
-def tid(n: int) -> str:
-    return f"00000000-0000-4000-8000-{n:012d}"
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat()
-
-
-def step(
-    component: str,
-    status: str,
-    start: float | None = None,
-    end: float | None = None,
-    error: str | None = None,
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"componentType": component, "status": status, "totalComponents": 1}
-    if start is not None:
-        out["startedAt"] = iso(start)
-    if end is not None:
-        out["finishedAt"] = iso(end)
-    if error is not None:
-        out["error"] = error
-    return out
-
-
-def stage(
-    number: int, status: str, *steps: dict[str, Any], start: float | None = None, end: float | None = None
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"number": number, "status": status, "steps": list(steps)}
-    if start is not None:
-        out["startedAt"] = iso(start)
-    if end is not None:
-        out["finishedAt"] = iso(end)
-    return out
-
-
-def report(*stages: dict[str, Any]) -> dict[str, Any]:
-    return {"version": 1, "stages": list(stages)}
-
-
-def task(
-    n: int,
-    status: str = "Running",
-    *,
-    description: str = "API power on Rack",
-    created: float | None = T0,
-    started: float | None = None,
-    updated: float | None = None,
-    finished: float | None = None,
-    message: str | None = None,
-    rule_id: str | None = None,
-    rep: dict[str, Any] | None = None,
-) -> Task:
-    data: dict[str, Any] = {"id": tid(n), "status": status, "description": description}
-    for key, at in (("created", created), ("started", started), ("updated", updated), ("finished", finished)):
-        if at is not None:
-            data[key] = iso(at)
-    if message is not None:
-        data["message"] = message
-    if rule_id is not None:
-        data["ruleId"] = rule_id
-    if rep is not None:
-        data["report"] = rep
-    return Task.parse(data)
 
 
 def running_power_on(n: int, **kw: Any) -> Task:

@@ -47,9 +47,9 @@ from exporter.errors import (
     Unauthorized,
 )
 from exporter.models import ComponentType, ReportStatus, TaskStatus
+from tests.builders import ORG
 
 BASE_URL = "https://nico.test"
-ORG = "acme"
 PREFIX = f"/v2/org/{ORG}/nico"
 SITE_ID = "5a1c0e57-0000-4000-8000-000000000001"
 RACK_ID = "2ac40000-0000-4000-8000-000000000002"

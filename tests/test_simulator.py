@@ -28,10 +28,10 @@ from exporter.simulator import (
 )
 from exporter.simulator.access import RateLimiter
 from exporter.simulator.clock import AcceleratedClock
+from tests.builders import ORG
+from tests.builders import SIM_TOKEN as TOKEN
 from tests.servers import serve_app
 
-TOKEN = "sim-token"
-ORG = "acme"
 BASE = f"/v2/org/{ORG}/nico"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

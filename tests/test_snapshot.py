@@ -11,7 +11,6 @@ after every publish.
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -23,17 +22,13 @@ from exporter.models import Rack, Site, Task
 from exporter.poller import Poller, RackEntry, SiteHealth
 from exporter.snapshot import Publisher
 from exporter.state import Store
-from tests.helpers import task
+from tests.builders import T0, iso
+from tests.builders import wire_task as task
 
-T0 = 1_780_000_000.0
 SITES = ("11111111-1111-4111-8111-111111111111", "44444444-4444-4444-8444-444444444444")
 RACKS = [f"22222222-2222-4222-8222-{n:012x}" for n in range(6)]
 TRAYS = {rack: [f"55555555-5555-4555-8555-{r:06x}{t:06x}" for t in range(4)] for r, rack in enumerate(RACKS)}
 DESCRIPTIONS = ("API power on Rack", "API firmware update Rack", "Leak detection on Rack", "custom job")
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat()
 
 
 def _report(rng: random.Random, status: str, at: float) -> dict[str, object]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,31 +13,13 @@ from exporter.models import Task, TaskStatus
 from exporter.operations import Operation
 from exporter.persistence import SqlitePersistence, StateBatch
 from exporter.state import Kind, Store, Transition
-
-SITE = "11111111-1111-4111-8111-111111111111"
-RACK = "22222222-2222-4222-8222-222222222222"
-OTHER_RACK = "33333333-3333-4333-8333-333333333333"
-T0 = 1_780_000_000.0  # epoch seconds; every ``now`` below is T0 + offset
+from tests import builders
+from tests.builders import OTHER_RACK, RACK, SITE, T0, report, stage, step, tid
 
 
-def tid(n: int) -> str:
-    return f"00000000-0000-4000-8000-{n:012d}"
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat()
-
-
-def step(component: str = "Compute", status: str = "pending", total: int = 1) -> dict[str, Any]:
-    return {"componentType": component, "status": status, "totalComponents": total}
-
-
-def stage(number: int, status: str, *steps: dict[str, Any]) -> dict[str, Any]:
-    return {"number": number, "status": status, "steps": list(steps)}
-
-
-def report(*stages: dict[str, Any]) -> dict[str, Any]:
-    return {"version": 1, "stages": list(stages)}
+def task(n: int = 1, status: str = "Running", **fields: Any) -> Task:
+    """The store tests' tasks carry no creation time unless they say so."""
+    return builders.task(n, status, **{"created": None, **fields})
 
 
 POWER_ON_TYPES = ("PowerShelf", "NVSwitch", "Compute")
@@ -58,25 +39,6 @@ def power_on_report(done: int, running: bool = True, last: str = "completed") ->
             status = "pending"
         stages.append(stage(number, status, step(component, status)))
     return report(*stages)
-
-
-def task(
-    n: int = 1,
-    status: str = "Running",
-    *,
-    description: str = "API power on Rack",
-    finished: float | None = None,
-    created: float | None = None,
-    rep: dict[str, Any] | None = None,
-) -> Task:
-    data: dict[str, Any] = {"id": tid(n), "status": status, "description": description}
-    if finished is not None:
-        data["finished"] = iso(finished)
-    if created is not None:
-        data["created"] = iso(created)
-    if rep is not None:
-        data["report"] = rep
-    return Task.parse(data)
 
 
 def done_task(n: int = 1, status: str = "Succeeded", *, finished: float = T0, **kw: Any) -> Task:
@@ -256,7 +218,7 @@ def test_failed_task_finishes_failed_step_and_leaves_pending_stages_silent(
 
 def test_skipped_stages_and_steps_deliver_nothing(store: Store, rec: Recorder) -> None:
     rep = report(
-        stage(1, "skipped", step("Compute", "skipped", 0)),
+        stage(1, "skipped", step("Compute", "skipped", total=0)),
         stage(2, "completed", step("NVSwitch", "completed")),
     )
     store.observe(SITE, RACK, task(1, "Succeeded", finished=T0, rep=rep), T0)

@@ -12,7 +12,6 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,85 +37,28 @@ from exporter.tracing import (
     encode_span,
     span_id,
 )
+from tests import builders
+from tests.builders import RACK, SITE, T0, stage, tid
 from tests.pollharness import DiesBeforeCommit, Harness, KilledError, expected_finished, simulation
 
-SITE = "11111111-1111-4111-8111-111111111111"
-RACK = "22222222-2222-4222-8222-222222222222"
 TRAY = "55555555-5555-4555-8555-555555555555"
 RULE = "88888888-8888-4888-8888-888888888888"
-T0 = 1_780_000_000.0
 NS = 1_000_000_000
 
 
 # -- builders --------------------------------------------------------------------------------------
 
 
-def tid(n: int) -> str:
-    return f"00000000-0000-4000-8000-{n:012d}"
-
-
-def iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat()
-
-
-def _times(out: dict[str, Any], start: float | None, end: float | None) -> dict[str, Any]:
-    if start is not None:
-        out["startedAt"] = iso(start)
-    if end is not None:
-        out["finishedAt"] = iso(end)
-    return out
-
-
 def step(
-    component: str,
-    status: str,
-    start: float | None = None,
-    end: float | None = None,
-    error: str | None = None,
+    component: str, status: str, start: float | None = None, end: float | None = None, **kw: Any
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"componentType": component, "status": status, "totalComponents": 2}
-    if error is not None:
-        out["error"] = error
-    return _times(out, start, end)
+    """Two components per step, so the span attributes show a count."""
+    return builders.step(component, status, start, end, total=2, **kw)
 
 
-def stage(
-    number: int,
-    status: str,
-    *steps: dict[str, Any],
-    start: float | None = None,
-    end: float | None = None,
-    error: str | None = None,
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"number": number, "status": status, "steps": list(steps)}
-    if error is not None:
-        out["error"] = error
-    return _times(out, start, end)
-
-
-def task(
-    n: int,
-    status: str,
-    *stages: dict[str, Any],
-    created: float = T0,
-    started: float | None = T0 + 10,
-    finished: float | None = None,
-    rule_id: str | None = None,
-) -> Task:
-    data: dict[str, Any] = {
-        "id": tid(n),
-        "status": status,
-        "description": "API power on Rack",
-        "created": iso(created),
-        "report": {"version": 1, "stages": list(stages)},
-    }
-    if started is not None:
-        data["started"] = iso(started)
-    if finished is not None:
-        data["finished"] = iso(finished)
-    if rule_id is not None:
-        data["ruleId"] = rule_id
-    return Task.parse(data)
+def task(n: int, status: str, *stages: dict[str, Any], started: float | None = T0 + 10, **kw: Any) -> Task:
+    """Tasks that started 10 s after their creation at T0, with a report even without stages."""
+    return builders.task(n, status, started=started, rep=builders.report(*stages), **kw)
 
 
 RESOURCE = Resource.create({"service.name": "nico"})

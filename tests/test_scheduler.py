@@ -1,0 +1,131 @@
+"""The job runner on the real APScheduler and a real event loop, with a poller whose jobs record.
+
+Independent expectations: each job's calls are timestamped by the fake itself; the runner's
+promises (``exporter/scheduler.py``'s docstring) are checked against those timestamps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from exporter.poller import Intervals, PollerView
+from exporter.scheduler import Runner
+
+
+@dataclass
+class Store:
+    commits: list[float] = field(default_factory=list)
+
+    def commit(self) -> None:
+        self.commits.append(time.monotonic())
+
+
+class Jobs:
+    """A poller whose jobs record when they run; ``slow`` jobs take that long, ``failing`` raise."""
+
+    def __init__(self, intervals: Intervals, *, slow: dict[str, float] | None = None,
+                 failing: frozenset[str] = frozenset(), start_s: float = 0.0) -> None:  # fmt: skip
+        self.intervals = intervals
+        self.store = Store()
+        self.slow = slow or {}
+        self.failing = failing
+        self.start_s = start_s
+        self.calls: dict[str, list[float]] = defaultdict(list)
+        self.running: dict[str, int] = defaultdict(int)
+        self.most_at_once: dict[str, int] = defaultdict(int)
+
+    async def _run(self, name: str) -> None:
+        self.calls[name].append(time.monotonic())
+        self.running[name] += 1
+        self.most_at_once[name] = max(self.most_at_once[name], self.running[name])
+        try:
+            await asyncio.sleep(self.slow.get(name, 0))
+            if name in self.failing:
+                raise RuntimeError(f"{name} broke")
+        finally:
+            self.running[name] -= 1
+
+    async def start(self) -> None:
+        self.calls["start"].append(time.monotonic())
+        await asyncio.sleep(self.start_s)
+
+    async def run_rack_polls(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():  # as the real one: a stop ends the wait for the next round
+            await self._run("active_poll")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.intervals.active)
+
+    async def fetch_finals(self) -> None:
+        await self._run("final_fetch")
+
+    async def attribute_trays(self) -> None:
+        await self._run("tray_attribution")
+
+    async def discover(self) -> None:
+        await self._run("discovery")
+
+    async def expire(self) -> None:
+        await self._run("expire")
+
+    def view(self) -> PollerView:
+        return PollerView()
+
+
+async def _run_for(jobs: Jobs, seconds: float) -> float:
+    """Run the runner for ``seconds``; returns when it was started (monotonic)."""
+    stop = asyncio.Event()
+    began = time.monotonic()
+    task = asyncio.create_task(Runner(jobs).run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    return began
+
+
+async def test_starts_at_once_and_the_first_polls_do_not_wait_an_interval() -> None:
+    jobs = Jobs(Intervals(active=30, trays=30, reconcile=60, discovery=60, final_fetch=30))
+    began = await _run_for(jobs, 0.5)
+    for name in ("start", "active_poll", "final_fetch", "tray_attribution"):
+        assert jobs.calls[name], f"{name} did not run at once"
+        assert jobs.calls[name][0] - began < 0.4, name
+    # Discovery ran inside start; its own schedule begins one interval later.
+    assert not jobs.calls["discovery"] and not jobs.calls["expire"]
+
+
+async def test_a_job_never_overlaps_itself_and_missed_runs_coalesce() -> None:
+    jobs = Jobs(Intervals(active=5, trays=0.1, reconcile=60, discovery=60, final_fetch=5),
+                slow={"tray_attribution": 0.6})  # fmt: skip
+    await _run_for(jobs, 2.0)
+    assert jobs.most_at_once["tray_attribution"] == 1
+    # 0.6 s runs every 0.1 s for 2 s: back to back (about 3), never the 20 the interval asks for.
+    assert 2 <= len(jobs.calls["tray_attribution"]) <= 4
+
+
+async def test_a_failing_job_runs_again_and_leaves_the_others_running() -> None:
+    jobs = Jobs(Intervals(active=0.1, trays=0.1, reconcile=60, discovery=60, final_fetch=0.1),
+                failing=frozenset({"final_fetch"}))  # fmt: skip
+    await _run_for(jobs, 1.0)
+    assert len(jobs.calls["final_fetch"]) >= 3  # it failed every time, and ran again
+    assert len(jobs.calls["tray_attribution"]) >= 3
+    assert len(jobs.calls["active_poll"]) >= 3
+
+
+async def test_stop_ends_the_jobs_then_commits_what_they_observed() -> None:
+    jobs = Jobs(Intervals(active=0.1, trays=0.1, reconcile=60, discovery=60, final_fetch=0.1))
+    await _run_for(jobs, 0.5)
+    last_run = max(t for name, times in jobs.calls.items() if name != "start" for t in times)
+    assert jobs.store.commits and jobs.store.commits[-1] >= last_run
+    assert all(n == 0 for n in jobs.running.values())  # nothing still running after run() returned
+
+
+async def test_a_stop_during_start_commits_and_returns_without_scheduling() -> None:
+    jobs = Jobs(Intervals(active=0.1, trays=0.1, reconcile=60, discovery=60, final_fetch=0.1), start_s=5)
+    began = time.monotonic()
+    await _run_for(jobs, 0.3)
+    assert time.monotonic() - began < 2  # the 5-second start was cancelled
+    assert len(jobs.store.commits) == 1
+    assert not jobs.calls["active_poll"] and not jobs.calls["final_fetch"]
