@@ -1,4 +1,4 @@
-"""The NICo simulator behaves like the real server (nico-api-notes.md), in-process and exact.
+"""The NICo simulator behaves like the real server (docs/api-notes.md), in-process and exact.
 
 Every test builds its own quiet :class:`Simulation` on a :class:`ManualClock`, creates the tasks
 it needs, steps time and asserts what a client would see over HTTP.
