@@ -8,11 +8,15 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 # Only what the wheel is made of (see .dockerignore); the README is the package's long description.
-COPY pyproject.toml README.md ./
+# constraints.txt pins every runtime dependency to the versions the tests ran with.
+COPY pyproject.toml README.md constraints.txt ./
 COPY exporter ./exporter
+# The image can export traces over OTLP/HTTP and OTLP/gRPC (the grpc extra).
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install --no-cache-dir /wheels/*.whl
+    && for wheel in /wheels/*.whl; do \
+         /opt/venv/bin/pip install --no-cache-dir -c constraints.txt "${wheel}[grpc]"; \
+       done
 
 FROM python:3.11.11-slim-bookworm
 ARG VERSION=0.1.0

@@ -1,6 +1,6 @@
 """Pydantic models of NICo's REST payloads: the API boundary, shared with the simulator.
 
-Tolerant where the real server deviates from its spec (see ../shared/nico-api-notes.md):
+Tolerant where the real server deviates from its spec (see docs/api-notes.md):
 
 * ``report.version`` arrives as the integer ``1`` (code) or the string ``"1"`` (older spec text);
 * ``NVLSwitch`` (spec) and ``NVSwitch`` (code) are one component type, reported as ``NVSwitch``;

@@ -512,6 +512,13 @@ class TracingHandle:
             self.exporter.shutdown()
 
 
+GRPC_INSTALL_HINT = "pip install 'nico-task-exporter[grpc]'"
+
+
+class TracingConfigError(Exception):
+    """The ``OTEL_*`` environment asks for an export this installation cannot make."""
+
+
 def _env(environ: Mapping[str, str], *names: str) -> str:
     return next((v.strip() for n in names if (v := environ.get(n, "")).strip()), "")
 
@@ -527,6 +534,9 @@ def configure_tracing(
     protocol (``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL``) is ``http/protobuf`` (default) or
     ``grpc``; headers, timeout, compression and TLS are read by the OTLP exporter itself. Export
     runs on the sender's thread (:mod:`exporter.outbox`): it never blocks polling or scrapes.
+
+    Raises:
+        TracingConfigError: ``grpc`` is asked for but the ``grpc`` extra is not installed.
     """
     env = os.environ if environ is None else environ
     if _env(env, "OTEL_SDK_DISABLED").lower() == "true":
@@ -542,7 +552,14 @@ def configure_tracing(
     )
     inner: SpanExporter
     if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+        # The gRPC exporter (and grpcio) is an optional extra: imported only when asked for.
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+        except ImportError as exc:
+            raise TracingConfigError(
+                "OTLP protocol grpc (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL) "
+                f"needs the optional gRPC exporter: {GRPC_INSTALL_HINT}, or use http/protobuf"
+            ) from exc
 
         endpoint = traces_endpoint or base_endpoint
         inner = GrpcExporter(endpoint=endpoint)

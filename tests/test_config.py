@@ -27,7 +27,7 @@ SITE_B = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
 TOKEN = "tok-3kd93nfw9s8df7"
 SECRET = "sec-9fj3mc02lq8zv5"
 
-# PRODUCT.md section 4, verbatim.
+# docs/design.md (Configuration), verbatim.
 PRODUCT_EXAMPLE = """\
 api:
   url: https://nico-rest-api.nico.svc.cluster.local

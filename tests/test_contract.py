@@ -1,9 +1,14 @@
-"""Contract: the simulator's responses validate against NICo's real OpenAPI spec (v2.0.0).
+"""Contract: the simulator's responses validate against NICo's OpenAPI spec (v2.0.0).
 
 Every response is checked against the schema the spec gives for that path, method and status
-(errors against ``NICoAPIError``). Where the real server's code deviates from its spec
-(nico-api-notes.md), the deviation is allowed explicitly, by name, in ``DEVIATIONS``, and a test
-shows the strict spec would reject it, so no allowance outlives the deviation it covers.
+(errors against ``NICoAPIError``), and its ``X-Pagination`` header against the header's schema.
+The spec is the project's subset of it, ``tests/data/nico-openapi-subset.yaml``
+(:mod:`tests.openapi_subset`), so these tests always run; with the full upstream spec available
+(``NICO_OPENAPI_SPEC``, or the design sources' copy beside the project) every check runs against
+it too, and the subset must still equal its derivation from it. Where the real server's code
+deviates from its spec (docs/api-notes.md), the deviation is allowed explicitly, by name, in
+``DEVIATIONS``, and a test shows the strict spec would reject it, so no allowance outlives the
+deviation it covers.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -21,35 +25,53 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from exporter.simulator import ManualClock, Outcome, ScenarioConfig, Simulation, SimulatorConfig, create_app
 from tests.conftest import skip_or_fail
-
-SPEC_PATH = Path(
-    os.environ.get(
-        "NICO_OPENAPI_SPEC", Path(__file__).resolve().parents[2] / "shared" / "nico-openapi" / "spec.yaml"
-    )
+from tests.openapi_subset import (
+    OPERATIONS,
+    PREFIX,
+    SPEC_ENV,
+    SUBSET_PATH,
+    derive,
+    load_yaml,
+    spec_configured,
+    spec_path,
 )
+
 SPEC_URI = "urn:nico:spec"
-PREFIX = "/v2/org/{org}/nico"
 TOKEN = "contract-token"
-
-
-def _spec() -> dict[str, Any]:
-    if not SPEC_PATH.exists():
-        skip_or_fail(
-            f"the NICo spec is not at {SPEC_PATH} (../shared beside the project, or NICO_OPENAPI_SPEC)"
-        )
-    return copy.deepcopy(_load_spec())
+SOURCES = ("subset", "upstream")
 
 
 @functools.cache
-def _load_spec() -> dict[str, Any]:
-    with SPEC_PATH.open() as fh:
-        return dict(yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))  # noqa: S506
+def _load(path: Path) -> dict[str, Any]:
+    return load_yaml(path)
+
+
+def _subset() -> dict[str, Any]:
+    return copy.deepcopy(_load(SUBSET_PATH))
+
+
+def _upstream() -> dict[str, Any]:
+    """The full upstream spec; skips (fails under ``NICO_REQUIRE_E2E`` when it was asked for by
+    ``NICO_OPENAPI_SPEC``) when it is not there. The project's subset needs none of it."""
+    path = spec_path()
+    if not path.exists():
+        reason = (
+            f"the full NICo OpenAPI spec is not at {path}: set {SPEC_ENV} to NICo's "
+            "rest-api/openapi/spec.yaml (2.0.0) to check against it too"
+        )
+        if spec_configured():
+            skip_or_fail(reason)
+        pytest.skip(reason)
+    return copy.deepcopy(_load(path))
+
+
+def _spec(source: str) -> dict[str, Any]:
+    return _subset() if source == "subset" else _upstream()
 
 
 # -- the documented code-versus-spec deviations ---------------------------------------------------
@@ -129,9 +151,33 @@ class Contract:
             for e in validator.iter_errors(body)
         ]
 
+    def header_errors(self, method: str, template: str, resp: httpx.Response) -> list[str]:
+        """The response's headers against the ones its spec response declares: a header with
+        JSON ``content`` (the subset's ``X-Pagination``) is parsed and validated, one with a plain
+        ``schema`` is validated as the string it is."""
+        responses = self.spec["paths"][PREFIX + template][method.lower()]["responses"]
+        declared = self._resolve(responses.get(str(resp.status_code), {})).get("headers", {})
+        problems: list[str] = []
+        for name, header in declared.items():
+            value = resp.headers.get(name)
+            if value is None:
+                problems.append(f"header {name}: missing")
+                continue
+            if "content" in header:
+                schema = header["content"]["application/json"]["schema"]
+                try:
+                    parsed: Any = json.loads(value)
+                except ValueError:
+                    problems.append(f"header {name}: not JSON: {value!r}")
+                    continue
+            else:
+                schema, parsed = header["schema"], value
+            problems += [f"header {name}: {p}" for p in self.errors(dict(_rebase(schema)), parsed)]
+        return problems
+
     def check(self, method: str, template: str, resp: httpx.Response) -> None:
         schema = self.schema_for(method, template, resp.status_code)
-        problems = self.errors(schema, resp.json())
+        problems = self.errors(schema, resp.json()) + self.header_errors(method, template, resp)
         assert not problems, f"{method} {template} -> {resp.status_code}: {problems[:5]}"
 
 
@@ -146,14 +192,20 @@ def _rebase(schema: Any) -> Any:
     return schema
 
 
-@pytest.fixture(scope="module")
-def strict() -> Contract:
-    return Contract(_spec())
+@pytest.fixture(scope="module", params=SOURCES)
+def source(request: pytest.FixtureRequest) -> str:
+    """Which spec: the project's subset (always) or the full upstream spec (when available)."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def contract() -> Contract:
-    spec = _spec()
+def strict(source: str) -> Contract:
+    return Contract(_spec(source))
+
+
+@pytest.fixture(scope="module")
+def contract(source: str) -> Contract:
+    spec = _spec(source)
     for allow in DEVIATIONS.values():
         allow(spec)
     return Contract(spec)
@@ -341,10 +393,11 @@ async def test_x_pagination_is_compact_json_with_order_by_null(world: World) -> 
 
 
 def test_the_spec_lists_paging_and_a_404_that_the_code_does_not_have() -> None:
-    """Two code-versus-spec deviations on the request side: the spec offers ``pageNumber`` and
-    ``pageSize`` on the task lists (the handlers refuse them) and 404 for a missing task (Flow's
-    "no rows" is a 500). If the spec is ever fixed, this fails and the notes can say so."""
-    paths = _spec()["paths"]
+    """Two code-versus-spec deviations on the request side: the full spec offers ``pageNumber``
+    and ``pageSize`` on the task lists (the handlers refuse them) and 404 for a missing task
+    (Flow's "no rows" is a 500). If the spec is ever fixed, this fails and docs/api-notes.md can
+    say so."""
+    paths = _upstream()["paths"]
     for path in (PREFIX + "/rack/{id}/task", PREFIX + "/tray/{id}/task"):
         params = {p.get("name") for p in paths[path]["get"].get("parameters", []) if isinstance(p, dict)}
         refs = {p["$ref"].rsplit("/", 1)[-1] for p in paths[path]["get"].get("parameters", []) if "$ref" in p}
@@ -367,7 +420,48 @@ async def test_each_allowed_deviation_is_real(name: str, world: World, strict: C
 
 
 async def test_spec_uses_nvlswitch_but_simulator_writes_the_code_spelling(world: World) -> None:
-    """``componentType`` is a free string in the schema; the code writes ``NVSwitch`` (notes 6.3)."""
+    """``componentType`` is a free string in the schema; the code writes ``NVSwitch`` (docs/api-notes.md)."""
     resp = await world.http.get(f"/task/{world.succeeded}", params={"siteId": world.site})
     types = {step["componentType"] for stage in resp.json()["report"]["stages"] for step in stage["steps"]}
     assert "NVSwitch" in types and "NVLSwitch" not in types
+
+
+# -- the project's subset of the spec --------------------------------------------------------------
+
+
+def test_the_subset_still_equals_its_derivation_from_the_full_spec() -> None:
+    """The committed subset is what :func:`tests.openapi_subset.derive` makes of the full spec."""
+    assert derive(_upstream()) == _subset(), "stale: run `python -m tests.openapi_subset SPEC`"
+
+
+async def test_the_subset_holds_exactly_the_operations_the_checks_call(world: World) -> None:
+    called = {(method.lower(), template) for method, template, *_ in _calls(world)}
+    assert called == {(method, template) for template, ms in OPERATIONS.items() for method in ms}
+    assert set(_subset()["paths"]) == {PREFIX + template for template in OPERATIONS}
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        (None, "missing"),
+        ("page 1 of 1", "not JSON"),
+        ('{"pageNumber":1,"pageSize":20,"total":3}', "'orderBy' is a required property"),
+        ('{"pageNumber":1,"pageSize":101,"total":3,"orderBy":null}', "101 is greater than the maximum"),
+        ('{"pageNumber":1,"pageSize":20,"total":-1,"orderBy":null}', "-1 is less than the minimum"),
+    ],
+)
+def test_the_subset_checks_the_x_pagination_header(header: str | None, problem: str) -> None:
+    contract = Contract(_subset())
+    headers = {} if header is None else {"X-Pagination": header}
+    resp = httpx.Response(200, headers=headers, json=[])
+    problems = contract.header_errors("GET", "/rack/{id}/task", resp)
+    assert any(problem in p for p in problems), problems
+
+
+def test_the_subset_requires_every_key_of_the_error_body() -> None:
+    contract = Contract(_subset())
+    schema = contract.schema_for("GET", "/task/{id}", 500)
+    assert contract.errors(schema, {"source": "nico", "message": "x", "data": None}) == []
+    assert contract.errors(schema, {"source": "nico", "message": "x"}) == [
+        "<root>: 'data' is a required property"
+    ]

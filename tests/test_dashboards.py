@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,12 @@ from jsonschema import Draft7Validator
 from tests.conftest import skip_or_fail
 from tools import dashboards
 
-SCHEMA = (
-    Path(__file__).resolve().parent.parent.parent
-    / "shared"
-    / "grafana-schema"
-    / "grafana-dashboard.schema.json"
+# The project's schema (always checked) and, when available, the full one generated from
+# @grafana/schema (NICO_GRAFANA_SCHEMA, or the design sources' copy beside the project).
+MINIMAL_SCHEMA = Path(__file__).resolve().parent / "data" / "grafana-dashboard.schema.json"
+GRAFANA_SCHEMA_ENV = "NICO_GRAFANA_SCHEMA"
+DEFAULT_GRAFANA_SCHEMA = (
+    Path(__file__).resolve().parents[2] / "shared" / "grafana-schema" / "grafana-dashboard.schema.json"
 )
 RENDERED = dashboards.render_all()
 
@@ -28,22 +31,78 @@ def _panels(board: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in board["panels"] if p["type"] != "row"]
 
 
-@pytest.fixture(scope="module")
-def validator() -> Draft7Validator:
-    if not SCHEMA.exists():
-        skip_or_fail(f"the Grafana dashboard schema is missing ({SCHEMA})")
-    schema = json.loads(SCHEMA.read_text())
+def _full_schema() -> dict[str, Any]:
+    """Grafana's full strict schema; skips (fails under ``NICO_REQUIRE_E2E`` when it was asked for
+    by ``NICO_GRAFANA_SCHEMA``) when it is not there."""
+    configured = os.environ.get(GRAFANA_SCHEMA_ENV, "")
+    path = Path(configured) if configured else DEFAULT_GRAFANA_SCHEMA
+    if not path.exists():
+        reason = (
+            f"the full Grafana dashboard schema is not at {path}: set {GRAFANA_SCHEMA_ENV} to the "
+            "strict grafana-dashboard.schema.json generated from @grafana/schema to check against it too"
+        )
+        if configured:
+            skip_or_fail(reason)
+        pytest.skip(reason)
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _minimal_schema() -> dict[str, Any]:
+    return dict(json.loads(MINIMAL_SCHEMA.read_text(encoding="utf-8")))
+
+
+@pytest.fixture(scope="module", params=("minimal", "grafana"))
+def validator(request: pytest.FixtureRequest) -> Draft7Validator:
+    schema = _minimal_schema() if request.param == "minimal" else _full_schema()
     Draft7Validator.check_schema(schema)
     return Draft7Validator(schema)
 
 
+def _errors(validator: Draft7Validator, board: Any) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(board)]
+
+
+def _reasons(validator: Draft7Validator, board: Any) -> list[str]:
+    """Every error message, with those under each ``anyOf`` branch (a panel is a Panel or a RowPanel)."""
+    pending, out = list(validator.iter_errors(board)), []
+    while pending:
+        error = pending.pop()
+        out.append(error.message)
+        pending.extend(error.context or ())
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(RENDERED))
 def test_dashboard_validates_against_the_grafana_schema(name: str, validator: Draft7Validator) -> None:
-    errors = [
-        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-        for e in validator.iter_errors(json.loads(RENDERED[name]))
-    ]
-    assert errors == []
+    assert _errors(validator, json.loads(RENDERED[name])) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda b: b["panels"][1].update(colour="red"), "Additional properties are not allowed"),
+        (lambda b: b["panels"][1]["gridPos"].update(w=25), "25 is greater than the maximum of 24"),
+        (lambda b: b["panels"][1]["targets"][0].pop("refId"), "'refId' is a required property"),
+        (lambda b: b["templating"]["list"][0].update(type="list"), "is not one of"),
+        (lambda b: b.pop("uid"), "'uid' is a required property"),
+    ],
+)
+def test_the_minimal_schema_rejects_what_grafana_would(change: Callable[[Any], object], problem: str) -> None:
+    board = json.loads(RENDERED["nico-fleet.json"])
+    assert board["panels"][1]["type"] != "row"
+    change(board)
+    reasons = _reasons(Draft7Validator(_minimal_schema()), board)
+    assert any(problem in r for r in reasons), reasons
+
+
+def test_the_minimal_schema_allows_no_key_grafana_does_not() -> None:
+    """Each strict object of the minimal schema allows a subset of the same object's keys in the
+    full schema, so passing the minimal one never hides a key Grafana would refuse."""
+    full = _full_schema()["definitions"]
+    for name, definition in _minimal_schema()["definitions"].items():
+        if definition.get("additionalProperties") is False:
+            assert name in full, name
+            assert set(definition["properties"]) <= set(full[name]["properties"]), name
 
 
 @pytest.mark.parametrize("name", sorted(RENDERED))

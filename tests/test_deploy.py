@@ -1,24 +1,62 @@
-"""The Kubernetes manifests in deploy/: what a cluster needs to run, shard and scrape the exporter."""
+"""The Kubernetes manifests in deploy/: what a cluster needs to run, shard and scrape the exporter.
+
+Every manifest of a built-in kind validates, offline, against the Kubernetes OpenAPI schemas that
+``kubernetes-validate`` ships, in strict mode (a misspelt field is an error): for 1.28, the oldest
+version the StatefulSet works on (the ``apps.kubernetes.io/pod-index`` label), and the newest the
+package knows. Custom resources (the ServiceMonitor) have no schema there; the tests below check
+the fields they rely on.
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
 import yaml
 
 from exporter.config import load_config
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
+OLDEST_KUBERNETES = "1.28.0"
+KUBERNETES_VERSIONS = (OLDEST_KUBERNETES, str(kubernetes_validate.latest_version()))
+CUSTOM_KINDS = {"ServiceMonitor"}  # monitoring.coreos.com/v1: the Prometheus Operator's CRD
+
+
+def _all_documents() -> list[dict[str, Any]]:
+    return [
+        doc for path in sorted(DEPLOY.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc
+    ]
 
 
 def _documents() -> dict[str, dict[str, Any]]:
-    docs: dict[str, dict[str, Any]] = {}
-    for path in sorted(DEPLOY.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                docs[doc["kind"]] = doc
-    return docs
+    return {doc["kind"]: doc for doc in _all_documents()}
+
+
+BUILT_IN = [doc for doc in _all_documents() if doc["kind"] not in CUSTOM_KINDS]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("doc", BUILT_IN, ids=[f"{d['kind']}/{d['metadata']['name']}" for d in BUILT_IN])
+def test_manifest_validates_against_the_kubernetes_schema(doc: dict[str, Any], version: str) -> None:
+    validated = kubernetes_validate.validate(doc, version, strict=True)
+    assert validated == version.rsplit(".", 1)[0]
+
+
+def test_the_schema_check_rejects_a_misspelt_field() -> None:
+    sts = copy.deepcopy(_documents()["StatefulSet"])
+    sts["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {"httpGet": {"path": "/healthz"}}
+    with pytest.raises(kubernetes_validate.ValidationError, match="livenesProbe"):
+        kubernetes_validate.validate(sts, OLDEST_KUBERNETES, strict=True)
+
+
+def test_only_the_custom_resources_lack_a_kubernetes_schema() -> None:
+    for doc in _all_documents():
+        if doc["kind"] in CUSTOM_KINDS:
+            with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+                kubernetes_validate.validate(doc, OLDEST_KUBERNETES, strict=True)
 
 
 def test_every_piece_is_there() -> None:

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,8 +134,33 @@ def test_nothing_fetched_with_add(text: str) -> None:
 def test_dockerignore_keeps_the_context_small() -> None:
     ignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert "*" in ignore or ".venv" in ignore
-    for needed in ("!pyproject.toml", "!README.md", "!exporter/"):
+    for needed in ("!pyproject.toml", "!README.md", "!constraints.txt", "!exporter/"):
         assert needed in ignore
+
+
+def test_the_builder_installs_with_the_constraints_and_the_grpc_extra(text: str) -> None:
+    builder = stages(text)[0]
+    assert any("constraints.txt" in c.split() for c in builder.all("COPY"))
+    installs = [run for run in builder.all("RUN") if "pip install" in run]
+    assert installs and all("-c constraints.txt" in run for run in installs), installs
+    assert any("[grpc]" in run for run in installs)
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\[<>=!~;\s]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_constraints_pin_every_runtime_dependency() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version and _name(name) == name, f"not a canonical pin: {line!r}"
+            pins[name] = version
+    runtime = [*project["dependencies"], *project["optional-dependencies"]["grpc"]]
+    missing = [req for req in runtime if _name(req) not in pins]
+    assert missing == []
 
 
 def test_hadolint() -> None:

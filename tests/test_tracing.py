@@ -7,6 +7,8 @@ and spans land in an ``InMemorySpanExporter``; nothing touches the network.
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -32,6 +34,7 @@ from exporter.state import Store
 from exporter.tracing import (
     SpanBuilder,
     SpanSettings,
+    TracingConfigError,
     configure_tracing,
     decode_span,
     encode_span,
@@ -604,6 +607,28 @@ def test_tracing_follows_the_otel_environment(env: dict[str, str], protocol: str
         assert handle.resource.attributes["service.name"] == "nico-test"
     finally:
         handle.shutdown(timeout_s=2)
+
+
+def test_grpc_without_the_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if the grpc extra were not installed: the module cannot be imported.
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    with pytest.raises(TracingConfigError, match=r"pip install 'nico-task-exporter\[grpc\]'"):
+        configure_tracing("nico", env)
+
+
+def test_http_tracing_and_the_whole_runtime_never_import_grpc() -> None:
+    """Without the grpc extra everything but gRPC export works: nothing imports it eagerly."""
+    code = (
+        "import sys\n"
+        "import exporter.app, exporter.cli, exporter.tracing\n"
+        "handle = exporter.tracing.configure_tracing('nico', {'OTEL_EXPORTER_OTLP_ENDPOINT': 'http://c:4318'})\n"
+        "assert handle is not None and handle.protocol == 'http/protobuf'\n"
+        "loaded = sorted(m for m in sys.modules if m == 'grpc' or '.grpc' in m)\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_shutdown_is_bounded_when_the_receiver_is_down_and_the_spans_stay_pending(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """A simulated NICo REST server: the fake the demo, the tests and the benchmarks run against.
 
-It models what the exporter depends on, faithfully to the real server (nico-api-notes.md):
+It models what the exporter depends on, faithfully to the real server (docs/api-notes.md):
 sites, GB200 NVL72 racks and trays, Flow tasks with their stage/step reports and lifecycle
 (REST submissions refused on conflict, Waiting from leak detection and schedules, Running
 stage by stage, fail-fast, queue expiry by the promoter's sweep, cancel), the REST surface with its exact error bodies, first-20-row task lists in storage (heap) order with exact totals,
