@@ -50,7 +50,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from exporter import logs
+from exporter import logs, yamlfile
 from exporter.auth import ClientCredentials, StaticToken, TokenFile, TokenSource
 from exporter.models import canonical_uuid
 from exporter.operations import OPERATIONS
@@ -593,25 +593,6 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     return config
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (PyYAML keeps the last)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[str] = set()
-    for key_node, _ in node.value:
-        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-            if key_node.value in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
-                )
-            seen.add(key_node.value)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -622,18 +603,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        # Only the position and the problem: PyYAML's own message quotes the line, which may
-        # hold a token.
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
-        problem = exc.problem or exc.context or "syntax error"
-        if exc.problem and exc.context and exc.context_mark is not None:
-            problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+        data = yamlfile.loads(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({type(exc).__name__})") from None
+        raise ConfigError(yamlfile.describe_error(exc, str(path))) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
