@@ -25,12 +25,10 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-import math
 import os
 import re
 import ssl
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict, get_args, get_origin
 from urllib.parse import urlsplit
@@ -52,6 +50,12 @@ from pydantic_core import PydanticCustomError
 
 from exporter import logs, yamlfile
 from exporter.auth import ClientCredentials, StaticToken, TokenFile, TokenSource
+from exporter.durations import Duration, Interval
+
+# Re-exported for exporter/alerts.py and exporter/docs.py until they move to tools/: new code
+# imports them from exporter.durations.
+from exporter.durations import format_duration as format_duration
+from exporter.durations import parse_duration as parse_duration
 from exporter.models import canonical_uuid
 from exporter.operations import OPERATIONS
 
@@ -71,84 +75,12 @@ class ConfigError(Exception):
         self.message = message
 
 
-# --------------------------------------------------------------------------- durations
-
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
-_DURATION_HINT = "use e.g. 15s, 5m, 1h"
+# --------------------------------------------------------------------------- field types
 
 
 def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from ``15s``, ``5m``, ``1h30m``, ``500ms``, ``7d``, a number or a numeric string.
-
-    Plain numbers are seconds. Units are lowercase only: ``5M`` could mean months.
-    Raises ``ValueError`` for negatives, non-finite values and anything else.
-    """
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r} ({_DURATION_HINT})")
-    elif isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        body = text.removeprefix("-")
-        if _NUMBER.fullmatch(body):
-            seconds = float(body)
-        elif _DURATION.fullmatch(body):
-            seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(body))
-        else:
-            raise ValueError(f"invalid duration {_shown(value)} ({_DURATION_HINT})")
-        if text.startswith("-"):
-            seconds = -seconds
-    else:
-        raise ValueError(f"invalid duration of type {type(value).__name__} ({_DURATION_HINT})")
-    if not math.isfinite(seconds):
-        raise ValueError(f"invalid duration {_shown(value)} ({_DURATION_HINT})")
-    if seconds < 0:
-        raise ValueError(f"duration must not be negative, got {_shown(value)}")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The inverse of :func:`parse_duration` for display: 90 -> ``1m30s``, 0.5 -> ``500ms``."""
-    ms = round(seconds * 1000)
-    if ms < 1000:
-        return f"{ms}ms"
-    out = ""
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)):
-        count, ms = divmod(ms, size)
-        if count:
-            out += f"{count}{unit}"
-    whole, frac = divmod(ms, 1000)
-    if frac:
-        out += f"{whole}.{frac:03d}".rstrip("0") + "s"
-    elif whole:
-        out += f"{whole}s"
-    return out
-
-
-def _positive(seconds: float) -> float:
-    if seconds <= 0:
-        raise ValueError("must be greater than zero")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-"""A non-negative duration in seconds, written ``15s``, ``5m``, ``1h30m`` or as plain seconds."""
-
-Interval = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
-"""A :data:`Duration` that must be greater than zero (poll intervals, timeouts)."""
-
-
-# --------------------------------------------------------------------------- field types
 
 
 def _field_error(field: str, message: str) -> PydanticCustomError:

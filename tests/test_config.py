@@ -14,13 +14,8 @@ import yaml
 
 from exporter import cli, logs
 from exporter.auth import ClientCredentials, StaticToken, TokenFile
-from exporter.config import (
-    Config,
-    ConfigError,
-    format_duration,
-    load_config,
-    parse_duration,
-)
+from exporter.config import Config, ConfigError, load_config
+from exporter.durations import format_duration, parse_duration
 
 SITE_A = "3f2c1a9e-8b7d-4c6e-9a5f-0d1e2f3a4b5c"
 SITE_B = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
