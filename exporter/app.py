@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from exporter.addresses import parse_listen_address
-from exporter.client import ClientHooks, NicoClient
+from exporter.auth import token_source
+from exporter.client import ClientHooks, NicoClient, client_kwargs
 from exporter.config import Config
 from exporter.metrics import ClientMetrics, SeriesOptions, TaskMetrics, family_filter
 from exporter.operations import Classifier
@@ -51,7 +52,11 @@ def build(config: Config) -> Exporter:
     client_metrics = ClientMetrics()
     hooks = ClientHooks(on_request=client_metrics.on_request, on_parse_error=client_metrics.on_parse_error)
     client = NicoClient(
-        config.api.url, config.api.org, auth=config.token_source(), hooks=hooks, **config.client_kwargs()
+        config.api.url,
+        config.api.org,
+        auth=token_source(config.api),
+        hooks=hooks,
+        **client_kwargs(config.api),
     )
     # -- tracing: off unless an OTLP endpoint is configured (the standard OTEL_* environment).
     tracing = configure_tracing(config.tracing.service_name)

@@ -12,13 +12,17 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 from pydantic import ValidationError
 
+from exporter import logs
 from exporter.errors import AuthError
 from exporter.models import APIError, LoginResponse
+
+if TYPE_CHECKING:
+    from exporter.config import ApiConfig
 
 
 class TokenSource(Protocol):
@@ -183,6 +187,33 @@ class ClientCredentials:
         self._refresh = parsed.refresh_token or self._refresh
         self._expires_at = now + lifetime
         self._refresh_at = now + min(lifetime * 0.8, max(lifetime - 30.0, lifetime * 0.5))
+
+
+def token_source(
+    api: ApiConfig, on_request: Callable[[str, int | None, float], None] | None = None
+) -> TokenSource:
+    """The configured credential (``api.token``, ``api.token_file`` or client credentials).
+
+    ``on_request`` observes logins and refreshes (client credentials only); left ``None``,
+    :class:`~exporter.client.NicoClient` counts them with its own requests. The token or secret
+    is registered with the log redaction filter.
+    """
+    for secret in (api.token, api.client_secret):
+        if secret is not None:
+            logs.register_secret(secret.get_secret_value())
+    if api.token is not None:
+        return StaticToken(api.token.get_secret_value())
+    if api.token_file is not None:
+        return TokenFile(api.token_file)
+    if api.client_id is None or api.client_secret is None:  # validation makes this unreachable
+        raise AuthError("api: no credentials configured")
+    return ClientCredentials(
+        api.url,
+        api.client_id,
+        api.client_secret.get_secret_value(),
+        on_request=on_request,
+        timeout=api.timeout,
+    )
 
 
 def _server_message(resp: httpx.Response) -> str:

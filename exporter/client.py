@@ -24,13 +24,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Generic
+from typing import Any, Generic, TypedDict
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from exporter import __version__
 from exporter.auth import ClientCredentials, NoToken, TokenSource
+from exporter.config import ApiConfig, ConfigError
 from exporter.errors import (
     BadPayload,
     BadRequest,
@@ -879,6 +880,41 @@ class NicoClient:
             # ours, so a second's pause for every caller lets it fill again.
             self.limiter.penalize(THROTTLED_PAUSE_S)
         raise _error_for(resp, endpoint, token)
+
+
+class ClientOptions(TypedDict):
+    """Keyword arguments for :class:`NicoClient` beside url, org and auth."""
+
+    timeout_s: float
+    max_requests_per_second: float
+    burst: int
+    max_concurrency: int
+    api_name: str
+    route_version: str
+    verify: bool | ssl.SSLContext
+
+
+def client_kwargs(api: ApiConfig) -> ClientOptions:
+    """``NicoClient(api.url, api.org, auth=token_source(api), **client_kwargs(api))``.
+
+    Raises:
+        ConfigError: ``api.ca_file`` no longer loads (it did at validation).
+    """
+    verify: bool | ssl.SSLContext = not api.insecure_skip_verify
+    if api.ca_file is not None:
+        try:
+            verify = ssl.create_default_context(cafile=str(api.ca_file))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"api.ca_file: cannot load {api.ca_file}: {exc}") from None
+    return ClientOptions(
+        timeout_s=api.timeout,
+        max_requests_per_second=api.max_requests_per_second,
+        burst=api.burst,
+        max_concurrency=api.max_concurrency,
+        api_name=api.api_name,
+        route_version=api.route_version,
+        verify=verify,
+    )
 
 
 def _http_date(value: str | None) -> float | None:

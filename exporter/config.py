@@ -28,9 +28,9 @@ import json
 import os
 import re
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypedDict, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -49,7 +49,6 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from exporter import logs, yamlfile
-from exporter.auth import ClientCredentials, StaticToken, TokenFile, TokenSource
 from exporter.durations import Duration, Interval
 
 # Re-exported for exporter/alerts.py and exporter/docs.py until they move to tools/: new code
@@ -393,18 +392,6 @@ class LogConfig(_Section):
         return value
 
 
-class ClientOptions(TypedDict):
-    """Keyword arguments for :class:`exporter.client.NicoClient` beside url, org and auth."""
-
-    timeout_s: float
-    max_requests_per_second: float
-    burst: int
-    max_concurrency: int
-    api_name: str
-    route_version: str
-    verify: bool | ssl.SSLContext
-
-
 class Config(_Section):
     """The whole validated configuration (see PRODUCT.md section 4 for the file format)."""
 
@@ -431,47 +418,6 @@ class Config(_Section):
     @classmethod
     def _unique_sites(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
-
-    def token_source(self, on_request: Callable[[str, int | None, float], None] | None = None) -> TokenSource:
-        """The configured credential as a token source for the client.
-
-        ``on_request`` observes logins and refreshes (client credentials only); left ``None``,
-        :class:`~exporter.client.NicoClient` counts them with its own requests.
-        """
-        api = self.api
-        self.register_secrets()
-        if api.token is not None:
-            return StaticToken(api.token.get_secret_value())
-        if api.token_file is not None:
-            return TokenFile(api.token_file)
-        if api.client_id is None or api.client_secret is None:  # validation makes this unreachable
-            raise ConfigError("api: no credentials configured")
-        return ClientCredentials(
-            api.url,
-            api.client_id,
-            api.client_secret.get_secret_value(),
-            on_request=on_request,
-            timeout=api.timeout,
-        )
-
-    def client_kwargs(self) -> ClientOptions:
-        """``NicoClient(cfg.api.url, cfg.api.org, auth=cfg.token_source(), **cfg.client_kwargs())``."""
-        api = self.api
-        verify: bool | ssl.SSLContext = not api.insecure_skip_verify
-        if api.ca_file is not None:
-            try:
-                verify = ssl.create_default_context(cafile=str(api.ca_file))
-            except (ssl.SSLError, OSError) as exc:
-                raise ConfigError(f"api.ca_file: cannot load {api.ca_file}: {exc}") from None
-        return ClientOptions(
-            timeout_s=api.timeout,
-            max_requests_per_second=api.max_requests_per_second,
-            burst=api.burst,
-            max_concurrency=api.max_concurrency,
-            api_name=api.api_name,
-            route_version=api.route_version,
-            verify=verify,
-        )
 
     def register_secrets(self) -> None:
         """Tell the log redaction filter about the token and the client secret."""

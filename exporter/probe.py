@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from exporter.client import NicoClient
+from exporter.auth import token_source
+from exporter.client import NicoClient, client_kwargs
 from exporter.config import Config
 from exporter.errors import FlowDisabled, NicoError
 
@@ -101,8 +102,8 @@ def render(report: ProbeReport, out: TextIO) -> None:
 
 async def check_online(config: Config, out: TextIO) -> int:
     """The online check; 0 when at least one Flow site answered, 1 otherwise."""
-    kwargs = config.client_kwargs()
-    async with NicoClient(config.api.url, config.api.org, auth=config.token_source(), **kwargs) as client:
+    kwargs = client_kwargs(config.api)
+    async with NicoClient(config.api.url, config.api.org, auth=token_source(config.api), **kwargs) as client:
         try:
             report = await probe(client, site_ids=config.sites)
         except NicoError as exc:

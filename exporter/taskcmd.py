@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
-from exporter.client import NicoClient
+from exporter.auth import token_source
+from exporter.client import NicoClient, client_kwargs
 from exporter.config import Config
 from exporter.errors import NicoError
 from exporter.models import ReportStatus, Task
@@ -99,8 +100,8 @@ async def run_tasks_command(
 ) -> int:
     """``list`` (a site's or a rack's tasks), ``show`` (one task), ``cancel`` (one task, with --yes)."""
     classifier = Classifier(config.operations.extra_patterns)
-    kwargs = config.client_kwargs()
-    async with NicoClient(config.api.url, config.api.org, auth=config.token_source(), **kwargs) as client:
+    kwargs = client_kwargs(config.api)
+    async with NicoClient(config.api.url, config.api.org, auth=token_source(config.api), **kwargs) as client:
         try:
             sites = [site] if site else [s.id for s in (await client.list_sites()).items]
             now = datetime.now(UTC)

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from exporter import cli, logs
-from exporter.auth import ClientCredentials, StaticToken, TokenFile
+from exporter.auth import ClientCredentials, StaticToken, TokenFile, token_source
+from exporter.client import client_kwargs
 from exporter.config import Config, ConfigError, load_config
 from exporter.durations import format_duration, parse_duration
 
@@ -590,26 +591,29 @@ def test_yaml_errors_never_quote_the_line(tmp_path: Path) -> None:
 
 
 def test_token_source_types(tmp_path: Path) -> None:
-    static = load(tmp_path, minimal()).token_source()
+    static = token_source(load(tmp_path, minimal()).api)
     assert isinstance(static, StaticToken)
     assert TOKEN not in repr(static)
 
-    from_file = load(tmp_path, minimal(token=None, token_file="/run/secrets/token")).token_source()
+    from_file = token_source(load(tmp_path, minimal(token=None, token_file="/run/secrets/token")).api)
     assert isinstance(from_file, TokenFile)
     assert from_file.path == Path("/run/secrets/token")
 
     seen: list[str] = []
-    login = load(
-        tmp_path,
-        minimal(token=None, client_id="exporter", client_secret=SECRET, url="https://nico.example.com/"),
-    ).token_source(on_request=lambda endpoint, code, duration: seen.append(endpoint))
+    login = token_source(
+        load(
+            tmp_path,
+            minimal(token=None, client_id="exporter", client_secret=SECRET, url="https://nico.example.com/"),
+        ).api,
+        on_request=lambda endpoint, code, duration: seen.append(endpoint),
+    )
     assert isinstance(login, ClientCredentials)
     assert login.on_request is not None
     assert SECRET not in repr(login)
 
 
 def test_client_kwargs_defaults(tmp_path: Path) -> None:
-    assert load(tmp_path, minimal()).client_kwargs() == {
+    assert client_kwargs(load(tmp_path, minimal()).api) == {
         "timeout_s": 30.0,
         "max_requests_per_second": 10.0,
         "burst": 10,
@@ -618,11 +622,11 @@ def test_client_kwargs_defaults(tmp_path: Path) -> None:
         "route_version": "v2",
         "verify": True,
     }
-    assert load(tmp_path, minimal(insecure_skip_verify=True)).client_kwargs()["verify"] is False
+    assert client_kwargs(load(tmp_path, minimal(insecure_skip_verify=True)).api)["verify"] is False
 
 
 def test_client_kwargs_verify_with_a_ca_file(tmp_path: Path, ca_file: Path) -> None:
-    verify = load(tmp_path, minimal(ca_file=str(ca_file))).client_kwargs()["verify"]
+    verify = client_kwargs(load(tmp_path, minimal(ca_file=str(ca_file))).api)["verify"]
     assert isinstance(verify, ssl.SSLContext)
     assert verify.verify_mode == ssl.CERT_REQUIRED
     assert [cert["subject"] for cert in verify.get_ca_certs()] == [((("commonName", "nico-test-ca"),),)]
