@@ -297,7 +297,8 @@ def config_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from exporter.config import ConfigError, load_config
+    from exporter.config import ConfigError
+    from exporter.configload import load_config
 
     try:
         config = load_config(args.config_file)
@@ -389,7 +390,8 @@ COMMANDS = ("run", "simulate", "demo", "check-config", "tasks")
 
 
 def _tasks(args: argparse.Namespace) -> int:
-    from exporter.config import ConfigError, load_config
+    from exporter.config import ConfigError
+    from exporter.configload import load_config
     from exporter.taskcmd import run_tasks_command
 
     if args.action in ("show", "cancel") and not args.task_id:
@@ -436,7 +438,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, str]:
 
 def _run(args: argparse.Namespace) -> int:
     from exporter import app
-    from exporter.config import ConfigError, load_config
+    from exporter.config import ConfigError
+    from exporter.configload import load_config
 
     try:
         config = load_config(args.config_file, env={**os.environ, **run_overrides(args)})

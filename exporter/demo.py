@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter import app
-from exporter.config import load_config
+from exporter.configload import load_config
 from exporter.simulator import FaultConfig, ScenarioConfig, Simulation, SimulatorConfig
 from exporter.simulator.scenario import DEFAULT_STAGE_SECONDS
 from exporter.simulator.server import simulator_server

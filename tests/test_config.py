@@ -15,7 +15,8 @@ import yaml
 from exporter import cli, logs
 from exporter.auth import ClientCredentials, StaticToken, TokenFile, token_source
 from exporter.client import client_kwargs
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config, ConfigError
+from exporter.configload import load_config
 from exporter.durations import format_duration, parse_duration
 
 SITE_A = "3f2c1a9e-8b7d-4c6e-9a5f-0d1e2f3a4b5c"

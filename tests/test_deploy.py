@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from exporter.config import load_config
+from exporter.configload import load_config
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 
