@@ -211,10 +211,11 @@ class ApiConfig(_Section):
 
     @model_validator(mode="after")
     def _credentials(self, info: ValidationInfo) -> ApiConfig:
-        env_sources: Mapping[str, str] = (info.context or {}).get("env_sources", {})
+        # Which environment variable or flag set a key (exporter.configload passes them).
+        origins: Mapping[str, str] = (info.context or {}).get("sources", {})
 
         def named(key: str) -> str:
-            source = env_sources.get(f"api.{key}")
+            source = origins.get(f"api.{key}")
             return f"api.{key} (from {source})" if source else f"api.{key}"
 
         if self.client_id is not None and self.client_secret is None:

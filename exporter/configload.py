@@ -1,10 +1,12 @@
 """Loading the exporter's configuration: the YAML file, the environment, errors that name the key.
 
 ``load_config`` reads the file named by ``--config.file``, merges environment overrides over it
-(the environment wins) and validates the result into a frozen :class:`~exporter.config.Config`.
-Every problem becomes one :class:`~exporter.config.ConfigError` whose message names the
-offending key by its dotted path (``polling.active_interval: invalid duration 'fast' ...``) and,
-for a value from the environment, the variable that set it.
+(the environment wins), then the command line's :class:`Override` settings (``--shard``,
+``--web.listen-address``, ...: the flag wins), and validates the result into a frozen
+:class:`~exporter.config.Config`. Every problem becomes one :class:`~exporter.config.ConfigError`
+whose message names the offending key by its dotted path (``polling.active_interval: invalid
+duration 'fast' ...``) and, for a value from the environment or a flag, the variable or flag
+that set it.
 
 Environment overrides:
 
@@ -23,7 +25,8 @@ import difflib
 import inspect
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -37,19 +40,39 @@ ENV_PREFIX = "NICO_EXPORTER_"
 ENV_DELIMITER = "__"
 
 
-def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
-    """Read ``path`` (YAML; ``None``: none, environment only), apply ``env`` and validate.
+@dataclass(frozen=True)
+class Override:
+    """A setting from the command line: ``key`` (dotted, ``sharding.shard``) set to ``value``.
+
+    Applied over the file and the environment; an error in it names ``source`` (the flag).
+    """
+
+    key: str
+    value: Any
+    source: str
+
+
+def load_config(
+    path: str | Path | None, env: Mapping[str, str] | None = None, overrides: Iterable[Override] = ()
+) -> Config:
+    """Read ``path`` (YAML; ``None``: none), apply ``env``, then ``overrides``, and validate.
 
     ``env`` defaults to ``os.environ``. Registers the secrets with the log redaction filter.
     Raises :class:`ConfigError`, never ``ValidationError`` or ``yaml.YAMLError``.
     """
     data = _read_yaml(Path(path)) if path is not None else {}
-    overrides, env_sources = _env_overrides(os.environ if env is None else env)
-    merged = _deep_merge(data, overrides)
+    from_env, sources = _env_overrides(os.environ if env is None else env)
+    merged = _deep_merge(data, from_env)
+    for override in overrides:
+        tree: Any = override.value
+        for part in reversed(override.key.split(".")):
+            tree = {part: tree}
+        merged = _deep_merge(merged, tree)
+        sources[override.key] = override.source
     try:
-        config = Config.model_validate(merged, context={"env_sources": env_sources})
+        config = Config.model_validate(merged, context={"sources": sources})
     except ValidationError as exc:
-        raise ConfigError(_describe_errors(exc, env_sources)) from None
+        raise ConfigError(_describe_errors(exc, sources)) from None
     config.register_secrets()
     return config
 
@@ -147,7 +170,7 @@ def _deep_merge(base: Any, override: Any) -> Any:
     return override
 
 
-def _describe_errors(exc: ValidationError, env_sources: Mapping[str, str]) -> str:
+def _describe_errors(exc: ValidationError, sources: Mapping[str, str]) -> str:
     """One ``dotted.path: problem`` per error, joined by ``; ``; input values are never quoted."""
     lines = []
     for error in exc.errors(include_input=False, include_url=False):
@@ -162,7 +185,7 @@ def _describe_errors(exc: ValidationError, env_sources: Mapping[str, str]) -> st
             message = "required"
         else:
             message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-        source = _env_source(loc, env_sources)
+        source = _source(loc, sources)
         lines.append(f"{path or '(top level)'}: {message}{f' (from {source})' if source else ''}")
     return "; ".join(lines)
 
@@ -174,10 +197,11 @@ def _dotted(loc: list[int | str]) -> str:
     return out
 
 
-def _env_source(loc: list[int | str], env_sources: Mapping[str, str]) -> str | None:
+def _source(loc: list[int | str], sources: Mapping[str, str]) -> str | None:
+    """The variable or flag that set the key at ``loc`` or a section holding it."""
     keys = [part for part in loc if isinstance(part, str)]
     for end in range(len(keys), 0, -1):
-        source = env_sources.get(".".join(keys[:end]))
+        source = sources.get(".".join(keys[:end]))
         if source is not None:
             return source
     return None

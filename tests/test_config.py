@@ -664,34 +664,3 @@ def test_check_config_error(
 def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["check-config", "--config.file", str(tmp_path / "absent.yaml")]) == 1
     assert capsys.readouterr().err.startswith("config error: config file not found: ")
-
-
-def test_run_flags_set_the_cardinality_controls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("NICO_TOKEN", raising=False)
-    path = write(tmp_path, PRODUCT_EXAMPLE)
-    args = cli.build_parser().parse_args(
-        [
-            "run",
-            "--config.file",
-            str(path),
-            "--metrics.allowlist",
-            "nico_task_.*, nico_tasks",
-            "--metrics.denylist",
-            "nico_task_info",
-            "--metrics.task-status",
-            "current",
-        ]
-    )
-    config = load_config(path, env=cli.run_overrides(args))
-    assert config.metrics.allowlist == ["nico_task_.*", "nico_tasks"]
-    assert config.metrics.denylist == ["nico_task_info"]
-    assert config.metrics.task_status == "current"
-
-
-def test_a_denylist_typo_on_the_command_line_exits_1_naming_the_field(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("NICO_TOKEN", raising=False)
-    path = write(tmp_path, PRODUCT_EXAMPLE)
-    assert cli.main(["run", "--config.file", str(path), "--metrics.denylist", "nico_tray_task"]) == 1
-    assert "metrics.denylist: 'nico_tray_task' matches no metric family" in capsys.readouterr().err
