@@ -356,6 +356,7 @@ def test_yaml_errors_do_not_quote_the_file(tmp_path: Path) -> None:
     with pytest.raises(WebConfigError, match="invalid YAML") as error:
         load_toolkit_config(config)
     assert hashed not in str(error.value)
+    assert error.value.__suppress_context__  # a traceback does not show PyYAML's quoting message
 
 
 def test_the_file_is_parsed_again_only_when_its_text_changed(tmp_path: Path) -> None:

@@ -134,7 +134,8 @@ def _parse(path: Path, text: str) -> ToolkitConfig:
     try:
         raw = yamlfile.loads(text)
     except yaml.YAMLError as exc:
-        raise WebConfigError(yamlfile.describe_error(exc, f"web config {path}")) from exc
+        # Not chained: PyYAML's own message quotes the file (bcrypt hashes, in a traceback).
+        raise WebConfigError(yamlfile.describe_error(exc, f"web config {path}")) from None
     try:
         file = _File.model_validate({} if raw is None else raw)
     except ValidationError as exc:
