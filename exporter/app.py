@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from exporter.addresses import parse_listen_address
 from exporter.client import ClientHooks, NicoClient
 from exporter.config import Config
+from exporter.connect import nico_client
 from exporter.metrics import ClientMetrics, SeriesOptions, TaskMetrics, family_filter
 from exporter.operations import Classifier
 from exporter.outbox import MemoryOutbox, SenderStats, SqliteOutbox
@@ -72,15 +73,7 @@ def build(
     hooks = ClientHooks(on_request=client_metrics.on_request, on_parse_error=client_metrics.on_parse_error)
     # One request budget, spent by the client and watched by the poller (it sheds when it is short).
     limiter = TokenBucket(config.api.max_requests_per_second, config.api.burst)
-    client = NicoClient(
-        config.api.url,
-        config.api.org,
-        auth=config.token_source(),
-        hooks=hooks,
-        transport=transport,
-        limiter=limiter,
-        **config.client_kwargs(),
-    )
+    client = nico_client(config.api, hooks=hooks, transport=transport, limiter=limiter)
     # Tracing is off unless an OTLP endpoint is configured (the standard OTEL_* environment).
     tracing = configure_tracing(config.tracing.service_name, environ)
     persistence = open_state(config.state.path)

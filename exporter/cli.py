@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -15,6 +13,7 @@ from exporter import __version__, logs
 from exporter.addresses import parse_listen_address
 
 if TYPE_CHECKING:
+    from exporter.configload import Override
     from exporter.simulator import Simulation
 
 log = logging.getLogger("exporter")
@@ -297,7 +296,8 @@ def config_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from exporter.config import ConfigError, load_config
+    from exporter.config import ConfigError
+    from exporter.configload import load_config
 
     try:
         config = load_config(args.config_file)
@@ -389,7 +389,8 @@ COMMANDS = ("run", "simulate", "demo", "check-config", "tasks")
 
 
 def _tasks(args: argparse.Namespace) -> int:
-    from exporter.config import ConfigError, load_config
+    from exporter.config import ConfigError
+    from exporter.configload import load_config
     from exporter.taskcmd import run_tasks_command
 
     if args.action in ("show", "cancel") and not args.task_id:
@@ -413,33 +414,37 @@ def _tasks(args: argparse.Namespace) -> int:
     )
 
 
-def run_overrides(args: argparse.Namespace) -> dict[str, str]:
-    """The run command's flags as the environment variables of the settings they override."""
-    overrides: dict[str, str] = {}
+def run_overrides(args: argparse.Namespace) -> list[Override]:
+    """The run command's flags as settings over the config file and the environment."""
+    from exporter.configload import Override
+
+    overrides: list[Override] = []
     if args.shard is not None:
-        overrides["NICO_EXPORTER_SHARDING__SHARD"] = str(args.shard)
+        overrides.append(Override("sharding.shard", args.shard, "--shard"))
     if args.total_shards is not None:
-        overrides["NICO_EXPORTER_SHARDING__TOTAL_SHARDS"] = str(args.total_shards)
-    if args.listen is not None:
-        overrides["NICO_EXPORTER_WEB__LISTEN_ADDRESS"] = args.listen
-    if args.web_config_file is not None:
-        overrides["NICO_EXPORTER_WEB__CONFIG_FILE"] = args.web_config_file
-    for flag, key in ((args.metrics_allowlist, "ALLOWLIST"), (args.metrics_denylist, "DENYLIST")):
+        overrides.append(Override("sharding.total_shards", args.total_shards, "--total-shards"))
+    # An empty value leaves the setting to the file and the environment, as an empty
+    # NICO_EXPORTER_* variable does.
+    if args.listen:
+        overrides.append(Override("web.listen_address", args.listen, "--web.listen-address"))
+    if args.web_config_file:
+        overrides.append(Override("web.config_file", args.web_config_file, "--web.config.file"))
+    for flag, key in ((args.metrics_allowlist, "allowlist"), (args.metrics_denylist, "denylist")):
         if flag is not None:
-            overrides[f"NICO_EXPORTER_METRICS__{key}"] = json.dumps(
-                [p.strip() for p in flag.split(",") if p.strip()]
-            )
+            patterns = [p.strip() for p in flag.split(",") if p.strip()]
+            overrides.append(Override(f"metrics.{key}", patterns, f"--metrics.{key}"))
     if args.metrics_task_status is not None:
-        overrides["NICO_EXPORTER_METRICS__TASK_STATUS"] = args.metrics_task_status
+        overrides.append(Override("metrics.task_status", args.metrics_task_status, "--metrics.task-status"))
     return overrides
 
 
 def _run(args: argparse.Namespace) -> int:
     from exporter import app
-    from exporter.config import ConfigError, load_config
+    from exporter.config import ConfigError
+    from exporter.configload import load_config
 
     try:
-        config = load_config(args.config_file, env={**os.environ, **run_overrides(args)})
+        config = load_config(args.config_file, overrides=run_overrides(args))
     except ConfigError as exc:
         logs.setup(args.log_level or "info", args.log_format or "logfmt")
         log.error("config error: %s", exc.message)

@@ -1,20 +1,9 @@
-"""The exporter's configuration: a YAML file, overridden by environment variables, validated once.
+"""The exporter's configuration: the validated, frozen models of the YAML file (:class:`Config`).
 
-``load_config`` reads the file named by ``--config.file``, merges environment overrides over it
-(the environment wins) and validates the result into a frozen :class:`Config`. Every problem
-becomes one :class:`ConfigError` whose message names the offending key by its dotted path
-(``polling.active_interval: invalid duration 'fast' ...``), so a typo is found before start-up
-rather than at the first poll.
-
-Environment overrides:
-
-* ``NICO_TOKEN`` supplies ``api.token``; ``NICO_CLIENT_SECRET`` supplies ``api.client_secret``.
-* ``NICO_EXPORTER_<SECTION>__<KEY>`` sets any key, ``__`` separating levels
-  (``NICO_EXPORTER_POLLING__ACTIVE_INTERVAL=30s``); lists and mappings are written as JSON
-  (``NICO_EXPORTER_SITES='["<uuid>", "<uuid>"]'``). These win over ``NICO_TOKEN`` too.
-* Empty values are ignored, as are ``NICO_EXPORTER_*`` names whose first part is not a
-  top-level key: Kubernetes injects ``<SERVICE>_PORT``-style variables for a Service named
-  ``nico-exporter``, and those must not stop the exporter.
+Every key is checked here, once, before start-up: a misspelt key, a bad duration or two
+credential sources is a :class:`ConfigError` naming the key by its dotted path, not a surprise at
+the first poll. Reading the file and the environment is :mod:`exporter.configload`; building the
+client and the token source from a config is :func:`exporter.connect.nico_client`.
 
 Credentials are :class:`pydantic.SecretStr`: ``repr()``, ``str()``, ``model_dump()`` and
 ``model_dump_json()`` of a config never show them, and no error message quotes them.
@@ -22,20 +11,14 @@ Credentials are :class:`pydantic.SecretStr`: ``repr()``, ``str()``, ``model_dump
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import json
-import math
 import os
 import re
 import ssl
-from collections.abc import Callable, Mapping
-from datetime import timedelta
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypedDict, get_args, get_origin
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -43,7 +26,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -51,14 +33,15 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from exporter import logs
-from exporter.auth import ClientCredentials, StaticToken, TokenFile, TokenSource
+
+# Re-exported for exporter/alerts.py and exporter/docs.py until they move to tools/: new code
+# imports them from exporter.durations.
+from exporter.durations import Duration, Interval, format_duration
 from exporter.models import canonical_uuid
 from exporter.operations import OPERATIONS
 
 TOKEN_ENV = "NICO_TOKEN"  # noqa: S105 - a variable name, not a secret
 CLIENT_SECRET_ENV = "NICO_CLIENT_SECRET"  # noqa: S105
-ENV_PREFIX = "NICO_EXPORTER_"
-ENV_DELIMITER = "__"
 
 REDACTED = "<redacted>"
 
@@ -71,84 +54,12 @@ class ConfigError(Exception):
         self.message = message
 
 
-# --------------------------------------------------------------------------- durations
-
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
-_DURATION_HINT = "use e.g. 15s, 5m, 1h"
+# --------------------------------------------------------------------------- field types
 
 
 def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from ``15s``, ``5m``, ``1h30m``, ``500ms``, ``7d``, a number or a numeric string.
-
-    Plain numbers are seconds. Units are lowercase only: ``5M`` could mean months.
-    Raises ``ValueError`` for negatives, non-finite values and anything else.
-    """
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r} ({_DURATION_HINT})")
-    elif isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        body = text.removeprefix("-")
-        if _NUMBER.fullmatch(body):
-            seconds = float(body)
-        elif _DURATION.fullmatch(body):
-            seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(body))
-        else:
-            raise ValueError(f"invalid duration {_shown(value)} ({_DURATION_HINT})")
-        if text.startswith("-"):
-            seconds = -seconds
-    else:
-        raise ValueError(f"invalid duration of type {type(value).__name__} ({_DURATION_HINT})")
-    if not math.isfinite(seconds):
-        raise ValueError(f"invalid duration {_shown(value)} ({_DURATION_HINT})")
-    if seconds < 0:
-        raise ValueError(f"duration must not be negative, got {_shown(value)}")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """The inverse of :func:`parse_duration` for display: 90 -> ``1m30s``, 0.5 -> ``500ms``."""
-    ms = round(seconds * 1000)
-    if ms < 1000:
-        return f"{ms}ms"
-    out = ""
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)):
-        count, ms = divmod(ms, size)
-        if count:
-            out += f"{count}{unit}"
-    whole, frac = divmod(ms, 1000)
-    if frac:
-        out += f"{whole}.{frac:03d}".rstrip("0") + "s"
-    elif whole:
-        out += f"{whole}s"
-    return out
-
-
-def _positive(seconds: float) -> float:
-    if seconds <= 0:
-        raise ValueError("must be greater than zero")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-"""A non-negative duration in seconds, written ``15s``, ``5m``, ``1h30m`` or as plain seconds."""
-
-Interval = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
-"""A :data:`Duration` that must be greater than zero (poll intervals, timeouts)."""
-
-
-# --------------------------------------------------------------------------- field types
 
 
 def _field_error(field: str, message: str) -> PydanticCustomError:
@@ -297,10 +208,11 @@ class ApiConfig(_Section):
 
     @model_validator(mode="after")
     def _credentials(self, info: ValidationInfo) -> ApiConfig:
-        env_sources: Mapping[str, str] = (info.context or {}).get("env_sources", {})
+        # Which environment variable or flag set a key (exporter.configload passes them).
+        origins: Mapping[str, str] = (info.context or {}).get("sources", {})
 
         def named(key: str) -> str:
-            source = env_sources.get(f"api.{key}")
+            source = origins.get(f"api.{key}")
             return f"api.{key} (from {source})" if source else f"api.{key}"
 
         if self.client_id is not None and self.client_secret is None:
@@ -461,20 +373,8 @@ class LogConfig(_Section):
         return value
 
 
-class ClientOptions(TypedDict):
-    """Keyword arguments for :class:`exporter.client.NicoClient` beside url, org and auth."""
-
-    timeout_s: float
-    max_requests_per_second: float
-    burst: int
-    max_concurrency: int
-    api_name: str
-    route_version: str
-    verify: bool | ssl.SSLContext
-
-
 class Config(_Section):
-    """The whole validated configuration (see PRODUCT.md section 4 for the file format)."""
+    """The whole validated configuration (the file format: docs/design.md)."""
 
     api: ApiConfig
     sites: list[SiteId] = Field(default_factory=list)
@@ -499,47 +399,6 @@ class Config(_Section):
     @classmethod
     def _unique_sites(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
-
-    def token_source(self, on_request: Callable[[str, int | None, float], None] | None = None) -> TokenSource:
-        """The configured credential as a token source for the client.
-
-        ``on_request`` observes logins and refreshes (client credentials only); left ``None``,
-        :class:`~exporter.client.NicoClient` counts them with its own requests.
-        """
-        api = self.api
-        self.register_secrets()
-        if api.token is not None:
-            return StaticToken(api.token.get_secret_value())
-        if api.token_file is not None:
-            return TokenFile(api.token_file)
-        if api.client_id is None or api.client_secret is None:  # validation makes this unreachable
-            raise ConfigError("api: no credentials configured")
-        return ClientCredentials(
-            api.url,
-            api.client_id,
-            api.client_secret.get_secret_value(),
-            on_request=on_request,
-            timeout=api.timeout,
-        )
-
-    def client_kwargs(self) -> ClientOptions:
-        """``NicoClient(cfg.api.url, cfg.api.org, auth=cfg.token_source(), **cfg.client_kwargs())``."""
-        api = self.api
-        verify: bool | ssl.SSLContext = not api.insecure_skip_verify
-        if api.ca_file is not None:
-            try:
-                verify = ssl.create_default_context(cafile=str(api.ca_file))
-            except (ssl.SSLError, OSError) as exc:
-                raise ConfigError(f"api.ca_file: cannot load {api.ca_file}: {exc}") from None
-        return ClientOptions(
-            timeout_s=api.timeout,
-            max_requests_per_second=api.max_requests_per_second,
-            burst=api.burst,
-            max_concurrency=api.max_concurrency,
-            api_name=api.api_name,
-            route_version=api.route_version,
-            verify=verify,
-        )
 
     def register_secrets(self) -> None:
         """Tell the log redaction filter about the token and the client secret."""
@@ -571,199 +430,3 @@ class Config(_Section):
                 f"api: {self.api.url} org {self.api.org}",
             )
         )
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
-    """Read ``path`` (YAML; ``None``: none, environment only), apply ``env`` and validate.
-
-    ``env`` defaults to ``os.environ``. Registers the secrets with the log redaction filter.
-    Raises :class:`ConfigError`, never ``ValidationError`` or ``yaml.YAMLError``.
-    """
-    data = _read_yaml(Path(path)) if path is not None else {}
-    overrides, env_sources = _env_overrides(os.environ if env is None else env)
-    merged = _deep_merge(data, overrides)
-    try:
-        config = Config.model_validate(merged, context={"env_sources": env_sources})
-    except ValidationError as exc:
-        raise ConfigError(_describe_errors(exc, env_sources)) from None
-    config.register_secrets()
-    return config
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (PyYAML keeps the last)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[str] = set()
-    for key_node, _ in node.value:
-        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-            if key_node.value in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
-                )
-            seen.add(key_node.value)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        # Only the position and the problem: PyYAML's own message quotes the line, which may
-        # hold a token.
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
-        problem = exc.problem or exc.context or "syntax error"
-        if exc.problem and exc.context and exc.context_mark is not None:
-            problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({type(exc).__name__})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: the top level must be a mapping (api:, sites:, ...), not a {_yaml_kind(data)}"
-        )
-    return data
-
-
-def _yaml_kind(value: object) -> str:
-    return "list" if isinstance(value, list) else "scalar"
-
-
-def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The nested overrides the environment sets, and which variable set each dotted path."""
-    settings: list[tuple[tuple[str, ...], str, Any]] = [
-        (("api", "token"), TOKEN_ENV, env.get(TOKEN_ENV, "")),
-        (("api", "client_secret"), CLIENT_SECRET_ENV, env.get(CLIENT_SECRET_ENV, "")),
-    ]
-    settings = [item for item in settings if item[2]]
-    generic: list[tuple[tuple[str, ...], str, Any]] = []
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or value == "":
-            continue
-        path = tuple(part.lower() for part in name.removeprefix(ENV_PREFIX).split(ENV_DELIMITER))
-        if path[0] not in Config.model_fields:
-            continue  # not ours: e.g. Kubernetes' NICO_EXPORTER_SERVICE_HOST
-        if not all(path):
-            raise ConfigError(f"{name}: empty key between '{ENV_DELIMITER}' delimiters")
-        parsed: Any = value
-        if _wants_json(path):
-            try:
-                parsed = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(
-                    f"{name}: not valid JSON ({exc.msg}); lists and mappings are JSON, "
-                    """e.g. '["<site uuid>"]'"""
-                ) from None
-        generic.append((path, name, parsed))
-    # Outer paths first so NICO_EXPORTER_API__URL refines a whole NICO_EXPORTER_API='{...}'.
-    settings.extend(sorted(generic, key=lambda item: (len(item[0]), item[0])))
-    tree: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for path, name, value in settings:
-        node = tree
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[path[-1]] = _deep_merge(node[path[-1]], value) if path[-1] in node else value
-        sources[".".join(path)] = name
-    return tree, sources
-
-
-def _wants_json(path: tuple[str, ...]) -> bool:
-    """Whether the key at ``path`` holds a list, mapping or section (so its env value is JSON)."""
-    kind: Any = Config
-    for part in path:
-        if inspect.isclass(kind) and issubclass(kind, BaseModel):
-            field = kind.model_fields.get(part)
-            if field is None:
-                return False
-            kind = field.annotation
-        elif get_origin(kind) is dict:
-            kind = get_args(kind)[1]
-        else:
-            return False
-    return (inspect.isclass(kind) and issubclass(kind, BaseModel)) or get_origin(kind) in (list, dict)
-
-
-def _deep_merge(base: Any, override: Any) -> Any:
-    if isinstance(base, dict) and isinstance(override, dict):
-        merged = dict(base)
-        for key, value in override.items():
-            merged[key] = _deep_merge(base[key], value) if key in base else value
-        return merged
-    return override
-
-
-def _describe_errors(exc: ValidationError, env_sources: Mapping[str, str]) -> str:
-    """One ``dotted.path: problem`` per error, joined by ``; ``; input values are never quoted."""
-    lines = []
-    for error in exc.errors(include_input=False, include_url=False):
-        loc = [part for part in error["loc"] if part != "[key]"]
-        ctx = error.get("ctx") or {}
-        if error["type"] == "config" and "field" in ctx:
-            loc.append(ctx["field"])
-        path = _dotted(loc)
-        if error["type"] == "extra_forbidden":
-            message = "unknown key" + _suggestion(loc)
-        elif error["type"] == "missing":
-            message = "required"
-        else:
-            message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-        source = _env_source(loc, env_sources)
-        lines.append(f"{path or '(top level)'}: {message}{f' (from {source})' if source else ''}")
-    return "; ".join(lines)
-
-
-def _dotted(loc: list[int | str]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _env_source(loc: list[int | str], env_sources: Mapping[str, str]) -> str | None:
-    keys = [part for part in loc if isinstance(part, str)]
-    for end in range(len(keys), 0, -1):
-        source = env_sources.get(".".join(keys[:end]))
-        if source is not None:
-            return source
-    return None
-
-
-def _suggestion(loc: list[int | str]) -> str:
-    """`` (did you mean 'token'?)`` for a misspelt key, when the intended one is obvious."""
-    if not loc or not isinstance(loc[-1], str):
-        return ""
-    kind: Any = Config
-    for part in loc[:-1]:
-        if not (inspect.isclass(kind) and issubclass(kind, BaseModel)) or not isinstance(part, str):
-            return ""
-        field = kind.model_fields.get(part)
-        if field is None:
-            return ""
-        kind = field.annotation
-    if not (inspect.isclass(kind) and issubclass(kind, BaseModel)):
-        return ""
-    key, fields = loc[-1], list(kind.model_fields)
-    close = difflib.get_close_matches(key, fields, n=1) or [f for f in fields if f.startswith(key)][:1]
-    return f" (did you mean {close[0]!r}?)" if close else ""

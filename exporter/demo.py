@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter import app
-from exporter.config import load_config
+from exporter.configload import Override, load_config
 from exporter.simulator import FaultConfig, ScenarioConfig, Simulation, SimulatorConfig
 from exporter.simulator.scenario import DEFAULT_STAGE_SECONDS
 from exporter.simulator.server import simulator_server
@@ -92,19 +92,18 @@ async def run_demo(options: DemoOptions) -> None:
             stack.enter_context(tempfile.TemporaryDirectory(prefix="nico-demo-"))
         )
         ehost, eport = options.exporter
-        config = load_config(
-            None,
-            env={
-                "NICO_EXPORTER_API__URL": f"http://{host}:{port}",
-                "NICO_EXPORTER_API__ORG": sim.config.org,
-                "NICO_TOKEN": TOKEN,
-                "NICO_EXPORTER_STATE__PATH": str(state_dir / "state.db"),
-                "NICO_EXPORTER_WEB__LISTEN_ADDRESS": f"{ehost}:{eport}",
-                # The workload runs ``speed`` times faster: poll a little faster too.
-                "NICO_EXPORTER_POLLING__ACTIVE_INTERVAL": "5s",
-                "NICO_EXPORTER_POLLING__RECONCILE_INTERVAL": "60s",
-            },
-        )
+        settings = {
+            "api.url": f"http://{host}:{port}",
+            "api.org": sim.config.org,
+            "api.token": TOKEN,
+            "state.path": str(state_dir / "state.db"),
+            "web.listen_address": f"{ehost}:{eport}",
+            # The workload runs ``speed`` times faster: poll a little faster too.
+            "polling.active_interval": "5s",
+            "polling.reconcile_interval": "60s",
+        }
+        # No file and no environment: the demo's own settings only.
+        config = load_config(None, env={}, overrides=[Override(k, v, "demo") for k, v in settings.items()])
         exporter = app.build(config)
         stop = asyncio.Event()
         app.stop_on_signals(stop)

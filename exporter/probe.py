@@ -15,6 +15,7 @@ from typing import TextIO
 
 from exporter.client import NicoClient
 from exporter.config import Config
+from exporter.connect import nico_client
 from exporter.errors import FlowDisabled, NicoError
 
 
@@ -101,8 +102,7 @@ def render(report: ProbeReport, out: TextIO) -> None:
 
 async def check_online(config: Config, out: TextIO) -> int:
     """The online check; 0 when at least one Flow site answered, 1 otherwise."""
-    kwargs = config.client_kwargs()
-    async with NicoClient(config.api.url, config.api.org, auth=config.token_source(), **kwargs) as client:
+    async with nico_client(config.api) as client:
         try:
             report = await probe(client, site_ids=config.sites)
         except NicoError as exc:

@@ -14,6 +14,7 @@ from typing import TextIO
 
 from exporter.client import NicoClient
 from exporter.config import Config
+from exporter.connect import nico_client
 from exporter.errors import NicoError
 from exporter.models import ReportStatus, Task
 from exporter.operations import Classifier
@@ -99,8 +100,7 @@ async def run_tasks_command(
 ) -> int:
     """``list`` (a site's or a rack's tasks), ``show`` (one task), ``cancel`` (one task, with --yes)."""
     classifier = Classifier(config.operations.extra_patterns)
-    kwargs = config.client_kwargs()
-    async with NicoClient(config.api.url, config.api.org, auth=config.token_source(), **kwargs) as client:
+    async with nico_client(config.api) as client:
         try:
             sites = [site] if site else [s.id for s in (await client.list_sites()).items]
             now = datetime.now(UTC)

@@ -14,13 +14,10 @@ import yaml
 
 from exporter import cli, logs
 from exporter.auth import ClientCredentials, StaticToken, TokenFile
-from exporter.config import (
-    Config,
-    ConfigError,
-    format_duration,
-    load_config,
-    parse_duration,
-)
+from exporter.config import Config, ConfigError
+from exporter.configload import load_config
+from exporter.connect import client_kwargs, token_source
+from exporter.durations import format_duration, parse_duration
 
 SITE_A = "3f2c1a9e-8b7d-4c6e-9a5f-0d1e2f3a4b5c"
 SITE_B = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
@@ -595,26 +592,29 @@ def test_yaml_errors_never_quote_the_line(tmp_path: Path) -> None:
 
 
 def test_token_source_types(tmp_path: Path) -> None:
-    static = load(tmp_path, minimal()).token_source()
+    static = token_source(load(tmp_path, minimal()).api)
     assert isinstance(static, StaticToken)
     assert TOKEN not in repr(static)
 
-    from_file = load(tmp_path, minimal(token=None, token_file="/run/secrets/token")).token_source()
+    from_file = token_source(load(tmp_path, minimal(token=None, token_file="/run/secrets/token")).api)
     assert isinstance(from_file, TokenFile)
     assert from_file.path == Path("/run/secrets/token")
 
     seen: list[str] = []
-    login = load(
-        tmp_path,
-        minimal(token=None, client_id="exporter", client_secret=SECRET, url="https://nico.example.com/"),
-    ).token_source(on_request=lambda endpoint, code, duration: seen.append(endpoint))
+    login = token_source(
+        load(
+            tmp_path,
+            minimal(token=None, client_id="exporter", client_secret=SECRET, url="https://nico.example.com/"),
+        ).api,
+        on_request=lambda endpoint, code, duration: seen.append(endpoint),
+    )
     assert isinstance(login, ClientCredentials)
     assert login.on_request is not None
     assert SECRET not in repr(login)
 
 
 def test_client_kwargs_defaults(tmp_path: Path) -> None:
-    assert load(tmp_path, minimal()).client_kwargs() == {
+    assert client_kwargs(load(tmp_path, minimal()).api) == {
         "timeout_s": 30.0,
         "max_requests_per_second": 10.0,
         "burst": 10,
@@ -623,11 +623,11 @@ def test_client_kwargs_defaults(tmp_path: Path) -> None:
         "route_version": "v2",
         "verify": True,
     }
-    assert load(tmp_path, minimal(insecure_skip_verify=True)).client_kwargs()["verify"] is False
+    assert client_kwargs(load(tmp_path, minimal(insecure_skip_verify=True)).api)["verify"] is False
 
 
 def test_client_kwargs_verify_with_a_ca_file(tmp_path: Path, ca_file: Path) -> None:
-    verify = load(tmp_path, minimal(ca_file=str(ca_file))).client_kwargs()["verify"]
+    verify = client_kwargs(load(tmp_path, minimal(ca_file=str(ca_file))).api)["verify"]
     assert isinstance(verify, ssl.SSLContext)
     assert verify.verify_mode == ssl.CERT_REQUIRED
     assert [cert["subject"] for cert in verify.get_ca_certs()] == [((("commonName", "nico-test-ca"),),)]
@@ -664,34 +664,3 @@ def test_check_config_error(
 def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["check-config", "--config.file", str(tmp_path / "absent.yaml")]) == 1
     assert capsys.readouterr().err.startswith("config error: config file not found: ")
-
-
-def test_run_flags_set_the_cardinality_controls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("NICO_TOKEN", raising=False)
-    path = write(tmp_path, PRODUCT_EXAMPLE)
-    args = cli.build_parser().parse_args(
-        [
-            "run",
-            "--config.file",
-            str(path),
-            "--metrics.allowlist",
-            "nico_task_.*, nico_tasks",
-            "--metrics.denylist",
-            "nico_task_info",
-            "--metrics.task-status",
-            "current",
-        ]
-    )
-    config = load_config(path, env=cli.run_overrides(args))
-    assert config.metrics.allowlist == ["nico_task_.*", "nico_tasks"]
-    assert config.metrics.denylist == ["nico_task_info"]
-    assert config.metrics.task_status == "current"
-
-
-def test_a_denylist_typo_on_the_command_line_exits_1_naming_the_field(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("NICO_TOKEN", raising=False)
-    path = write(tmp_path, PRODUCT_EXAMPLE)
-    assert cli.main(["run", "--config.file", str(path), "--metrics.denylist", "nico_tray_task"]) == 1
-    assert "metrics.denylist: 'nico_tray_task' matches no metric family" in capsys.readouterr().err

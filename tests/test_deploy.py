@@ -17,7 +17,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from exporter.config import load_config
+from exporter.configload import load_config
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 OLDEST_KUBERNETES = "1.28.0"

@@ -31,6 +31,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "metrics tracing",
         "poller",
         "config configload scheduler snapshot",
+        "connect",
         "web web.server web.toolkit web.tls web.basic_auth",
         "app probe taskcmd",
         "demo cli __main__",

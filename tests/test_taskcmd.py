@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from exporter.config import load_config
+from exporter.configload import load_config
 from exporter.models import TaskStatus
 from exporter.simulator import ManualClock, ScenarioConfig, Simulation, SimulatorConfig, create_app
 from exporter.taskcmd import run_tasks_command

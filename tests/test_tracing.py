@@ -25,7 +25,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from exporter.app import build
-from exporter.config import Config, load_config
+from exporter.config import Config
+from exporter.configload import load_config
 from exporter.models import Task
 from exporter.outbox import MemoryOutbox, Outbox, Sender, SqliteOutbox
 from exporter.persistence import NullPersistence, SqlitePersistence, StateBatch

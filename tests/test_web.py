@@ -22,7 +22,8 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.samples import Exemplar
 
 from exporter import __version__
-from exporter.web import MetricsServer, WebConfigError, load_web_config
+from exporter.web import MetricsServer, WebConfigError, load_toolkit_config
+from exporter.web.toolkit import ToolkitConfigFile
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -319,28 +320,67 @@ async def test_configured_headers_are_sent(start: Start, tmp_path: Path) -> None
         ("http_server_config:\n  headers:\n    Server: mine\n", "HTTP header 'Server' can not be configured"),
         ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "invalid value 'allow'"),
         ("- a list\n", "must be a mapping"),
+        # Strict types and unsupported keys, each naming the key.
+        (
+            "tls_server_config:\n  cert_file: 1\n  key_file: a.key\n",
+            "tls_server_config.cert_file must be a string, not int",
+        ),
+        (
+            "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  prefer_server_cipher_suites: 'yes'\n",
+            "tls_server_config.prefer_server_cipher_suites must be a boolean",
+        ),
+        (
+            "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  cert: inline\n",
+            "'cert' in tls_server_config is not supported by this exporter",
+        ),
+        ("rate_limit: {}\n", "'rate_limit' in the top level is not supported by this exporter"),
+        ("http_server_config: {http2: 1}\n", "http_server_config.http2 must be a boolean"),
+        ("tls_server_config: [a]\n", "tls_server_config must be a mapping, not list"),
+        # One YAML loader for every file: a key given twice is an error, not "the last one wins".
+        ("basic_auth_users: {}\nbasic_auth_users: {}\n", "line 2, column 1: invalid YAML: duplicate key"),
     ],
 )
 async def test_bad_web_config_names_the_problem(tmp_path: Path, text: str, problem: str) -> None:
     config = write_web_config(tmp_path / "web.yml", text)
     with pytest.raises(WebConfigError) as error:
-        load_web_config(config)
+        load_toolkit_config(config)
     assert problem in str(error.value)
     assert str(config) in str(error.value)
     with pytest.raises(WebConfigError):
         await MetricsServer(registry=registry(), listen=("127.0.0.1", 0), web_config_file=config).start()
 
 
+def test_yaml_errors_do_not_quote_the_file(tmp_path: Path) -> None:
+    hashed = bcrypt_hash("pw")
+    config = write_web_config(tmp_path / "web.yml", f"basic_auth_users: [{hashed}\n")
+    with pytest.raises(WebConfigError, match="invalid YAML") as error:
+        load_toolkit_config(config)
+    assert hashed not in str(error.value)
+    assert error.value.__suppress_context__  # a traceback does not show PyYAML's quoting message
+
+
+def test_the_file_is_parsed_again_only_when_its_text_changed(tmp_path: Path) -> None:
+    path = write_web_config(tmp_path / "web.yml", f"basic_auth_users:\n  alice: {bcrypt_hash('pw')}\n")
+    file = ToolkitConfigFile(path)
+    first = file.current()
+    assert file.current() is first
+    write_web_config(path, f"basic_auth_users:\n  bob: {bcrypt_hash('pw')}\n")
+    assert list(file.current().users) == ["bob"]
+    write_web_config(path, "basic_auth_users: alice\n")
+    with pytest.raises(WebConfigError, match="basic_auth_users must be a mapping, not str"):
+        file.current()
+
+
 def test_missing_web_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(WebConfigError, match="cannot read"):
-        load_web_config(tmp_path / "absent.yml")
+        load_toolkit_config(tmp_path / "absent.yml")
 
 
 def test_no_web_config_is_plain_http_without_auth(tmp_path: Path) -> None:
-    assert load_web_config(None).tls is None
-    assert not load_web_config(None).users
-    assert load_web_config(write_web_config(tmp_path / "web.yml", "")).tls is None
-    assert load_web_config(write_web_config(tmp_path / "web2.yml", "tls_server_config: {}\n")).tls is None
+    assert load_toolkit_config(None).tls is None
+    assert not load_toolkit_config(None).users
+    assert load_toolkit_config(write_web_config(tmp_path / "web.yml", "")).tls is None
+    assert load_toolkit_config(write_web_config(tmp_path / "web2.yml", "tls_server_config: {}\n")).tls is None
 
 
 # --- TLS ---------------------------------------------------------------------------------------
@@ -497,7 +537,7 @@ async def test_tls_and_basic_auth_together(start: Start, tmp_path: Path, pki: PK
 async def test_require_any_client_cert_is_rejected_clearly(tmp_path: Path, pki: PKI) -> None:
     config = tls_config(tmp_path, pki, "  client_auth_type: RequireAnyClientCert\n")
     with pytest.raises(WebConfigError, match="not supported"):
-        load_web_config(config)
+        load_toolkit_config(config)
 
 
 async def test_unreadable_key_is_named(tmp_path: Path, pki: PKI) -> None:
@@ -506,4 +546,4 @@ async def test_unreadable_key_is_named(tmp_path: Path, pki: PKI) -> None:
         tmp_path / "web.yml", f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: garbage.key\n"
     )
     with pytest.raises(WebConfigError, match="cannot load cert_file"):
-        load_web_config(config)
+        load_toolkit_config(config)

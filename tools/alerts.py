@@ -30,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from exporter.config import parse_duration
+from exporter import yamlfile
+from exporter.durations import parse_duration
 from exporter.operations import OPERATIONS
 from tools.paths import ROOT
 
@@ -168,7 +169,7 @@ def config_from_mapping(raw: Mapping[str, Any]) -> AlertConfig:
 
 def load_alert_config(path: Path = CONFIG_PATH) -> AlertConfig:
     """The variables file, parsed and checked."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = yamlfile.loads(path.read_text(encoding="utf-8"))  # a duplicate key is an error
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: want a YAML mapping")
     return config_from_mapping(raw)

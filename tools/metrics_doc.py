@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from exporter.config import StateConfig, format_duration
+from exporter.config import StateConfig
+from exporter.durations import format_duration
 from exporter.metrics import (
     FAMILIES,
     FAMILY,
