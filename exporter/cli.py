@@ -450,7 +450,14 @@ def _run(args: argparse.Namespace) -> int:
         log.error("config error: %s", exc.message)
         return 1
     logs.setup(args.log_level or config.log.level, args.log_format or config.log.format)
-    asyncio.run(app.run(config))
+    from exporter.tracing import TracingConfigError
+    from exporter.web import WebConfigError
+
+    try:
+        asyncio.run(app.run(config))
+    except (TracingConfigError, WebConfigError) as exc:  # found at start-up: one line, not a traceback
+        log.error("cannot start", extra={"error": str(exc)})
+        return 1
     return 0
 
 

@@ -231,3 +231,21 @@ def test_a_missing_config_file_exits_1(
 def test_tasks_show_without_a_task_id_exits_2(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["tasks", "show", "--config.file", str(config_file)]) == 2
     assert capsys.readouterr().err == "tasks show needs a task id\n"
+
+
+def test_a_web_config_that_fails_at_start_up_is_one_error_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The web config exists (so the config validates) but is wrong: the server refuses it."""
+    from exporter.simulator.harness import free_port
+
+    web = tmp_path / "web.yml"
+    web.write_text("tls_server_config:\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "api: {url: 'http://127.0.0.1:9', org: acme, token: t}\n"
+        f"web: {{listen_address: '127.0.0.1:{free_port()}', config_file: '{web}'}}\n"
+    )
+    assert cli.main(["run", "--config.file", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot start" in err and "Traceback" not in err
