@@ -126,14 +126,17 @@ async def _summaries(exporter: Exporter) -> None:
         store, poller = exporter.store, exporter.poller
         active = Counter(r.status.value for r in store.records() if not r.is_terminal)
         log.info(
-            "status: %d racks, %d sites up of %d, %d active tasks, %d finished counted, cycle %.1fs",
-            len(poller.racks),
-            sum(1 for h in poller.health.values() if h.up),
-            len(poller.health),
-            sum(active.values()),
-            sum(store.totals.tasks.values()),
-            poller.stats.last_cycle_seconds,
-            extra={"active": dict(active), "final_fetch_queue": len(poller.final_fetches)},
+            "status",
+            extra={
+                "racks": len(poller.racks),
+                "sites_up": sum(1 for h in poller.health.values() if h.up),
+                "sites": len(poller.health),
+                "active_tasks": sum(active.values()),
+                "finished_counted": sum(store.totals.tasks.values()),
+                "cycle_seconds": round(poller.stats.last_cycle_seconds, 1),
+                "active": dict(active),
+                "final_fetch_queue": len(poller.final_fetches),
+            },
         )
 
 

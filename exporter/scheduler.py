@@ -93,9 +93,7 @@ class Runner:
         self._add("expire", p.expire, EXPIRE_INTERVAL, now=False)
         self.scheduler.start()
         log.info(
-            "polling %d racks on %d sites",
-            len(p.racks),
-            len(p.health),
+            "polling started",
             extra={"racks": len(p.racks), "sites": len(p.health), "shard": p.shard.index},
         )
         try:
