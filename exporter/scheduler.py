@@ -34,7 +34,6 @@ class Runner:
     def __init__(self, poller: Poller) -> None:
         self.poller = poller
         self.scheduler = AsyncIOScheduler(timezone=UTC)
-        self.failures: dict[str, int] = {}
 
     def _job(self, name: str, job: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
         async def run() -> None:
@@ -44,7 +43,6 @@ class Runner:
                 # Shutdown cancels running jobs: that is how they end, not a failure to report.
                 log.debug("job cancelled", extra={"job": name})
             except Exception:  # one failed run must not kill the job; the next run tries again
-                self.failures[name] = self.failures.get(name, 0) + 1
                 log.exception("job failed", extra={"job": name})
 
         run.__name__ = name
