@@ -155,7 +155,7 @@ async def _summaries(exporter: Exporter) -> None:
                 "sites": len(view.sites),
                 "active_tasks": sum(active.values()),
                 "finished_counted": sum(store.totals.tasks.values()),
-                "cycle_s": round(view.last_cycle_seconds, 1),
+                "cycle_seconds": round(view.last_cycle_seconds, 1),
                 "active": dict(active),
                 "final_fetch_queue": view.final_fetch_queue,
             },

@@ -128,7 +128,6 @@ class ClientCredentials:
         self._access: str | None = None
         self._refresh: str | None = None
         self._refresh_at = 0.0
-        self._expires_at = 0.0
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -181,7 +180,6 @@ class ClientCredentials:
         lifetime = max(parsed.expires_in, 1.0)
         self._access = parsed.access_token
         self._refresh = parsed.refresh_token or self._refresh
-        self._expires_at = now + lifetime
         self._refresh_at = now + min(lifetime * 0.8, max(lifetime - 30.0, lifetime * 0.5))
 
 

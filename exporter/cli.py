@@ -447,7 +447,7 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(args.config_file, overrides=run_overrides(args))
     except ConfigError as exc:
         logs.setup(args.log_level or "info", args.log_format or "logfmt")
-        log.error("config error: %s", exc.message)
+        log.error("config error", extra={"error": exc.message})
         return 1
     logs.setup(args.log_level or config.log.level, args.log_format or config.log.format)
     from exporter.tracing import TracingConfigError

@@ -750,7 +750,9 @@ class NicoClient:
         resp.notes.items.clear()
 
     def _parse_error(self, endpoint: str, reason: str, detail: str) -> None:
-        log.warning("payload problem survived: %s", detail, extra={"endpoint": endpoint, "reason": reason})
+        log.warning(
+            "payload problem survived", extra={"endpoint": endpoint, "reason": reason, "detail": detail}
+        )
         if self.hooks.on_parse_error is not None:
             self.hooks.on_parse_error(ParseEvent(endpoint, reason, detail))
 

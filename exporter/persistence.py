@@ -254,7 +254,7 @@ class SqlitePersistence:
         except sqlite3.Error as exc:
             self.write_errors += 1
             # The store keeps working in memory; exactly-once across a restart is what is at risk.
-            log.error("could not write the state file: %s", exc, extra={"path": str(self.path)})
+            log.error("could not write the state file", extra={"path": str(self.path), "error": str(exc)})
             return False
         return True
 
@@ -363,17 +363,15 @@ def open_state(path: str | os.PathLike[str] | None) -> SqlitePersistence | NullP
         return SqlitePersistence(target)
     except StateFileError as exc:
         log.error(
-            "%s; keeping state in memory only (restarts will re-baseline)", exc, extra={"path": str(target)}
+            "state file unusable: keeping state in memory only (restarts will re-baseline)",
+            extra={"path": str(target), "error": str(exc)},
         )
         return NullPersistence()
     except (sqlite3.DatabaseError, ValueError) as exc:
         aside = target.with_name(f"{target.name}.corrupt-{int(time.time())}")
         log.error(
-            "state file %s is unusable (%s): moved to %s, starting fresh (history will be re-baselined)",
-            target,
-            exc,
-            aside,
-            extra={"path": str(target)},
+            "state file corrupt: moved aside, starting fresh (history will be re-baselined)",
+            extra={"path": str(target), "moved_to": str(aside), "error": str(exc)},
         )
         try:
             target.rename(aside)
@@ -382,5 +380,8 @@ def open_state(path: str | os.PathLike[str] | None) -> SqlitePersistence | NullP
                     Path(str(target) + suffix).rename(Path(str(aside) + suffix))
             return SqlitePersistence(target)
         except (OSError, sqlite3.Error, StateFileError) as again:
-            log.error("cannot start a fresh state file either (%s); keeping state in memory only", again)
+            log.error(
+                "cannot start a fresh state file either: keeping state in memory only",
+                extra={"path": str(target), "error": str(again)},
+            )
             return NullPersistence()

@@ -55,7 +55,6 @@ class Runner:
     def __init__(self, poller: Jobs) -> None:
         self.poller = poller
         self.scheduler = AsyncIOScheduler(timezone=UTC)
-        self.failures: dict[str, int] = {}
 
     def _job(self, name: str, job: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
         async def run() -> None:
@@ -65,7 +64,6 @@ class Runner:
                 # Shutdown cancels running jobs: that is how they end, not a failure to report.
                 log.debug("job cancelled", extra={"job": name})
             except Exception:  # one failed run must not kill the job; the next run tries again
-                self.failures[name] = self.failures.get(name, 0) + 1
                 log.exception("job failed", extra={"job": name})
 
         run.__name__ = name
@@ -115,7 +113,8 @@ class Runner:
         self.scheduler.start()
         view = p.view()
         log.info(
-            "polling", extra={"racks": len(view.racks), "sites": len(view.sites), "shard": view.shard_index}
+            "polling started",
+            extra={"racks": len(view.racks), "sites": len(view.sites), "shard": view.shard_index},
         )
         try:
             await stopper

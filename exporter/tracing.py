@@ -565,7 +565,7 @@ def configure_tracing(
         inner = GrpcExporter(endpoint=endpoint)
     else:
         if protocol != "http/protobuf":
-            log.error("unsupported OTLP protocol %r; using http/protobuf", protocol)
+            log.error("unsupported OTLP protocol: using http/protobuf", extra={"protocol": protocol})
             protocol = "http/protobuf"
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 

@@ -185,7 +185,7 @@ def test_a_bad_config_exits_1_naming_the_field(
     assert cli.main(run(path)) == 1
     assert started == []
     err = capsys.readouterr().err
-    assert "config error: polling.active_interval: invalid duration 'fast'" in err
+    assert 'msg="config error" error="polling.active_interval: invalid duration \'fast\'' in err
     assert TOKEN not in err
 
 

@@ -317,7 +317,8 @@ async def test_a_corrupt_state_file_starts_fresh_without_counting_history(
     with caplog.at_level(logging.ERROR):
         persistence = open_state(db)
     assert isinstance(persistence, SqlitePersistence)
-    assert any("unusable" in r.getMessage() and "moved to" in r.getMessage() for r in caplog.records)
+    moved = next(r for r in caplog.records if r.getMessage().startswith("state file corrupt: moved aside"))
+    assert moved.__dict__["path"] == str(db) and moved.__dict__["moved_to"].startswith(f"{db}.corrupt-")
     assert list(tmp_path.glob("state.db.corrupt-*"))
     sim, clock = simulation(busy(seed=23))
     h = Harness(sim, clock, persistence=persistence)

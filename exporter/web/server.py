@@ -285,7 +285,8 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_GET
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http: " + format, *args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("http server", extra={"detail": format % args})
 
     def _serve(self) -> None:
         self._config_headers: tuple[tuple[str, str], ...] = ()
@@ -404,5 +405,5 @@ def _probe(check: Callable[[], bool], what: str) -> bool:
     try:
         return bool(check())
     except Exception:
-        log.exception("%s check failed", what)
+        log.exception("probe check failed", extra={"probe": what})
         return False
