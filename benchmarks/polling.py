@@ -184,7 +184,7 @@ def _exporter(
 ) -> tuple[asyncio.Task[None], Callable[[], dict[str, int]]]:
     intervals = Intervals(
         active=ACTIVE / SCALE,
-        trays=60 / SCALE,
+        tray_attribution=60 / SCALE,
         reconcile=300 / SCALE,
         discovery=300 / SCALE,
         final_fetch=2 / SCALE,

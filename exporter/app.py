@@ -91,7 +91,7 @@ def build(
         store,
         intervals=Intervals(
             active=polling.active_interval,
-            trays=polling.tray_interval,
+            tray_attribution=polling.tray_interval,
             reconcile=polling.reconcile_interval,
             discovery=polling.discovery_interval,
             final_fetch=polling.final_fetch_interval,

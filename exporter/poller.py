@@ -69,7 +69,7 @@ class Intervals:
     """
 
     active: float = 15.0
-    trays: float = 60.0
+    tray_attribution: float = 60.0  # polling.tray_interval: the tray_attribution job
     reconcile: float = 300.0
     discovery: float = 300.0
     final_fetch: float = 2.0
@@ -83,8 +83,6 @@ class SiteHealth:
     up: bool = False
     last_success: float | None = None
     last_error: str | None = None
-    racks_ok: int = 0
-    racks_failed: int = 0
 
 
 @dataclass
@@ -138,7 +136,6 @@ class Attribution:
 class PollerStats:
     """What the jobs did, for self-metrics and logs."""
 
-    cycles: int = 0
     # The longest a rack poll ended after it was due, over the last active interval: how much
     # older than the interval a rack's data gets (about the poll's own time when the budget holds).
     last_cycle_seconds: float = 0.0
@@ -151,8 +148,6 @@ class PollerStats:
     # Seconds by which the configured active interval cannot be held (0 when it can).
     freshness_shortfall_seconds: float = 0.0
     shed: dict[str, int] = field(default_factory=dict)
-    discoveries: int = 0
-    discovery_errors: int = 0
     total_reads: int = 0
     active_lists: int = 0
     full_listings: int = 0
@@ -333,11 +328,9 @@ class Poller:
         self._last_discovery = self.monotonic()
         self.client.recheck_task_list_paging()
         deadline = time.monotonic() + self.intervals.discovery
-        self.stats.discoveries += 1
         try:
             listing = await self.client.list_sites(flow_enabled=True, deadline=deadline)
         except NicoError as exc:
-            self.stats.discovery_errors += 1
             log.error("site discovery failed", extra={"endpoint": "/site", "error": str(exc)})
             return
         sites = {s.id: s for s in listing.items if s.flow_enabled or not s.capabilities}
@@ -382,7 +375,6 @@ class Poller:
             log.warning("site has no NICo Flow: skipped", extra={"site_id": site.id})
             return set()
         except NicoError as exc:
-            self.stats.discovery_errors += 1
             log.error("rack discovery failed", extra={"site_id": site.id, "error": str(exc)})
             return None
         try:
@@ -390,7 +382,6 @@ class Poller:
         except NicoError as exc:
             # The racks are polled all the same (their tasks need no trays); they keep the trays
             # they had, and the next discovery tries again.
-            self.stats.discovery_errors += 1
             log.error("tray discovery failed", extra={"site_id": site.id, "error": str(exc)})
             trays = None
         by_rack: dict[str, list[Tray]] = {}
@@ -436,7 +427,6 @@ class Poller:
         for index, rack_id in enumerate(done):
             if rack_id in self.racks:
                 self.racks[rack_id].due = now + index * step
-        self.stats.cycles += 1
 
     async def poll_due(self, *, wait: bool = False) -> float:
         """Start the poll of every rack that is due and not still polling; returns the next due time.
@@ -506,7 +496,6 @@ class Poller:
             return
         results = [e.last_error for e in self.racks.values() if e.site_id == entry.site_id and e.polled]
         failed = sum(1 for e in results if e is not None)
-        health.racks_ok, health.racks_failed = len(results) - failed, failed
         was_up = health.up
         # Up when most of its racks answered: one flaky rack is not a site outage.
         health.up = bool(results) and failed * 2 < len(results)
@@ -825,7 +814,7 @@ class Poller:
         if self._saturated():
             self._shed("tray_attribution")
             return
-        deadline = time.monotonic() + self.intervals.trays
+        deadline = time.monotonic() + self.intervals.tray_attribution
         by_rack: dict[str, list[str]] = {rack_id: [] for rack_id in sweeps}
         for task_id, pending in self.attributions.items():
             by_rack.setdefault(pending.rack_id, []).append(task_id)

@@ -107,7 +107,7 @@ class Runner:
         # Rack polls pace themselves: every rack on its own phase of the active interval.
         rack_polls = asyncio.create_task(self._job("active_poll", lambda: p.run_rack_polls(stop))())
         self._add("final_fetch", p.fetch_finals, iv.final_fetch, now=True)
-        self._add("tray_attribution", p.attribute_trays, iv.trays, now=True)
+        self._add("tray_attribution", p.attribute_trays, iv.tray_attribution, now=True)
         self._add("discovery", p.discover, iv.discovery, now=False)
         self._add("expire", p.expire, EXPIRE_INTERVAL, now=False)
         self.scheduler.start()

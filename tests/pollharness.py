@@ -39,7 +39,7 @@ class Harness:
     sim: Simulation
     clock: ManualClock
     intervals: Intervals = field(
-        default_factory=lambda: Intervals(active=15, trays=60, reconcile=120, discovery=300)
+        default_factory=lambda: Intervals(active=15, tray_attribution=60, reconcile=120, discovery=300)
     )
     persistence: Persistence | None = None
     shard: Shard | None = None
@@ -102,7 +102,7 @@ class Harness:
             ("discovery", self.poller.discover, iv.discovery),
             ("active", self._poll_due, 0.0),  # every step: each rack keeps its own schedule
             ("final", self.poller.fetch_finals, iv.final_fetch),
-            ("trays", self.poller.attribute_trays, iv.trays),
+            ("trays", self.poller.attribute_trays, iv.tray_attribution),
             ("expire", self.poller.expire, EXPIRE_EVERY),
         )
         while self.now() < end:

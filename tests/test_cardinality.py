@@ -118,9 +118,7 @@ class FleetState:
         fleet = self.fleet
         for s in range(fleet.sites):
             site = Site(id=uid(1, s), name=f"site-{s}")
-            self.poller.health[site.id] = SiteHealth(
-                site, up=True, last_success=NOW - 5, racks_ok=fleet.racks_per_site
-            )
+            self.poller.health[site.id] = SiteHealth(site, up=True, last_success=NOW - 5)
         kinds = [kind.value for kind, count in fleet.trays.items() for _ in range(count)]
         self.trays: dict[int, list[str]] = {}
         for r in range(fleet.racks):

@@ -542,8 +542,8 @@ def fill_inventory(world: World) -> None:
     site = Site.parse({"id": SITE, "name": "Santa Clara", "capabilities": {"flow": True}})
     down = Site.parse({"id": SITE_B, "name": "Austin"})
     world.poller.health = {
-        SITE: SiteHealth(site, up=True, last_success=T0 + 15, racks_ok=2),
-        SITE_B: SiteHealth(down, up=False, last_error="connection refused", racks_failed=1),
+        SITE: SiteHealth(site, up=True, last_success=T0 + 15),
+        SITE_B: SiteHealth(down, up=False, last_error="connection refused"),
     }
     world.poller.racks = {
         RACK: RackEntry(SITE, Rack.parse({"id": RACK, "name": "rack-a01"})),

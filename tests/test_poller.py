@@ -224,7 +224,7 @@ async def test_a_task_its_site_no_longer_has_is_recorded_as_vanished_not_counted
 async def test_a_site_that_goes_away_and_comes_back_loses_nothing(server: str) -> None:
     sim, clock = sim_for(server, busy(seed=11, sites=2, racks_per_site=2))
     gone = sim.flow_site_ids()[1]
-    h = Harness(sim, clock, intervals=Intervals(active=15, trays=60, reconcile=120, discovery=60))
+    h = Harness(sim, clock, intervals=Intervals(active=15, tray_attribution=60, reconcile=120, discovery=60))
     await h.run(1200, step=2)
     sim.remove_site(gone)
     await h.run(1200, step=2)
@@ -246,7 +246,7 @@ async def test_a_site_that_goes_away_and_comes_back_loses_nothing(server: str) -
 async def test_injected_api_faults_lose_and_double_nothing(server: str) -> None:
     sim, clock = sim_for(server, busy(seed=13))
     sim.configure_faults({"error_5xx": 0.1, "truncated_json": 0.05, "bad_pagination": 0.05, "seed": 4})
-    h = Harness(sim, clock, intervals=Intervals(active=15, trays=60, reconcile=120, discovery=300))
+    h = Harness(sim, clock, intervals=Intervals(active=15, tray_attribution=60, reconcile=120, discovery=300))
     await h.run(3600, step=2)
     sim.configure_faults({"error_5xx": 0.0, "truncated_json": 0.0, "bad_pagination": 0.0})
     await h.run(2 * 3600, step=2)
@@ -371,7 +371,9 @@ async def test_a_task_that_ends_before_its_trays_are_found_settles_with_what_was
     site = sim.flow_site_ids()[0]
     rack = sim.racks(site)[0].id
     compute = [t.id for t in sim.trays(site, rack) if t.type is ComponentType.COMPUTE]
-    h = Harness(sim, clock, intervals=Intervals(active=15, trays=600, reconcile=300, discovery=300))
+    h = Harness(
+        sim, clock, intervals=Intervals(active=15, tray_attribution=600, reconcile=300, discovery=300)
+    )
     await h.start()
     short = sim.create_task(site, rack, "power_on", tray_ids=compute[:2], stage_seconds=20)
     await h.run(200, step=1)
@@ -428,7 +430,9 @@ async def test_sharded_pollers_cover_every_rack_exactly_once() -> None:
 
 async def test_a_budget_that_cannot_hold_freshness_warns_and_sheds(caplog: pytest.LogCaptureFixture) -> None:
     sim, clock = simulation(ScenarioConfig.quiet(sites=1, racks_per_site=60))
-    h = Harness(sim, clock, intervals=Intervals(active=0.5, trays=60, reconcile=120, discovery=300))
+    h = Harness(
+        sim, clock, intervals=Intervals(active=0.5, tray_attribution=60, reconcile=120, discovery=300)
+    )
     h.client.limiter.rate, h.client.limiter.burst = 40.0, 5
     with caplog.at_level(logging.WARNING):
         await h.poller.discover_sites_and_racks()

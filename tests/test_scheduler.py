@@ -87,7 +87,7 @@ async def _run_for(jobs: Jobs, seconds: float) -> float:
 
 
 async def test_starts_at_once_and_the_first_polls_do_not_wait_an_interval() -> None:
-    jobs = Jobs(Intervals(active=30, trays=30, reconcile=60, discovery=60, final_fetch=30))
+    jobs = Jobs(Intervals(active=30, tray_attribution=30, reconcile=60, discovery=60, final_fetch=30))
     began = await _run_for(jobs, 0.5)
     for name in ("start", "active_poll", "final_fetch", "tray_attribution"):
         assert jobs.calls[name], f"{name} did not run at once"
@@ -97,7 +97,7 @@ async def test_starts_at_once_and_the_first_polls_do_not_wait_an_interval() -> N
 
 
 async def test_a_job_never_overlaps_itself_and_missed_runs_coalesce() -> None:
-    jobs = Jobs(Intervals(active=5, trays=0.1, reconcile=60, discovery=60, final_fetch=5),
+    jobs = Jobs(Intervals(active=5, tray_attribution=0.1, reconcile=60, discovery=60, final_fetch=5),
                 slow={"tray_attribution": 0.6})  # fmt: skip
     await _run_for(jobs, 2.0)
     assert jobs.most_at_once["tray_attribution"] == 1
@@ -106,7 +106,7 @@ async def test_a_job_never_overlaps_itself_and_missed_runs_coalesce() -> None:
 
 
 async def test_a_failing_job_runs_again_and_leaves_the_others_running() -> None:
-    jobs = Jobs(Intervals(active=0.1, trays=0.1, reconcile=60, discovery=60, final_fetch=0.1),
+    jobs = Jobs(Intervals(active=0.1, tray_attribution=0.1, reconcile=60, discovery=60, final_fetch=0.1),
                 failing=frozenset({"final_fetch"}))  # fmt: skip
     await _run_for(jobs, 1.0)
     assert len(jobs.calls["final_fetch"]) >= 3  # it failed every time, and ran again
@@ -115,7 +115,7 @@ async def test_a_failing_job_runs_again_and_leaves_the_others_running() -> None:
 
 
 async def test_stop_ends_the_jobs_then_commits_what_they_observed() -> None:
-    jobs = Jobs(Intervals(active=0.1, trays=0.1, reconcile=60, discovery=60, final_fetch=0.1))
+    jobs = Jobs(Intervals(active=0.1, tray_attribution=0.1, reconcile=60, discovery=60, final_fetch=0.1))
     await _run_for(jobs, 0.5)
     last_run = max(t for name, times in jobs.calls.items() if name != "start" for t in times)
     assert jobs.store.commits and jobs.store.commits[-1] >= last_run
@@ -123,7 +123,9 @@ async def test_stop_ends_the_jobs_then_commits_what_they_observed() -> None:
 
 
 async def test_a_stop_during_start_commits_and_returns_without_scheduling() -> None:
-    jobs = Jobs(Intervals(active=0.1, trays=0.1, reconcile=60, discovery=60, final_fetch=0.1), start_s=5)
+    jobs = Jobs(
+        Intervals(active=0.1, tray_attribution=0.1, reconcile=60, discovery=60, final_fetch=0.1), start_s=5
+    )
     began = time.monotonic()
     await _run_for(jobs, 0.3)
     assert time.monotonic() - began < 2  # the 5-second start was cancelled

@@ -92,9 +92,6 @@ class AlertConfig:
     throttled_rate: float
     throttled_window: float
 
-    def stuck_for(self, operation: str) -> Thresholds:
-        return self.stuck.get(operation, self.stuck_default)
-
 
 def _seconds(value: object, where: str) -> float:
     try:

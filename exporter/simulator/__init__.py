@@ -17,7 +17,7 @@ Typical use::
 
 from __future__ import annotations
 
-from exporter.simulator.app import create_app
+from exporter.simulator.asgi import create_app
 from exporter.simulator.clock import AcceleratedClock, Clock, ManualClock
 from exporter.simulator.faults import FaultConfig
 from exporter.simulator.operations import Operation

@@ -6,7 +6,7 @@ import logging
 
 import uvicorn
 
-from exporter.simulator.app import SimulatedReset, create_app
+from exporter.simulator.asgi import SimulatedReset, create_app
 from exporter.simulator.simulation import Simulation
 
 

@@ -137,11 +137,6 @@ class Task:
         """Always null: Flow never persists ``applied_rule_id`` (see docs/simulator.md)."""
         return None
 
-    @property
-    def holds_rack(self) -> bool:
-        """Pending and Running tasks count in conflict checks; Waiting ones do not."""
-        return self.status in (TaskStatus.PENDING, TaskStatus.RUNNING)
-
 
 def _kinds(task: Task, world: World) -> set[ComponentType]:
     return {world.trays[tray_id].type for tray_id in task.tray_ids}
@@ -254,9 +249,6 @@ class World:
         self.now = max(self.now, target)
         return ran
 
-    def pending_events(self) -> int:
-        return len(self._heap)
-
     # --- inventory -----------------------------------------------------------------------------
 
     def add_site(self, name: str, org: str, *, flow: bool, created: datetime, city: str) -> Site:
@@ -313,9 +305,6 @@ class World:
 
     def _in_row_order(self, task_ids: Iterable[str]) -> list[Task]:
         return sorted((self.tasks[task_id] for task_id in task_ids), key=lambda task: task.row_version)
-
-    def waiting_on(self, rack_id: str) -> list[Task]:
-        return [self.tasks[task_id] for task_id in self._waiting.get(rack_id, ())]
 
     def forget(self, task_id: str) -> None:
         """Drop a task as a Flow database restored from an older backup would (not NICo behaviour:
