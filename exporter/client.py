@@ -50,11 +50,14 @@ from exporter.errors import (
 from exporter.models import (
     APIError,
     M,
+    OperationRule,
     Pagination,
     ParseNotes,
     Rack,
     Site,
     Task,
+    TaskRun,
+    TaskRunTarget,
     Tray,
     dedupe_by_id,
     parse_each,
@@ -528,6 +531,88 @@ class NicoClient:
             priority=priority,
             deadline=deadline,
             retry=method == "GET",
+        )
+
+    # -- task runs and operation rules (NICo main; v2.0 answers the router 404) ------------------
+
+    async def list_task_runs(
+        self,
+        site_id: str,
+        *,
+        status: str | None = None,
+        deadline: float | None = None,
+        priority: int = Priority.ACTIVE_POLL,
+    ) -> Listing[TaskRun]:
+        """The runs of a site, newest first (paged: these lists accept pageNumber and pageSize).
+
+        Raises:
+            RouteMissing: the server has no Task Runs (NICo v2.0).
+        """
+        params: dict[str, Any] = {"siteId": site_id}
+        if status is not None:
+            params["status"] = status
+        return await self._paged(
+            TaskRun, "/task/run", "/task/run", params, priority=priority, deadline=deadline
+        )
+
+    async def get_task_run(
+        self,
+        site_id: str,
+        run_id: str,
+        *,
+        include_stats: bool = True,
+        deadline: float | None = None,
+        priority: int = Priority.ACTIVE_POLL,
+    ) -> TaskRun:
+        """One run; with ``include_stats`` its current and cumulative phase outcome counts."""
+        params: dict[str, Any] = {"siteId": site_id}
+        if include_stats:
+            params["includeStats"] = "true"
+        resp = await self._request(
+            "GET",
+            "/task/run/{id}",
+            f"/task/run/{run_id}",
+            params=params,
+            priority=priority,
+            deadline=deadline,
+        )
+        return self._one(TaskRun, resp, "/task/run/{id}")
+
+    async def list_task_run_targets(
+        self,
+        site_id: str,
+        run_id: str,
+        *,
+        phase_scope: str = "currentAndCompletedPhases",
+        deadline: float | None = None,
+        priority: int = Priority.ACTIVE_POLL,
+    ) -> Listing[TaskRunTarget]:
+        """A run's per-rack targets (``phaseScope`` default here: every phase begun so far)."""
+        return await self._paged(
+            TaskRunTarget,
+            "/task/run/{id}/target",
+            f"/task/run/{run_id}/target",
+            {"siteId": site_id, "phaseScope": phase_scope},
+            priority=priority,
+            deadline=deadline,
+        )
+
+    async def list_operation_rules(
+        self,
+        site_id: str,
+        *,
+        deadline: float | None = None,
+        priority: int = Priority.DISCOVERY,
+    ) -> Listing[OperationRule]:
+        """The site's Operation Rules, default and custom (``GET /task/rule``)."""
+        return await self._paged(
+            OperationRule,
+            "/task/rule",
+            "/task/rule",
+            {"siteId": site_id},
+            priority=priority,
+            deadline=deadline,
+            page_retries=DISCOVERY_PAGE_RETRIES,
         )
 
     # -- plumbing ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from exporter.client import ParseEvent, RequestEvent
 from exporter.exposition import Exemplar, FamilySpec, HistogramData, label_text, sample_line
 from exporter.facts import current_stage, failure_context, failure_reason, short_error, trace_id
-from exporter.models import TaskStatus
+from exporter.models import TaskRunStatus, TaskStatus
 from exporter.state import Kind, TaskRecord, Transition
 
 # Bucket bounds, in seconds. Power operations take seconds to minutes; firmware and bring-up
@@ -34,6 +34,7 @@ STAGE_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50)
 
 STATUSES = tuple(s.value for s in TaskStatus)
+RUN_STATUSES = tuple(s.value for s in TaskRunStatus)
 
 
 Family = FamilySpec
@@ -148,6 +149,67 @@ FAMILIES: tuple[Family, ...] = (
         "counter",
         "site_id rack_id tray_id tray_type",
         "Failed tasks per tray.",
+    ),
+    _f(
+        "nico_task_run_info",
+        "gauge",
+        "site_id run_id name operation_type operation_code",
+        "Always 1: a Task Run's name and operation (NICo main; v2.0 has no Task Runs).",
+    ),
+    _f(
+        "nico_task_run_status",
+        "gauge",
+        "site_id run_id status",
+        "1 for the run's current status, 0 for the others (Pending, Running, Paused, Completed, "
+        "Cancelled, Failed, CompletedWithFailures, Unknown).",
+    ),
+    _f(
+        "nico_task_run_status_reason_info",
+        "gauge",
+        "site_id run_id reason message",
+        "Always 1: why the run is paused or ended (None, OperatorPaused, PhaseGate, SafetyGate, "
+        "ConflictRetryTimeout) and NICo's status message, shortened.",
+    ),
+    _f("nico_task_run_phase", "gauge", "site_id run_id", "The run's current phase, counted from 1."),
+    _f("nico_task_run_phases", "gauge", "site_id run_id", "How many phases the run has."),
+    _f(
+        "nico_task_run_targets",
+        "gauge",
+        "site_id run_id status",
+        "The run's per-rack targets by status, over every phase begun so far.",
+    ),
+    _f(
+        "nico_task_run_outcomes",
+        "gauge",
+        "site_id run_id outcome",
+        "NICo's cumulative outcome counts of the run's targets (completed, failed, terminated, skipped).",
+    ),
+    _f(
+        "nico_task_run_failed_target_info",
+        "gauge",
+        "site_id run_id rack_id task_id phase",
+        "Always 1: a target of the run that failed, with its task (the task's trace id is its UUID).",
+    ),
+    _f("nico_task_run_created_timestamp_seconds", "gauge", "site_id run_id", "When the run was created."),
+    _f("nico_task_run_started_timestamp_seconds", "gauge", "site_id run_id", "When the run started."),
+    _f("nico_task_run_finished_timestamp_seconds", "gauge", "site_id run_id", "When the run ended."),
+    _f(
+        "nico_task_runs_finished_total",
+        "counter",
+        "site_id status",
+        "Task Runs seen becoming final, each counted once; continues across restarts.",
+    ),
+    _f(
+        "nico_operation_rule_info",
+        "gauge",
+        "site_id rule_id name operation_type operation_code is_default",
+        "Always 1: an Operation Rule of the site (GET /task/rule).",
+    ),
+    _f(
+        "nico_exporter_task_runs_supported",
+        "gauge",
+        "site_id",
+        "1 if the site's NICo serves Task Runs, 0 if it answered the router 404 (the run metrics are then off).",
     ),
     _f("nico_site_info", "gauge", "site_id site_name", "Always 1: a site's name, for joins."),
     _f(

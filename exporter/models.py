@@ -70,6 +70,58 @@ TERMINAL_STATUSES = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStat
 ACTIVE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.WAITING, TaskStatus.RUNNING})
 
 
+class TaskRunStatus(StrEnum):
+    """``APITaskRun.status`` (``rest-api/api/pkg/api/model/taskrun.go``, NICo main)."""
+
+    UNKNOWN = "Unknown"
+    PENDING = "Pending"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    COMPLETED = "Completed"
+    CANCELLED = "Cancelled"
+    FAILED = "Failed"
+    COMPLETED_WITH_FAILURES = "CompletedWithFailures"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in RUN_TERMINAL_STATUSES
+
+
+RUN_TERMINAL_STATUSES = frozenset(
+    {
+        TaskRunStatus.COMPLETED,
+        TaskRunStatus.CANCELLED,
+        TaskRunStatus.FAILED,
+        TaskRunStatus.COMPLETED_WITH_FAILURES,
+    }
+)
+
+
+class TaskRunStatusReason(StrEnum):
+    """``APITaskRun.statusReason``: why a run is paused or ended ("None" when there is no reason)."""
+
+    UNKNOWN = "Unknown"
+    NONE = "None"
+    OPERATOR_PAUSED = "OperatorPaused"
+    PHASE_GATE = "PhaseGate"
+    SAFETY_GATE = "SafetyGate"
+    CONFLICT_RETRY_TIMEOUT = "ConflictRetryTimeout"
+
+
+class TargetStatus(StrEnum):
+    """``APITaskRunTarget.status``: one rack's part in a run."""
+
+    UNKNOWN = "Unknown"
+    PENDING = "Pending"
+    BLOCKED = "Blocked"
+    SUBMITTED = "Submitted"
+    CLAIMED = "Claimed"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    TERMINATED = "Terminated"
+    SKIPPED = "Skipped"
+
+
 class ReportStatus(StrEnum):
     """``TaskReportV1Status`` of a stage or step (lowercase on the wire)."""
 
@@ -229,7 +281,8 @@ _PAYLOAD_CONFIG = ConfigDict(extra="ignore", populate_by_name=True)
 
 
 _BY_LOWER: dict[type[StrEnum], dict[str, StrEnum]] = {
-    enum: {member.value.lower(): member for member in enum} for enum in (TaskStatus, ReportStatus)
+    enum: {member.value.lower(): member for member in enum}
+    for enum in (TaskStatus, ReportStatus, TaskRunStatus, TaskRunStatusReason, TargetStatus)
 }
 
 
@@ -422,6 +475,120 @@ class Tray(_Payload):
     @classmethod
     def _rack_id(cls, value: Any) -> Any:
         return None if value in (None, "") else canonical_uuid(value)
+
+
+RunStatusField = Annotated[TaskRunStatus, _tolerant_status(TaskRunStatus, TaskRunStatus.UNKNOWN)]
+RunReasonField = Annotated[
+    TaskRunStatusReason, _tolerant_status(TaskRunStatusReason, TaskRunStatusReason.UNKNOWN)
+]
+TargetStatusField = Annotated[TargetStatus, _tolerant_status(TargetStatus, TargetStatus.UNKNOWN)]
+Count = Annotated[int, _none_as(0)]
+
+
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class OutcomeCounts(_Payload):
+    """``APITaskRunOutcomeCounts``: how a phase's (or the run's) targets ended so far."""
+
+    completed: Count = 0
+    failed: Count = 0
+    terminated: Count = 0
+    skipped: Count = 0
+
+
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class PhaseStats(_Payload):
+    """``APITaskRunPhaseStats``; ``phaseIndex`` counts from 0."""
+
+    phase_index: Count = Field(default=0, alias="phaseIndex")
+    selected_targets: Count = Field(default=0, alias="selectedTargets")
+    outcome_counts: OutcomeCounts = Field(default_factory=OutcomeCounts, alias="outcomeCounts")
+
+
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class TaskRunStats(_Payload):
+    """``APITaskRunStats``: only on ``GET /task/run/{id}?includeStats=true``."""
+
+    current_phase: PhaseStats = Field(default_factory=PhaseStats, alias="currentPhase")
+    cumulative_phase: PhaseStats = Field(default_factory=PhaseStats, alias="cumulativePhase")
+
+
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class TaskRun(_Payload):
+    """``APITaskRun``: a phased operation over many racks (NICo main; v2.0 has no Task Runs)."""
+
+    id: Uuid
+    name: Annotated[str, _none_as("")] = ""
+    description: Annotated[str, _none_as("")] = ""
+    operation_type: Annotated[str, _none_as("")] = Field(default="", alias="operationType")
+    operation_code: Annotated[str, _none_as("")] = Field(default="", alias="operationCode")
+    status: RunStatusField = TaskRunStatus.UNKNOWN
+    status_reason: RunReasonField = Field(default=TaskRunStatusReason.NONE, alias="statusReason")
+    status_message: Annotated[str, _none_as("")] = Field(default="", alias="statusMessage")
+    total_phases: Count = Field(default=0, alias="totalPhases")
+    created: Timestamp = None
+    updated: Timestamp = None
+    started: Timestamp = None
+    finished: Timestamp = None
+    stats: TaskRunStats | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class TaskRunTarget(_Payload):
+    """``APITaskRunTarget``: one rack of a run, and the task submitted for it (``taskId``)."""
+
+    id: Uuid
+    run_id: str = Field(default="", alias="runId")
+    rack_id: str = Field(default="", alias="rackId")
+    sequence_index: Count = Field(default=0, alias="sequenceIndex")
+    phase_index: Count = Field(default=0, alias="phaseIndex")
+    task_id: str | None = Field(default=None, alias="taskId")
+    status: TargetStatusField = TargetStatus.UNKNOWN
+    message: Annotated[str, _none_as("")] = ""
+    created: Timestamp = None
+    updated: Timestamp = None
+
+    @field_validator("task_id", "rack_id", "run_id", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> Any:
+        return None if value in (None, "") else canonical_uuid(value)
+
+
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class RuleStep(_Payload):
+    """``APITaskRuleSequenceStep``: one component type's step, in a stage of the rule."""
+
+    component_type: StepComponent = Field(alias="componentType")
+    stage: int = 1
+
+
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class RuleDefinition(_Payload):
+    version: Annotated[str, _none_as("")] = ""
+    steps: Annotated[tuple[RuleStep, ...], _none_as(())] = ()
+
+
+@pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)
+class OperationRule(_Payload):
+    """``APITaskRule`` (``GET /task/rule``): a named stage layout for an operation."""
+
+    id: Uuid
+    name: Annotated[str, _none_as("")] = ""
+    description: Annotated[str, _none_as("")] = ""
+    operation_type: Annotated[str, _none_as("")] = Field(default="", alias="operationType")
+    operation_code: Annotated[str, _none_as("")] = Field(default="", alias="operationCode")
+    rule_definition: RuleDefinition = Field(default_factory=RuleDefinition, alias="ruleDefinition")
+    is_default: bool = Field(default=False, alias="isDefault")
+
+    def layout(self) -> tuple[tuple[int, tuple[ComponentType, ...]], ...]:
+        """The rule's stages: (stage number, its component types sorted), in stage order."""
+        stages: dict[int, set[ComponentType]] = {}
+        for step in self.rule_definition.steps:
+            stages.setdefault(step.stage, set()).add(step.component_type)
+        return tuple((n, tuple(sorted(kinds))) for n, kinds in sorted(stages.items()))
 
 
 class APIError(_Model):

@@ -58,6 +58,11 @@ CREATE TABLE IF NOT EXISTS finished (
     task_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, rack_id TEXT NOT NULL, trays TEXT,
     first_seen REAL NOT NULL, finished_seen_at REAL NOT NULL, task TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS run_sites (site_id TEXT PRIMARY KEY, baselined_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS runs_final (run_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, finished_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS run_totals (
+    site_id TEXT NOT NULL, status TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (site_id, status)
+);
 CREATE TABLE IF NOT EXISTS span_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL
 );
@@ -94,6 +99,10 @@ class StateBatch:
     forget_finished: set[str] = field(default_factory=set)
     # Spans made final by this batch's transitions (span key, encoded span): the outbox.
     spans: list[tuple[str, str]] = field(default_factory=list)
+    # Task Runs: each site's baseline time, the runs seen final (counted or history), the totals.
+    run_sites: dict[str, float] = field(default_factory=dict)
+    runs_final: dict[str, tuple[str, float]] = field(default_factory=dict)
+    run_totals: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -112,6 +121,9 @@ class StateBatch:
                 self.untracked,
                 self.forget_delivered,
                 self.forget_terminal,
+                self.run_sites,
+                self.runs_final,
+                self.run_totals,
             )
         )
 
@@ -126,6 +138,9 @@ class LoadedState:
     unobserved: dict[str, int] = field(default_factory=dict)
     tracked: dict[str, TrackedRow] = field(default_factory=dict)
     finished: dict[str, FinishedRow] = field(default_factory=dict)
+    run_sites: dict[str, float] = field(default_factory=dict)
+    runs_final: dict[str, tuple[str, float]] = field(default_factory=dict)
+    run_totals: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class Persistence(Protocol):
@@ -236,6 +251,13 @@ class SqlitePersistence:
         state.terminal = {t: float(f) for t, _, f in c.execute("SELECT * FROM terminal")}
         state.delivered = [(k, t) for k, t in c.execute("SELECT key, task_id FROM delivered")]
         state.totals = {(s, st, o): int(n) for s, st, o, n in c.execute("SELECT * FROM totals")}
+        state.run_sites = {s: float(t) for s, t in c.execute("SELECT site_id, baselined_at FROM run_sites")}
+        state.runs_final = {
+            r: (s, float(t)) for r, s, t in c.execute("SELECT run_id, site_id, finished_at FROM runs_final")
+        }
+        state.run_totals = {
+            (s, st): int(n) for s, st, n in c.execute("SELECT site_id, status, count FROM run_totals")
+        }
         state.tray_failures = {
             (s, r, t, ty): int(n) for s, r, t, ty, n in c.execute("SELECT * FROM tray_failures")
         }
@@ -307,6 +329,18 @@ class SqlitePersistence:
         c.executemany(
             "INSERT OR REPLACE INTO totals (site_id, status, operation, count) VALUES (?, ?, ?, ?)",
             [(*k, n) for k, n in b.totals.items()],
+        )
+        c.executemany(
+            "INSERT OR REPLACE INTO run_sites (site_id, baselined_at) VALUES (?, ?)",
+            list(b.run_sites.items()),
+        )
+        c.executemany(
+            "INSERT OR REPLACE INTO runs_final (run_id, site_id, finished_at) VALUES (?, ?, ?)",
+            [(r, s, t) for r, (s, t) in b.runs_final.items()],
+        )
+        c.executemany(
+            "INSERT OR REPLACE INTO run_totals (site_id, status, count) VALUES (?, ?, ?)",
+            [(*k, n) for k, n in b.run_totals.items()],
         )
         c.executemany(
             "INSERT OR REPLACE INTO tray_failures (site_id, rack_id, tray_id, tray_type, count) VALUES (?, ?, ?, ?, ?)",

@@ -47,6 +47,7 @@ from exporter.client import Listing, NicoClient
 from exporter.errors import FlowDisabled, NicoError, NotFound, TaskNotOnSite
 from exporter.models import ComponentType, Rack, Site, Task, Tray
 from exporter.ratelimit import Priority, TokenBucket
+from exporter.runs import RunsView, RunTracker
 from exporter.sharding import Shard
 from exporter.state import Store
 
@@ -190,6 +191,7 @@ class PollerView:
     late_polls: int = 0
     final_fetch_queue: int = 0
     shed: tuple[tuple[str, int], ...] = ()
+    runs: RunsView = field(default_factory=RunsView)
 
 
 class Poller:
@@ -235,10 +237,29 @@ class Poller:
         self.attributions: dict[str, Attribution] = {}
         self.stats = PollerStats(budget_rps=self.limiter.rate)
         self.ready = False
+        self.runs = RunTracker(client, store, on_task=self._run_task, ttl=store.finished_ttl, clock=clock)
         self._lags: deque[tuple[float, float]] = deque()
         self._last_discovery = 0.0
         for task_id, site_id, rack_id in store.awaiting_fetch():
             self.final_fetches[task_id] = FinalFetch(site_id, rack_id)
+
+    # -- task runs -----------------------------------------------------------------------------
+
+    def _run_sites(self) -> list[str]:
+        """The sites whose runs this replica polls: a site's runs belong to one shard."""
+        return sorted(site_id for site_id in self.health if self.shard.owns(site_id))
+
+    def _run_task(self, site_id: str, rack_id: str, task_id: str) -> None:
+        """A run target's task the store does not know: fetch it by id (if its rack is ours)."""
+        if rack_id in self.racks:
+            self._queue_final(task_id, site_id, rack_id)
+
+    async def poll_runs(self) -> None:
+        """The task-runs job (every active interval): each owned site's runs and their targets."""
+        deadline = time.monotonic() + self.intervals.active
+        for site_id in self._run_sites():
+            await self.runs.poll_site(site_id, deadline)
+        self.store.commit()
 
     def site_name(self, site_id: str) -> str:
         """The site's name from the inventory ('' while unknown)."""
@@ -271,6 +292,7 @@ class Poller:
             late_polls=stats.late_polls,
             final_fetch_queue=len(self.final_fetches),
             shed=tuple(sorted(stats.shed.items())),
+            runs=self.runs.view(),
         )
 
     # -- budget ------------------------------------------------------------------------------------
@@ -364,6 +386,10 @@ class Poller:
         for site_id in set(self.health) - set(sites):
             log.info("site left the inventory", extra={"site_id": site_id})
             del self.health[site_id]
+            self.runs.drop_site(site_id)
+        # Operation Rules name the custom rule a task ran; runs are per site: one shard each.
+        for site_id in self._run_sites():
+            await self.runs.read_rules(site_id, deadline)
         self.store.commit()
         self.ready = True
         self._check_budget()

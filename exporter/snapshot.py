@@ -38,20 +38,24 @@ from exporter.exposition import (
     render_samples,
     sample_line,
 )
+from exporter.facts import short_error
 from exporter.metrics import (
     FAMILY,
     PER_TASK,
+    RUN_STATUSES,
     ClientMetrics,
     HistogramSet,
     SeriesOptions,
     TaskMetrics,
     task_series,
 )
+from exporter.models import TargetStatus
 from exporter.outbox import SenderStats
 
 if TYPE_CHECKING:
     from exporter.models import Task
     from exporter.poller import PollerView
+    from exporter.runs import RunsView
     from exporter.state import Store, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -403,6 +407,7 @@ class Publisher:
             "nico_exporter_racks_baselined": _sorted(
                 ((site_id,), float(n)) for site_id, n in baselined.items()
             ),
+            **_runs(p.runs),
             **self._self(p),
         }
 
@@ -498,6 +503,62 @@ class Publisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
         self.publish()
+
+
+def _runs(view: RunsView) -> dict[str, Samples]:
+    """The Task Run families: a few runs per site, so rendered in full at each publish."""
+    Rows = list[tuple[tuple[str, ...], float]]
+    info: Rows = []
+    status: Rows = []
+    reason: Rows = []
+    phase: Rows = []
+    phases: Rows = []
+    targets: Rows = []
+    outcomes: Rows = []
+    failed: Rows = []
+    stamps: dict[str, Rows] = {"created": [], "started": [], "finished": []}
+    for site_id, run, run_targets in view.runs:
+        key = (site_id, run.id)
+        info.append(((*key, run.name, run.operation_type, run.operation_code), 1.0))
+        status.extend(((*key, s), 1.0 if s == run.status.value else 0.0) for s in RUN_STATUSES)
+        reason.append(((*key, run.status_reason.value, short_error(run.status_message)), 1.0))
+        if run.stats is not None:
+            phase.append((key, float(run.stats.current_phase.phase_index + 1)))
+            counts = run.stats.cumulative_phase.outcome_counts
+            outcomes.extend(
+                ((*key, name), float(getattr(counts, name)))
+                for name in ("completed", "failed", "terminated", "skipped")
+            )
+        phases.append((key, float(run.total_phases)))
+        by_status = Counter(t.status.value for t in run_targets)
+        targets.extend(((*key, s), float(n)) for s, n in by_status.items())
+        failed.extend(
+            ((*key, t.rack_id, t.task_id or "", str(t.phase_index + 1)), 1.0)
+            for t in run_targets
+            if t.status is TargetStatus.FAILED
+        )
+        for name, when in (("created", run.created), ("started", run.started), ("finished", run.finished)):
+            if when is not None:
+                stamps[name].append((key, when.timestamp()))
+    return {
+        "nico_task_run_info": _sorted(info),
+        "nico_task_run_status": _sorted(status),
+        "nico_task_run_status_reason_info": _sorted(reason),
+        "nico_task_run_phase": _sorted(phase),
+        "nico_task_run_phases": _sorted(phases),
+        "nico_task_run_targets": _sorted(targets),
+        "nico_task_run_outcomes": _sorted(outcomes),
+        "nico_task_run_failed_target_info": _sorted(failed),
+        **{f"nico_task_run_{name}_timestamp_seconds": _sorted(rows) for name, rows in stamps.items()},
+        "nico_task_runs_finished_total": _sorted(view.finished),
+        "nico_operation_rule_info": _sorted(
+            ((site_id, r.id, r.name, r.operation_type, r.operation_code, str(r.is_default).lower()), 1.0)
+            for site_id, r in view.rules
+        ),
+        "nico_exporter_task_runs_supported": _sorted(
+            ((site_id,), 1.0 if ok else 0.0) for site_id, ok in view.supported
+        ),
+    }
 
 
 def _sorted(items: Iterable[tuple[tuple[str, ...], float]]) -> Samples:

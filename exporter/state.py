@@ -147,6 +147,8 @@ class FinishedTotals:
     tray_failures: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     # Tasks created and finished where no poll could name them, by site.
     unobserved: dict[str, int] = field(default_factory=dict)
+    # Task Runs seen becoming final, by (site, status), each counted once.
+    runs: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,13 @@ class Store:
             key = sys.intern(key.removeprefix(f"{task_id}/"))
             if key not in self._delivered.get(task_id, ()):
                 self._delivered[task_id] = (*self._delivered.get(task_id, ()), key)
-        self.totals = FinishedTotals(dict(loaded.totals), dict(loaded.tray_failures), dict(loaded.unobserved))
+        self.totals = FinishedTotals(
+            dict(loaded.totals), dict(loaded.tray_failures), dict(loaded.unobserved), dict(loaded.run_totals)
+        )
+        # Task Runs: when each site's runs were first listed (runs final before it are history),
+        # and every run seen final (counted, or history), so none is counted twice.
+        self._run_baselines: dict[str, float] = dict(loaded.run_sites)
+        self._runs_final: dict[str, tuple[str, float]] = dict(loaded.runs_final)
         # Tasks that were being tracked, or named and waiting for their final fetch, when the
         # last process stopped: fetch them again.
         self.recovered: dict[str, tuple[str, str, frozenset[str] | None]] = dict(loaded.tracked)
@@ -288,6 +296,34 @@ class Store:
         """The ids of tasks added, changed or dropped since the last call (and forget them)."""
         touched, self.touched = self.touched, set()
         return touched
+
+    # -- task runs -----------------------------------------------------------------------------
+
+    def run_baseline(self, site_id: str, server_time: float) -> float:
+        """The site's runs baseline: set at the first listing (NICo's clock), kept across restarts."""
+        if site_id not in self._run_baselines:
+            self._run_baselines[site_id] = server_time
+            self._batch.run_sites[site_id] = server_time
+        return self._run_baselines[site_id]
+
+    def run_is_final(self, run_id: str) -> bool:
+        """The run was seen final already (counted, or history at the baseline)."""
+        return run_id in self._runs_final
+
+    def run_finished(self, site_id: str, run_id: str, status: str, finished_at: float) -> bool:
+        """Count a run that became final, once; a run that finished before its site's baseline is
+        history (remembered, not counted). True when it was counted now."""
+        if run_id in self._runs_final:
+            return False
+        self._runs_final[run_id] = (site_id, finished_at)
+        self._batch.runs_final[run_id] = (site_id, finished_at)
+        baseline = self._run_baselines.get(site_id)
+        if baseline is None or finished_at < baseline:
+            return False
+        key = (site_id, status)
+        self.totals.runs[key] = self.totals.runs.get(key, 0) + 1
+        self._batch.run_totals[key] = self.totals.runs[key]
+        return True
 
     def health(self) -> StoreHealth:
         """The store's own numbers for the self-metrics, as a value."""

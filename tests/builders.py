@@ -126,3 +126,97 @@ def wire_task(status: str = "Running", **fields: Any) -> dict[str, Any]:
     }
     out.update(fields)
     return out
+
+
+# -- Task Runs and Operation Rules (NICo main: rest-api/api/pkg/api/model/taskrun.go, taskrule.go) ---
+
+
+def run_id(n: int) -> str:
+    return f"99999999-0000-4000-8000-{n:012d}"
+
+
+def target_id(n: int) -> str:
+    return f"88888888-0000-4000-8000-{n:012d}"
+
+
+def run_data(
+    n: int = 1,
+    status: str = "Running",
+    *,
+    reason: str = "None",
+    message: str = "",
+    phase: int = 0,
+    phases: int = 3,
+    outcomes: dict[str, int] | None = None,
+    created: float = T0,
+    started: float | None = T0 + 5,
+    finished: float | None = None,
+    stats: bool = True,
+) -> dict[str, Any]:
+    """An ``APITaskRun``; ``phase`` is NICo's 0-based ``phaseIndex``; ``stats`` as with includeStats."""
+    counts = {"completed": 0, "failed": 0, "terminated": 0, "skipped": 0, **(outcomes or {})}
+    data: dict[str, Any] = {
+        "id": run_id(n),
+        "name": f"fw-rollout-{n}",
+        "description": "firmware rollout",
+        "operationType": "FirmwareControl",
+        "operationCode": "upgrade",
+        "status": status,
+        "statusReason": reason,
+        "statusMessage": message,
+        "totalPhases": phases,
+        "created": iso(created),
+        "updated": iso(finished or started or created),
+        "started": iso(started) if started is not None else None,
+        "finished": iso(finished) if finished is not None else None,
+    }
+    if stats:
+        data["stats"] = {
+            "currentPhase": {"phaseIndex": phase, "selectedTargets": 2, "outcomeCounts": counts},
+            "cumulativePhase": {"phaseIndex": phase, "selectedTargets": 6, "outcomeCounts": counts},
+        }
+    return data
+
+
+def target_data(
+    n: int,
+    run: int = 1,
+    *,
+    rack: str = RACK,
+    phase: int = 0,
+    status: str = "Submitted",
+    task: int | None = None,
+) -> dict[str, Any]:
+    """An ``APITaskRunTarget``: one rack of a run and the task Flow submitted for it."""
+    return {
+        "id": target_id(n),
+        "runId": run_id(run),
+        "rackId": rack,
+        "sequenceIndex": n,
+        "phaseIndex": phase,
+        "taskId": tid(task) if task is not None else None,
+        "status": status,
+        "message": "",
+        "created": iso(T0),
+        "updated": iso(T0 + 10),
+    }
+
+
+def rule_data(
+    n: int, name: str, *stages: tuple[int, str], default: bool = False, code: str = "upgrade"
+) -> dict[str, Any]:
+    """An ``APITaskRule`` whose steps are (stage, componentType) pairs."""
+    return {
+        "id": f"77777777-0000-4000-8000-{n:012d}",
+        "name": name,
+        "description": "",
+        "operationType": "FirmwareControl",
+        "operationCode": code,
+        "ruleDefinition": {
+            "version": "v1",
+            "steps": [{"componentType": kind, "stage": stage, "maxParallel": 1} for stage, kind in stages],
+        },
+        "isDefault": default,
+        "created": iso(T0),
+        "updated": iso(T0),
+    }

@@ -38,6 +38,21 @@ class Scrape:
                     return float(sample.value)
         return None
 
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """Every sample of ``name``: (its labels, its value)."""
+        return [
+            (dict(sample.labels), float(sample.value))
+            for family in self.families
+            for sample in family.samples
+            if sample.name == name
+        ]
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The value of the one sample of ``name`` whose labels include ``labels``."""
+        found = [v for have, v in self.samples(name) if labels.items() <= have.items()]
+        assert len(found) <= 1, (name, labels, found)
+        return found[0] if found else None
+
     def openmetrics(self) -> bytes:
         body = self.snapshot.render(Format.OPENMETRICS, now=self.now)
         list(om_parser.text_string_to_metric_families(body.decode()))  # type: ignore[no-untyped-call]  # parses or raises

@@ -29,7 +29,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "state",
         "facts",
         "metrics tracing",
-        "poller",
+        "runs poller",
         "config configload scheduler snapshot",
         "connect",
         "web web.server web.toolkit web.tls web.basic_auth",

@@ -33,14 +33,15 @@ from exporter.metrics import (
     SeriesOptions,
     TaskMetrics,
 )
-from exporter.models import Rack, Site, Task
+from exporter.models import OperationRule, Rack, Site, Task, TaskRun, TaskRunTarget
 from exporter.outbox import SenderStats
 from exporter.persistence import SqlitePersistence
 from exporter.poller import FinalFetch, Poller, RackEntry, SiteHealth
+from exporter.runs import RunRecord
 from exporter.sharding import Shard
 from exporter.snapshot import Publisher
 from exporter.state import Store
-from tests.builders import RACK, SITE, T0, report, stage, step, task, tid
+from tests.builders import RACK, SITE, T0, report, rule_data, run_data, stage, step, target_data, task, tid
 from tests.helpers import page
 from tests.scrape import Scrape
 
@@ -736,7 +737,35 @@ def populated_world() -> World:
     world.client_metrics.on_parse_error(ParseEvent("/site", "invalid_site", "id"))
     world.poller.stats.shed = {"reconcile": 1}
     world.spans = SenderStats(exported=5)
+    fill_runs(world)
     return world
+
+
+def fill_runs(world: World) -> None:
+    """A paused run (its safety gate tripped in phase 2 of 3, one rack failed), a finished one, rules."""
+    runs = world.poller.runs
+    runs.supported = {SITE: True, SITE_B: False}
+    paused = TaskRun.parse(
+        run_data(1, "Paused", reason="SafetyGate", message="failure rate 0.5 above 0.2", phase=1,
+                 outcomes={"completed": 3, "failed": 1})
+    )  # fmt: skip
+    targets = tuple(
+        TaskRunTarget.parse(t)
+        for t in (
+            target_data(1, phase=0, status="Completed", task=11),
+            target_data(2, phase=1, status="Failed", task=12),
+            target_data(3, phase=1, status="Submitted", task=13),
+        )
+    )
+    runs.records[paused.id] = RunRecord(SITE, paused, targets)
+    done = TaskRun.parse(run_data(2, "Completed", phase=2, finished=T0 + 600, outcomes={"completed": 6}))
+    runs.records[done.id] = RunRecord(SITE, done, (), final_seen_at=T0 + 610)
+    world.store.run_baseline(SITE, T0)
+    world.store.run_finished(SITE, done.id, done.status.value, T0 + 600)
+    runs.rules[SITE] = (
+        OperationRule.parse(rule_data(1, "default-fw", (1, "Compute"), default=True)),
+        OperationRule.parse(rule_data(2, "fw-switches-first", (1, "NVSwitch"), (2, "Compute"))),
+    )
 
 
 def test_every_emitted_family_is_in_the_contract() -> None:

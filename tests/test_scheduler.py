@@ -71,6 +71,9 @@ class Jobs:
     async def expire(self) -> None:
         await self._run("expire")
 
+    async def poll_runs(self) -> None:
+        await self._run("task_runs")
+
     def view(self) -> PollerView:
         return PollerView()
 

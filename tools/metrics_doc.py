@@ -26,7 +26,7 @@ from exporter.metrics import (
     TaskMetrics,
     family_filter,
 )
-from exporter.models import NVL72_TRAYS, ComponentType, TaskStatus
+from exporter.models import NVL72_TRAYS, ComponentType, TaskRunStatus, TaskStatus
 from exporter.operations import OPERATIONS, Operation
 from tools.paths import ROOT
 
@@ -97,6 +97,12 @@ class Fleet:
     parse_errors: tuple[tuple[str, str], ...] = (("/rack/{id}/task", "unknown_status"),)
     shed_jobs: tuple[str, ...] = ("discovery",)
     per_task_stages: bool = False
+    # Task Runs being polled (all of them with stats), target statuses per run, failed targets,
+    # and Operation Rules per site: none on NICo v2.0.
+    task_runs: int = 0
+    run_target_statuses: int = 0
+    failed_run_targets: int = 0
+    rules_per_site: int = 0
     # metrics.task_status: "one_hot" (every status, the default) or "current".
     status_one_hot: bool = True
     # metrics.allowlist / metrics.denylist (see metrics.family_filter).
@@ -214,6 +220,27 @@ def fleet_series(fleet: Fleet) -> dict[str, int]:
         "nico_exporter_jobs_shed_total": len(fleet.shed_jobs),
         "nico_exporter_build_info": 1,
         **dict.fromkeys(scalars, 1),
+        # Task Runs (NICo main): the reference fleet runs NICo v2.0, which has none; each site
+        # answered the router 404 once and says so in nico_exporter_task_runs_supported.
+        **dict.fromkeys(
+            (
+                "nico_task_run_info",
+                "nico_task_run_phase",
+                "nico_task_run_phases",
+                "nico_task_run_created_timestamp_seconds",
+                "nico_task_run_started_timestamp_seconds",
+                "nico_task_run_finished_timestamp_seconds",
+            ),
+            fleet.task_runs,
+        ),
+        "nico_task_run_status": fleet.task_runs * len(TaskRunStatus),
+        "nico_task_run_status_reason_info": fleet.task_runs,
+        "nico_task_run_outcomes": fleet.task_runs * 4,
+        "nico_task_run_targets": fleet.task_runs * fleet.run_target_statuses,
+        "nico_task_run_failed_target_info": fleet.failed_run_targets,
+        "nico_task_runs_finished_total": 0,
+        "nico_operation_rule_info": s * fleet.rules_per_site,
+        "nico_exporter_task_runs_supported": s,
     }
     unknown = set(counts) - set(FAMILY)
     missing = set(FAMILY) - set(counts)

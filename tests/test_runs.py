@@ -1,0 +1,174 @@
+"""Task Runs: the tracker against a NICo written out from the Go handlers, and the run metrics.
+
+The fake below is an independent yardstick (not our simulator): routes and keys from
+``rest-api/api/pkg/api/handler/taskrun.go`` (NICo main) — ``GET /task/run`` and
+``/task/run/{id}/target`` page (``pagination.PageRequest``), ``GET /task/run/{id}`` takes
+``siteId`` and ``includeStats`` — and a v2.0 server that has none of them answers every such path
+with the router's 404 body (``middleware/notfound.go``). Assumption shared with the client,
+checked against the Go code: the router 404 message is "The requested path could not be found".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from exporter.models import Task, TaskRun, TaskRunTarget
+from exporter.persistence import SqlitePersistence
+from exporter.runs import RunRecord, RunTracker
+from exporter.state import Store
+from tests.builders import SITE, T0, run_data, run_id, target_data, task_data, tid
+from tests.helpers import make_client, nico_error, page
+from tests.test_metrics import World
+
+ROUTER_404 = "The requested path could not be found"
+
+
+class Nico:
+    """Runs and targets served as NICo main does; ``v2`` serves none of them."""
+
+    def __init__(self, *, v2: bool = False) -> None:
+        self.v2 = v2
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.targets: dict[str, list[dict[str, Any]]] = {}
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.calls: Counter[str] = Counter()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/v2/org/acme/nico")
+        params = request.url.params
+        self.calls[path] += 1
+        if path.startswith("/task/run"):
+            if self.v2:
+                return nico_error(404, ROUTER_404)
+            assert params["siteId"] == SITE
+            parts = path.split("/")
+            if path == "/task/run":
+                rows = [{k: v for k, v in r.items() if k != "stats"} for r in self.runs.values()][::-1]
+                return page(rows, total=len(rows), size=int(params.get("pageSize", 20)))
+            run = parts[3]
+            if len(parts) == 5 and parts[4] == "target":
+                rows = self.targets.get(run, [])
+                return page(rows, total=len(rows), size=int(params.get("pageSize", 20)))
+            body = dict(self.runs[run])
+            if params.get("includeStats") != "true":
+                body.pop("stats", None)
+            return httpx.Response(200, json=body)
+        if path.startswith("/task/"):
+            return httpx.Response(200, json=self.tasks[path.split("/")[2]])
+        return nico_error(404, ROUTER_404)
+
+
+def _tracker(nico: Nico, store: Store, clock: list[float]) -> tuple[RunTracker, list[tuple[str, str, str]]]:
+    asked: list[tuple[str, str, str]] = []
+    tracker = RunTracker(
+        make_client(nico), store, on_task=lambda *a: asked.append(a), ttl=600, clock=lambda: clock[0]
+    )
+    return tracker, asked
+
+
+async def test_a_server_without_task_runs_switches_the_feature_off_after_one_probe() -> None:
+    nico = Nico(v2=True)
+    clock = [T0]
+    tracker, _ = _tracker(nico, Store(), clock)
+    for _ in range(5):
+        await tracker.poll_site(SITE)
+        clock[0] += 15
+    assert nico.calls["/task/run"] == 1  # one probe, then quiet until the recheck
+    assert tracker.view().supported == ((SITE, False),)
+    clock[0] += tracker.probe_interval
+    await tracker.poll_site(SITE)
+    assert nico.calls["/task/run"] == 2
+
+
+async def test_runs_are_counted_once_and_history_not_at_all(tmp_path: Path) -> None:
+    nico = Nico()
+    nico.runs[run_id(1)] = run_data(1, "Completed", finished=T0 - 100)  # before the baseline
+    nico.runs[run_id(2)] = run_data(2, "Running")
+    clock = [T0]
+    store = Store(SqlitePersistence(tmp_path / "state.db"))
+    tracker, _ = _tracker(nico, store, clock)
+    await tracker.poll_site(SITE)
+    store.commit()
+    assert store.totals.runs == {}
+    nico.runs[run_id(2)] = run_data(2, "CompletedWithFailures", finished=T0 + 60)
+    for _ in range(3):
+        clock[0] += 15
+        await tracker.poll_site(SITE)
+    store.commit()
+    assert store.totals.runs == {(SITE, "CompletedWithFailures"): 1}
+    # After a restart the state file remembers both: neither counts again.
+    store.persistence.close()
+    again = Store(SqlitePersistence(tmp_path / "state.db"))
+    tracker, _ = _tracker(nico, again, clock)
+    await tracker.poll_site(SITE)
+    assert again.totals.runs == {(SITE, "CompletedWithFailures"): 1}
+    assert not tracker.records  # both final before this process: nothing to fetch again
+
+
+async def test_a_final_run_is_fetched_once_more_then_no_longer() -> None:
+    nico = Nico()
+    nico.runs[run_id(1)] = run_data(1, "Running")
+    clock = [T0]
+    tracker, _ = _tracker(nico, Store(), clock)
+    await tracker.poll_site(SITE)
+    nico.runs[run_id(1)] = run_data(1, "Completed", finished=T0 + 30, phase=2, outcomes={"completed": 6})
+    for _ in range(4):
+        clock[0] += 15
+        await tracker.poll_site(SITE)
+    assert nico.calls[f"/task/run/{run_id(1)}"] == 2  # while running, and once when final
+    (_site, run, _targets) = tracker.view().runs[0]
+    assert run.stats is not None and run.stats.cumulative_phase.outcome_counts.completed == 6
+    clock[0] += 601  # the TTL: the final run leaves /metrics
+    await tracker.poll_site(SITE)
+    assert tracker.view().runs == ()
+
+
+async def test_a_target_names_its_task_before_any_list_does() -> None:
+    """A short run task that a capped v2.0 list never shows is still fetched by id."""
+    nico = Nico()
+    nico.runs[run_id(1)] = run_data(1, "Running")
+    nico.targets[run_id(1)] = [
+        target_data(1, status="Submitted", task=7),
+        target_data(2, status="Pending"),  # not submitted yet: no task id
+    ]
+    store = Store()
+    tracker, asked = _tracker(nico, store, [T0])
+    await tracker.poll_site(SITE)
+    assert asked == [(SITE, target_data(1)["rackId"], tid(7))]
+    # Once the store knows the task, the target does not ask again.
+    store.observe(SITE, target_data(1)["rackId"], Task.parse(task_data(7)), T0)
+    asked.clear()
+    await tracker.poll_site(SITE)
+    assert asked == []
+
+
+@pytest.mark.parametrize("status", ["Paused", "Running"])
+def test_the_run_families_say_what_the_run_says(status: str) -> None:
+    world = World()
+    run = TaskRun.parse(
+        run_data(3, status, reason="SafetyGate" if status == "Paused" else "None", phase=1, phases=4,
+                 message="failure rate " + "x" * 200, outcomes={"completed": 5, "failed": 2})
+    )  # fmt: skip
+    targets = tuple(
+        TaskRunTarget.parse(target_data(n, 3, phase=p, status=s, task=20 + n))
+        for n, (p, s) in enumerate([(0, "Completed"), (0, "Failed"), (1, "Failed"), (1, "Submitted")])
+    )
+    world.poller.runs.records[run.id] = RunRecord(SITE, run, targets)
+    scrape = world.registry()
+    key = {"site_id": SITE, "run_id": run_id(3)}
+    one_hot = {s["status"]: v for s, v in scrape.samples("nico_task_run_status") if s["run_id"] == run_id(3)}
+    assert one_hot[status] == 1 and sum(one_hot.values()) == 1 and len(one_hot) == 8
+    assert scrape.value("nico_task_run_phase", **key) == 2  # NICo's phaseIndex 1, shown from 1
+    assert scrape.value("nico_task_run_phases", **key) == 4
+    assert scrape.value("nico_task_run_outcomes", outcome="failed", **key) == 2
+    assert scrape.value("nico_task_run_targets", status="Failed", **key) == 2
+    failed = {(s["task_id"], s["phase"]) for s, _ in scrape.samples("nico_task_run_failed_target_info")}
+    assert failed == {(tid(21), "1"), (tid(22), "2")}
+    (reason,) = [s for s, _ in scrape.samples("nico_task_run_status_reason_info") if s["run_id"] == run_id(3)]
+    assert reason["reason"] == ("SafetyGate" if status == "Paused" else "None")
+    assert len(reason["message"]) <= 128
