@@ -92,8 +92,10 @@ FAMILIES: tuple[Family, ...] = (
     _f(
         "nico_task_info",
         "gauge",
-        "site_id rack_id task_id operation description rule_id",
-        "Always 1: a tracked task's operation, description and rule, for joins.",
+        "site_id rack_id task_id operation description rule_id run_id rule_name",
+        "Always 1: a tracked task's operation, description and rule, for joins; run_id names the Task "
+        "Run that created it and rule_name the custom Operation Rule its stage layout matches (both "
+        "empty when none).",
     ),
     _f(
         "nico_task_created_timestamp_seconds",
@@ -504,7 +506,9 @@ assert FAMILY["nico_task_status"].labels[3:] == ("status",)
 _STATUS_LABEL = {value: f',status="{value}"}}' for value in STATUSES}
 
 
-def task_series(record: TaskRecord, options: SeriesOptions) -> dict[str, bytes]:
+def task_series(
+    record: TaskRecord, options: SeriesOptions, *, run_id: str = "", rule_name: str = ""
+) -> dict[str, bytes]:
     """A tracked task's sample lines, by family: rendered once per change of the task.
 
     The same bytes serve the text format and OpenMetrics (gauge lines are identical in both).
@@ -536,7 +540,7 @@ def task_series(record: TaskRecord, options: SeriesOptions) -> dict[str, bytes]:
             prefix + _STATUS_LABEL[value] + (" 1.0\n" if value == current else " 0.0\n") for value in statuses
         ).encode()
     operation = record.operation.value
-    lines("nico_task_info", ((operation, task.description, task.rule_id or ""),), (1.0,))
+    lines("nico_task_info", ((operation, task.description, task.rule_id or "", run_id, rule_name),), (1.0,))
     for key, when in (
         ("created", task.created),
         ("started", task.started),

@@ -18,7 +18,8 @@ and its state file); one that was final before the site's first listing is histo
 stay on ``/metrics`` for ``ttl`` seconds after they were seen final, then leave.
 
 Operation Rules (``GET /task/rule``) are read at each discovery: their stage layouts name the
-custom rule a task ran (``ruleId`` is null on v2.0 tasks), see :meth:`RunTracker.rule_name`.
+custom rule a task ran (``ruleId`` is null on v2.0 tasks; the publisher matches each task's
+report layout against them, :func:`task_layout`).
 """
 
 from __future__ import annotations
@@ -190,18 +191,6 @@ class RunTracker:
             del self.records[run_id]
 
     # -- what the metrics read -------------------------------------------------------------------
-
-    def rule_name(self, site_id: str, task: Task) -> str:
-        """The custom rule whose stage layout the task's report has ('' for none or a default).
-
-        A default rule matches the operation's usual layout, which says nothing new; when several
-        custom rules share a layout, none is named (it would be a guess).
-        """
-        layout = task_layout(task)
-        if layout is None:
-            return ""
-        names = [r.name for r in self.rules.get(site_id, ()) if not r.is_default and r.layout() == layout]
-        return names[0] if len(names) == 1 else ""
 
     def view(self) -> RunsView:
         return RunsView(

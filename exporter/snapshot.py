@@ -51,11 +51,11 @@ from exporter.metrics import (
 )
 from exporter.models import TargetStatus
 from exporter.outbox import SenderStats
+from exporter.runs import Layout, RunsView, task_layout
 
 if TYPE_CHECKING:
     from exporter.models import Task
     from exporter.poller import PollerView
-    from exporter.runs import RunsView
     from exporter.state import Store, TaskRecord
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ class _TaskEntry:
     rack_id: str
     operation: str
     trays: frozenset[str] | None
+    labels: tuple[str, str]  # (run_id, rule_name): what the Task Runs and Operation Rules say
     lines: tuple[bytes, ...]  # one per per-task family the options allow (b"" when none)
     active: tuple[str, str, str] | None  # (site, status, operation) while the task is active
 
@@ -261,26 +262,53 @@ class Publisher:
         self._active: Counter[tuple[str, str, str]] = Counter()
         self._tray_types_version = -1
         self._memo = _Memo()
+        self._run_of: dict[str, str] = {}
+        self._rule_names: dict[tuple[str, Layout], str] = {}
         self._per_task_blocks: dict[str, Block] = {}
 
     # -- per-task and per-rack lines ------------------------------------------------------------
 
+    def _labels(self, record: TaskRecord) -> tuple[str, str]:
+        """The run that created the task, and the custom rule its report's layout matches."""
+        layout = task_layout(record.task)
+        rule = self._rule_names.get((record.site_id, layout), "") if layout is not None else ""
+        return self._run_of.get(record.id, ""), rule
+
+    def _learn_runs(self, view: RunsView) -> set[str]:
+        """Take the runs' targets and the sites' rules; the tasks whose labels may have moved."""
+        run_of = {t.task_id: run.id for _, run, targets in view.runs for t in targets if t.task_id}
+        names: dict[tuple[str, Layout], list[str]] = {}
+        for site_id, rule in view.rules:
+            if not rule.is_default:
+                names.setdefault((site_id, rule.layout()), []).append(rule.name)
+        # A layout two custom rules share names neither (it would be a guess).
+        rule_names = {key: found[0] for key, found in names.items() if len(found) == 1}
+        moved = {t for t in run_of.keys() ^ self._run_of.keys()} | {
+            t for t in run_of.keys() & self._run_of.keys() if run_of[t] != self._run_of[t]
+        }
+        if rule_names != self._rule_names:
+            moved |= set(self._tasks)
+        self._run_of, self._rule_names = run_of, rule_names
+        return moved
+
     def _entry(self, record: TaskRecord) -> _TaskEntry:
-        rendered = task_series(record, self.options)
+        labels = self._labels(record)
+        rendered = task_series(record, self.options, run_id=labels[0], rule_name=labels[1])
         status = record.task.status
         return _TaskEntry(
             record.task,
             record.rack_id,
             record.operation.value,
             record.trays,
+            labels,
             tuple(rendered.get(name, b"") for name in self._task_families),
             (record.site_id, status.value, record.operation.value) if status.is_active else None,
         )
 
-    def _update_tasks(self) -> set[_RackEntry]:
+    def _update_tasks(self, runs: RunsView) -> set[_RackEntry]:
         """Re-render the tasks that changed; returns the racks to regroup."""
         store = self.store
-        dirty = self._update(store.take_touched())
+        dirty = self._update(store.take_touched() | self._learn_runs(runs))
         if len(self._tasks) != len(ids := store.tracked_ids()):
             # A change the store did not announce (a record set from outside its methods):
             # look at every task, as the first publish does.
@@ -297,7 +325,8 @@ class Publisher:
                 old is not None
                 and record is not None
                 and (
-                    old.task is record.task
+                    old.labels == self._labels(record)
+                    and old.task is record.task
                     and old.operation == record.operation.value
                     and old.trays is record.trays
                 )
@@ -355,9 +384,9 @@ class Publisher:
             sample_line(prefix, label_text(names, key)[1:], n) for key, n in sorted(counts.items())
         ).encode()
 
-    def _task_blocks(self) -> dict[str, Block]:
+    def _task_blocks(self, runs: RunsView) -> dict[str, Block]:
         """Regroup the racks that changed and assemble the per-task and per-tray families."""
-        dirty = self._update_tasks()
+        dirty = self._update_tasks(runs)
         if self.store.tray_types_version != self._tray_types_version:
             self._tray_types_version = self.store.tray_types_version
             dirty |= set(self._racks.values())
@@ -472,8 +501,9 @@ class Publisher:
     def publish(self) -> Snapshot:
         """Build a snapshot of the current state and make it the one scrapes read."""
         wanted = self.options.families
-        blocks: dict[str, Block | None] = dict(self._task_blocks())
-        for name, samples in self._aggregates(self.poller.view()).items():
+        view = self.poller.view()
+        blocks: dict[str, Block | None] = dict(self._task_blocks(view.runs))
+        for name, samples in self._aggregates(view).items():
             if name in wanted:
                 blocks[name] = self._sample_block(name, samples, lambda s=samples: s)  # type: ignore[misc]
         failures = self.store.totals.tray_failures

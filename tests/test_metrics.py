@@ -113,9 +113,11 @@ class World:
         client = NicoClient("http://unused", "acme", transport=httpx.MockTransport(_no_io))
         self.poller = Poller(client, self.store)
 
-    def registry(self, *, per_task_stages: bool = False, persistent: bool = True, **options: Any) -> Scrape:
-        """A scrape of a snapshot published from this state (the bytes /metrics would serve)."""
-        publisher = Publisher(
+    def publisher(
+        self, *, per_task_stages: bool = False, persistent: bool = True, **options: Any
+    ) -> Publisher:
+        """A publisher of this state, wired as the app wires it."""
+        return Publisher(
             self.store,
             self.poller,
             self.task_metrics,
@@ -124,6 +126,10 @@ class World:
             options=SeriesOptions(per_task_stages=per_task_stages, **options),
             persistent=persistent,
         )
+
+    def registry(self, *, per_task_stages: bool = False, persistent: bool = True, **options: Any) -> Scrape:
+        """A scrape of a snapshot published from this state (the bytes /metrics would serve)."""
+        publisher = self.publisher(per_task_stages=per_task_stages, persistent=persistent, **options)
         return Scrape(publisher.publish())
 
     def observe(self, t: Task, now: float, rack: str = RACK, site: str = SITE) -> None:
@@ -372,9 +378,16 @@ def test_task_info_labels(world: World) -> None:
     world.observe(task(1, "Pending", description="API power cycle Rack", rule_id=RULE), T0 + 5)
     world.observe(task(2, "Pending", description="maintenance script"), T0 + 5)
     reg = world.registry()
-    labels = {**ids(1), "operation": "power_cycle", "description": "API power cycle Rack", "rule_id": RULE}
+    none = {"run_id": "", "rule_name": ""}  # no Task Run created them; no custom rule's layout
+    labels = {
+        **ids(1),
+        "operation": "power_cycle",
+        "description": "API power cycle Rack",
+        "rule_id": RULE,
+        **none,
+    }
     assert reg.get_sample_value("nico_task_info", labels) == 1
-    other = {**ids(2), "operation": "other", "description": "maintenance script", "rule_id": ""}
+    other = {**ids(2), "operation": "other", "description": "maintenance script", "rule_id": "", **none}
     assert reg.get_sample_value("nico_task_info", other) == 1
 
 
@@ -474,7 +487,14 @@ def test_per_task_series_expire_and_aggregates_stay(world: World) -> None:
     assert (
         reg.get_sample_value(
             "nico_task_info",
-            {**ids(1), "operation": "power_on", "description": "API power on Rack", "rule_id": ""},
+            {
+                **ids(1),
+                "operation": "power_on",
+                "description": "API power on Rack",
+                "rule_id": "",
+                "run_id": "",
+                "rule_name": "",
+            },
         )
         == 1
     )

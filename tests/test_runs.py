@@ -17,12 +17,26 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.models import Task, TaskRun, TaskRunTarget
+from exporter.models import OperationRule, Task, TaskRun, TaskRunTarget
 from exporter.persistence import SqlitePersistence
 from exporter.runs import RunRecord, RunTracker
 from exporter.state import Store
-from tests.builders import SITE, T0, run_data, run_id, target_data, task_data, tid
+from tests.builders import (
+    SITE,
+    T0,
+    report,
+    rule_data,
+    run_data,
+    run_id,
+    stage,
+    step,
+    target_data,
+    task,
+    task_data,
+    tid,
+)
 from tests.helpers import make_client, nico_error, page
+from tests.scrape import Scrape
 from tests.test_metrics import World
 
 ROUTER_404 = "The requested path could not be found"
@@ -172,3 +186,31 @@ def test_the_run_families_say_what_the_run_says(status: str) -> None:
     (reason,) = [s for s, _ in scrape.samples("nico_task_run_status_reason_info") if s["run_id"] == run_id(3)]
     assert reason["reason"] == ("SafetyGate" if status == "Paused" else "None")
     assert len(reason["message"]) <= 128
+
+
+def test_a_run_task_carries_its_run_and_a_custom_layout_its_rule_name() -> None:
+    world = World()
+    # Task 30 ran the custom rule's layout (switches, then compute); task 31 the default one.
+    custom = report(
+        stage(1, "running", step("NVSwitch", "running", T0)), stage(2, "pending", step("Compute"))
+    )
+    default = report(stage(1, "running", step("Compute", "running", T0)))
+    world.observe(task(30, "Running", description="FirmwareUpgrade", rep=custom), T0 + 10)
+    world.observe(task(31, "Running", description="FirmwareUpgrade", rep=default), T0 + 10)
+    run = TaskRun.parse(run_data(4, "Running"))
+    world.poller.runs.records[run.id] = RunRecord(
+        SITE, run, (TaskRunTarget.parse(target_data(1, 4, task=30)),)
+    )
+    world.poller.runs.rules[SITE] = (
+        OperationRule.parse(rule_data(1, "fw-default", (1, "Compute"), default=True)),
+        OperationRule.parse(rule_data(2, "fw-switches-first", (1, "NVSwitch"), (2, "Compute"))),
+    )
+    publisher = world.publisher()
+    first = Scrape(publisher.publish())
+    info = {s["task_id"]: (s["run_id"], s["rule_name"]) for s, _ in first.samples("nico_task_info")}
+    assert info == {tid(30): (run_id(4), "fw-switches-first"), tid(31): ("", "")}
+    # The run's target list no longer names task 30 (the run left /metrics): the label goes.
+    world.poller.runs.records.clear()
+    again = Scrape(publisher.publish())
+    after = {s["task_id"]: s["run_id"] for s, _ in again.samples("nico_task_info")}
+    assert after == {tid(30): "", tid(31): ""}
