@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import skip_or_fail
+from tests.families import unknown_families
 from tools import alerts
 from tools.paths import ROOT
 
@@ -80,6 +81,14 @@ def test_every_alert_is_actionable() -> None:
         assert text.startswith(f"# {name}\n")
         for section in ("## Meaning", "## Impact", "## Diagnosis", "## Mitigation", "## Escalation"):
             assert section in text, f"{runbook.name} lacks {section}"
+
+
+def test_every_rule_reads_known_families() -> None:
+    """Expressions and the annotations' queries name only families of exporter/metrics.py."""
+    for group in _committed_groups():
+        for rule in group["rules"]:
+            text = rule["expr"] + " ".join(rule.get("annotations", {}).values())
+            assert unknown_families(text) == set(), rule.get("alert") or rule.get("record")
 
 
 def test_stuck_has_warning_and_critical_and_no_progress() -> None:
