@@ -91,6 +91,17 @@ def test_every_rule_reads_known_families() -> None:
             assert unknown_families(text) == set(), rule.get("alert") or rule.get("record")
 
 
+def test_run_alerts_have_their_two_severities() -> None:
+    rules = _alert_rules(_committed_groups())
+    paused = [r for r in rules if r["alert"] == "NicoTaskRunPaused"]
+    assert {r["labels"]["severity"] for r in paused} == {"critical", "warning"}
+    critical = next(r for r in paused if r["labels"]["severity"] == "critical")
+    assert 'reason="SafetyGate"' in critical["expr"]
+    failed = {r["labels"]["severity"]: r["expr"] for r in rules if r["alert"] == "NicoTaskRunFailed"}
+    assert 'status="Failed"' in failed["critical"]
+    assert 'status="CompletedWithFailures"' in failed["warning"]
+
+
 def test_stuck_has_warning_and_critical_and_no_progress() -> None:
     stuck = [r for r in _alert_rules(_committed_groups()) if r["alert"] == "NicoTaskStuck"]
     assert {(r["labels"]["severity"], r["labels"]["condition"]) for r in stuck} == {
@@ -119,6 +130,8 @@ def test_trace_url_is_added_only_when_a_tracing_ui_is_configured() -> None:
         (("alerts", "NicoTaskStuck", "operations", "reboot"), {"warning": "1m", "critical": "2m"}, "reboot"),
         (("alerts", "NicoTaskStuck", "default"), {"warning": "2h", "critical": "1h"}, "critical must be"),
         (("alerts", "NicoTaskWaitingTooLong", "after"), "soon", "after"),
+        (("alerts", "NicoTaskRunPaused", "safety_gate_severity"), "page", "safety_gate_severity"),
+        (("alerts", "NicoTaskRunStalled", "window"), "0s", "window"),
     ],
 )
 def test_bad_variables_are_named(path: tuple[str, ...], value: object, message: str) -> None:
