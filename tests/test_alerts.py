@@ -201,4 +201,10 @@ def test_alertmanager_example_routes_pages_groups_by_site_and_inhibits() -> None
         assert (
             "NicoTaskStuck" in rule["target_matchers"][0] and "NicoTaskFailed" in rule["target_matchers"][0]
         )
-    assert any(r["source_matchers"] == ['severity="critical"'] and "task_id" in r["equal"] for r in inhibit)
+        assert all(
+            name in rule["target_matchers"][0] for name in alerts.ALERTS if name.startswith("NicoTaskRun")
+        )
+    assert any(
+        r["source_matchers"] == ['severity="critical"'] and {"task_id", "run_id"} <= set(r["equal"])
+        for r in inhibit
+    )
