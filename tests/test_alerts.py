@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import skip_or_fail
+from tests.families import unknown_families
 from tools import alerts
 from tools.paths import ROOT
 
@@ -82,6 +83,25 @@ def test_every_alert_is_actionable() -> None:
             assert section in text, f"{runbook.name} lacks {section}"
 
 
+def test_every_rule_reads_known_families() -> None:
+    """Expressions and the annotations' queries name only families of exporter/metrics.py."""
+    for group in _committed_groups():
+        for rule in group["rules"]:
+            text = rule["expr"] + " ".join(rule.get("annotations", {}).values())
+            assert unknown_families(text) == set(), rule.get("alert") or rule.get("record")
+
+
+def test_run_alerts_have_their_two_severities() -> None:
+    rules = _alert_rules(_committed_groups())
+    paused = [r for r in rules if r["alert"] == "NicoTaskRunPaused"]
+    assert {r["labels"]["severity"] for r in paused} == {"critical", "warning"}
+    critical = next(r for r in paused if r["labels"]["severity"] == "critical")
+    assert 'reason="SafetyGate"' in critical["expr"]
+    failed = {r["labels"]["severity"]: r["expr"] for r in rules if r["alert"] == "NicoTaskRunFailed"}
+    assert 'status="Failed"' in failed["critical"]
+    assert 'status="CompletedWithFailures"' in failed["warning"]
+
+
 def test_stuck_has_warning_and_critical_and_no_progress() -> None:
     stuck = [r for r in _alert_rules(_committed_groups()) if r["alert"] == "NicoTaskStuck"]
     assert {(r["labels"]["severity"], r["labels"]["condition"]) for r in stuck} == {
@@ -110,6 +130,8 @@ def test_trace_url_is_added_only_when_a_tracing_ui_is_configured() -> None:
         (("alerts", "NicoTaskStuck", "operations", "reboot"), {"warning": "1m", "critical": "2m"}, "reboot"),
         (("alerts", "NicoTaskStuck", "default"), {"warning": "2h", "critical": "1h"}, "critical must be"),
         (("alerts", "NicoTaskWaitingTooLong", "after"), "soon", "after"),
+        (("alerts", "NicoTaskRunPaused", "safety_gate_severity"), "page", "safety_gate_severity"),
+        (("alerts", "NicoTaskRunStalled", "window"), "0s", "window"),
     ],
 )
 def test_bad_variables_are_named(path: tuple[str, ...], value: object, message: str) -> None:
@@ -179,4 +201,10 @@ def test_alertmanager_example_routes_pages_groups_by_site_and_inhibits() -> None
         assert (
             "NicoTaskStuck" in rule["target_matchers"][0] and "NicoTaskFailed" in rule["target_matchers"][0]
         )
-    assert any(r["source_matchers"] == ['severity="critical"'] and "task_id" in r["equal"] for r in inhibit)
+        assert all(
+            name in rule["target_matchers"][0] for name in alerts.ALERTS if name.startswith("NicoTaskRun")
+        )
+    assert any(
+        r["source_matchers"] == ['severity="critical"'] and {"task_id", "run_id"} <= set(r["equal"])
+        for r in inhibit
+    )

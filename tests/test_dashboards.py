@@ -15,6 +15,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 from tests.conftest import skip_or_fail
+from tests.families import unknown_families
 from tools import dashboards
 
 # The project's schema (always checked) and, when available, the full one generated from
@@ -119,7 +120,7 @@ def test_no_stray_dashboard_files() -> None:
 def test_uids_are_unique_stable_and_tagged() -> None:
     boards = [json.loads(text) for text in RENDERED.values()]
     uids = [b["uid"] for b in boards]
-    assert sorted(uids) == ["nico-exporter", "nico-fleet", "nico-racks", "nico-stages"]
+    assert sorted(uids) == ["nico-exporter", "nico-fleet", "nico-racks", "nico-rollouts", "nico-stages"]
     for board in boards:
         assert board["schemaVersion"] >= 39
         assert "nico" in board["tags"]
@@ -196,6 +197,7 @@ def test_runbook_links_and_trace_links() -> None:
     assert alerts == {
         "NicoTaskFailed", "NicoTaskStuck", "NicoTaskWaitingTooLong", "NicoTaskFailureRateHigh",
         "NicoTrayRepeatedFailures", "NicoSiteDown", "NicoExporterDataStale", "NicoExporterDown", "NicoAPIThrottled",
+        "NicoTaskRunPaused", "NicoTaskRunFailed", "NicoTaskRunStalled", "NicoTaskRunFailureRateHigh",
     }  # fmt: skip
     fleet = json.loads(RENDERED["nico-fleet.json"])
     failures = next(p for p in _panels(fleet) if p["title"] == "Recent failures")
@@ -204,6 +206,28 @@ def test_runbook_links_and_trace_links() -> None:
     assert links and "${tempo}" in links[0]["url"] and "${__data.fields.trace_id}" in links[0]["url"]
     assert "label_replace(" in failures["targets"][0]["expr"]
     assert any(t.get("exemplar") for p in _panels(fleet) for t in p["targets"])
+    rollouts = json.loads(RENDERED["nico-rollouts.json"])
+    failed = next(p for p in _panels(rollouts) if p["title"] == "Failed targets")
+    links = [link for o in failed["fieldConfig"]["overrides"] for prop in o["properties"] if prop["id"] == "links"
+             for link in prop["value"]]  # fmt: skip
+    assert links and "${__data.fields.trace_id}" in links[0]["url"]
+    assert "label_replace(" in failed["targets"][0]["expr"]
+
+
+def test_queries_that_may_be_empty_are_documented() -> None:
+    """Each ``Query.may_be_empty`` panel and its reason are in docs/dashboards.md (the e2e test,
+    which accepts them empty, checks the same against a live Prometheus)."""
+    doc = (dashboards.DASHBOARD_DIR.parent / "docs" / "dashboards.md").read_text(encoding="utf-8")
+    for q in dashboards.panel_queries():
+        if q.may_be_empty:
+            assert f"| {q.dashboard} | {q.panel}" in doc and q.may_be_empty in doc, (q.dashboard, q.panel)
+
+
+def test_every_query_reads_known_families() -> None:
+    """Panel and variable queries name only families of exporter/metrics.py."""
+    exprs = [q.expr for q in dashboards.panel_queries()]
+    exprs += [e for text in RENDERED.values() for e in dashboards.variable_queries(json.loads(text))]
+    assert {name for e in exprs for name in unknown_families(e)} == set()
 
 
 def test_substitute_replaces_only_known_variables() -> None:

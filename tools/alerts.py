@@ -17,6 +17,10 @@ Rule shapes:
 - ``NicoTaskFailed`` is an event: ``nico_task_failure_info`` exists for a failed task until the
   exporter's TTL (1 h) has passed, so the alert fires at once (``for: 0m``) and stays up long
   enough to page, carrying the failure context as labels.
+- Per-run alerts (Task Runs, NICo's rollouts) join ``nico:task_run:info`` (the run's name, its
+  operation and the site's name). The severity that depends on a label (a run paused by its safety
+  gate pages, any other pause is a ticket; Failed pages, CompletedWithFailures is a ticket) is two
+  rules under one alert name, as ``NicoTaskStuck`` does for its thresholds.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ ALERTS = (
     "NicoTaskWaitingTooLong",
     "NicoTaskFailureRateHigh",
     "NicoTrayRepeatedFailures",
+    "NicoTaskRunPaused",
+    "NicoTaskRunFailed",
+    "NicoTaskRunStalled",
+    "NicoTaskRunFailureRateHigh",
     "NicoSiteDown",
     "NicoExporterDataStale",
     "NicoExporterDown",
@@ -52,6 +60,7 @@ ALERTS = (
 )
 SEVERITIES = ("critical", "warning", "info")
 TASK_KEY = "site_id, rack_id, task_id"
+RUN_KEY = "site_id, run_id"
 _UUID = "([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{12})"
 
 
@@ -88,6 +97,12 @@ class AlertConfig:
     failure_ratio_min_tasks: float
     tray_failures: int
     tray_failures_window: float
+    run_paused_safety_gate_severity: str
+    run_failed_keep_firing_for: float
+    run_completed_with_failures_severity: str
+    run_stalled_window: float
+    run_failure_ratio: float
+    run_failure_ratio_min_targets: float
     stale_after: float
     throttled_rate: float
     throttled_window: float
@@ -98,6 +113,12 @@ def _seconds(value: object, where: str) -> float:
         return parse_duration(value)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
+
+
+def _positive(seconds: float, where: str) -> float:
+    if seconds <= 0:
+        raise ValueError(f"{where}: must be longer than 0s")
+    return seconds
 
 
 def _thresholds(raw: Mapping[str, Any], where: str) -> Thresholds:
@@ -120,9 +141,18 @@ def config_from_mapping(raw: Mapping[str, Any]) -> AlertConfig:
         # is the severity of the no-progress rule.
         severity = {name: str(alerts[name]["severity"]) for name in ALERTS if name != "NicoTaskStuck"}
         severity["NicoTaskStuck"] = str(alerts["NicoTaskStuck"]["no_progress_severity"])
-        for name, sev in severity.items():
+        paused, run_failed = alerts["NicoTaskRunPaused"], alerts["NicoTaskRunFailed"]
+        run_stalled, run_rate = alerts["NicoTaskRunStalled"], alerts["NicoTaskRunFailureRateHigh"]
+        # The second severity of the two alerts whose severity depends on a label.
+        extra_severity = {
+            "NicoTaskRunPaused.safety_gate_severity": str(paused["safety_gate_severity"]),
+            "NicoTaskRunFailed.completed_with_failures_severity": str(
+                run_failed["completed_with_failures_severity"]
+            ),
+        }
+        for name, sev in {**{f"{n}.severity": v for n, v in severity.items()}, **extra_severity}.items():
             if sev not in SEVERITIES:
-                raise ValueError(f"alerts.{name}.severity: {sev!r} is not one of {SEVERITIES}")
+                raise ValueError(f"alerts.{name}: {sev!r} is not one of {SEVERITIES}")
         for_ = {name: _seconds(alerts[name].get("for", 0), f"alerts.{name}.for") for name in ALERTS}
         failed, stuck, waiting = (
             alerts["NicoTaskFailed"],
@@ -156,6 +186,18 @@ def config_from_mapping(raw: Mapping[str, Any]) -> AlertConfig:
             failure_ratio_min_tasks=float(rate["min_tasks"]),
             tray_failures=int(tray["failures"]),
             tray_failures_window=_seconds(tray["window"], "NicoTrayRepeatedFailures.window"),
+            run_paused_safety_gate_severity=extra_severity["NicoTaskRunPaused.safety_gate_severity"],
+            run_failed_keep_firing_for=_seconds(
+                run_failed.get("keep_firing_for", 0), "NicoTaskRunFailed.keep_firing_for"
+            ),
+            run_completed_with_failures_severity=extra_severity[
+                "NicoTaskRunFailed.completed_with_failures_severity"
+            ],
+            run_stalled_window=_positive(
+                _seconds(run_stalled["window"], "NicoTaskRunStalled.window"), "NicoTaskRunStalled.window"
+            ),
+            run_failure_ratio=float(run_rate["ratio"]),
+            run_failure_ratio_min_targets=float(run_rate["min_targets"]),
             stale_after=_seconds(stale["after"], "NicoExporterDataStale.after"),
             throttled_rate=float(throttled["rate"]),
             throttled_window=_seconds(throttled["window"], "NicoAPIThrottled.window"),
@@ -218,6 +260,8 @@ class _Rules:
     config: AlertConfig
     records: list[dict[str, Any]] = field(default_factory=list)
     task_alerts: list[dict[str, Any]] = field(default_factory=list)
+    run_records: list[dict[str, Any]] = field(default_factory=list)
+    run_alerts: list[dict[str, Any]] = field(default_factory=list)
     exporter_alerts: list[dict[str, Any]] = field(default_factory=list)
 
     def alert(
@@ -447,6 +491,183 @@ def _task_alerts(r: _Rules, q: _Promql) -> None:
     )
 
 
+# -- Task Runs (rollouts) ------------------------------------------------------------------------
+
+_RUN = "{{ or $labels.run_name $labels.run_id }}"
+# The run's name first (its id when the info series is missing), then its id and operation.
+_RUN_ID = f"Run {_RUN} ({{{{ $labels.run_id }}}}, {{{{ $labels.operation_type }}}})"
+_RUN_WHERE = f"Where: site {_SITE} ({{{{ $labels.site_id }}}})."
+_RUN_PHASES = (
+    '{{ with printf "nico_task_run_phases{run_id=%q}" $labels.run_id | query }}'
+    " of {{ . | first | value }}{{ end }}"
+)
+_RUN_PHASE = (
+    '{{ with printf "nico_task_run_phase{run_id=%q}" $labels.run_id | query }}'
+    ", in phase {{ . | first | value }}{{ end }}" + _RUN_PHASES
+)
+_RUN_FAILED_TARGETS = (
+    '{{ with printf `nico_task_run_outcomes{run_id=%q, outcome="failed"}` $labels.run_id | query }}'
+    '{{ . | first | value | printf "%.0f" }} target(s) failed. {{ end }}'
+)
+# Target statuses that count as done (the run's progress), and the outcomes that count as finished
+# for the failure ratio (skipped targets neither succeed nor fail).
+RUN_DONE_TARGETS = "Completed|Failed|Terminated|Skipped"
+RUN_FINISHED_OUTCOMES = "completed|failed|terminated"
+
+
+def _run_records(r: _Rules, q: _Promql) -> None:
+    info = q.m("nico_task_run_info")
+    labels = f"{RUN_KEY}, run_name, operation_type, operation_code"
+    named = f'max by ({labels}) (\n  label_replace({info}, "run_name", "$1", "name", "(.*)")\n)'
+    status = q.m("nico_task_run_status", 'status="Paused"')
+    outcome = f"max by ({RUN_KEY}, outcome) ({{}})"
+    failed = q.m("nico_task_run_outcomes", 'outcome="failed"')
+    r.run_records += [
+        {
+            # The run's name (NICo's `name`, as run_name beside site_name), operation and site name.
+            "record": "nico:task_run:info",
+            "expr": (
+                f"{named}\n* on (site_id) group_left (site_name) nico:site:info\nor on ({RUN_KEY})\n{named}"
+            ),
+        },
+        {
+            # A Paused run's current phase (1-based): the value NicoTaskRunPaused labels `phase` with.
+            "record": "nico:task_run_paused:phase",
+            "expr": (
+                f"max by ({RUN_KEY}) ({q.m('nico_task_run_phase')})\n"
+                f"and on ({RUN_KEY})\n"
+                f"max by ({RUN_KEY}) ({status}) == 1"
+            ),
+        },
+        {
+            "record": "site_id_run_id:nico_task_run_finished_targets:sum",
+            "expr": (
+                f"sum by ({RUN_KEY}) (\n  "
+                + outcome.format(q.m("nico_task_run_outcomes", f'outcome=~"{RUN_FINISHED_OUTCOMES}"'))
+                + "\n)"
+            ),
+        },
+        {
+            "record": "site_id_run_id:nico_task_run_failed_targets:ratio",
+            "expr": (
+                f"max by ({RUN_KEY}) ({failed})\n"
+                f"/ on ({RUN_KEY})\n"
+                "site_id_run_id:nico_task_run_finished_targets:sum"
+            ),
+        },
+    ]
+
+
+def _run_alerts(r: _Rules, q: _Promql) -> None:
+    c, g = r.config, r.run_alerts
+    with_info = f"* on ({RUN_KEY}) group_left (run_name, operation_type, site_name) nico:task_run:info"
+    reason = f"max by ({RUN_KEY}, reason, message) ({{}})"
+    paused_summary = (
+        "NICo run " + _RUN + " is paused at site " + _SITE + "{{ with $labels.reason }} ({{ . }}){{ end }}"
+    )
+    paused_description = (
+        f"{_RUN_ID} has been Paused for at least "
+        f"{_d(c.for_['NicoTaskRunPaused'])} in phase {{{{ $value }}}}{_RUN_PHASES}"
+        "{{ with $labels.reason }}, reason {{ . }}{{ end }}{{ with $labels.message }}: {{ . }}{{ end }}. "
+        + _RUN_WHERE
+    )
+    safety = reason.format(q.m("nico_task_run_status_reason_info", 'reason="SafetyGate"'))
+    r.alert(
+        g,
+        "NicoTaskRunPaused",
+        (
+            "(\n"
+            f"    nico:task_run_paused:phase\n"
+            f"  * on ({RUN_KEY}) group_left (reason, message)\n"
+            f"    {safety}\n"
+            ")\n"
+            f"{with_info}"
+        ),
+        paused_summary,
+        paused_description,
+        severity=c.run_paused_safety_gate_severity,
+        labels={"phase": "{{ $value }}"},
+    )
+    other = reason.format(q.m("nico_task_run_status_reason_info", 'reason!="SafetyGate"'))
+    r.alert(
+        g,
+        "NicoTaskRunPaused",
+        (
+            "(\n"
+            f"    nico:task_run_paused:phase\n"
+            f"  * on ({RUN_KEY}) group_left (reason, message)\n"
+            f"    {other}\n"
+            # No reason series: still a paused run (a warning, its reason unknown).
+            f"  or on ({RUN_KEY})\n"
+            f"    nico:task_run_paused:phase unless on ({RUN_KEY}) {q.m('nico_task_run_status_reason_info')}\n"
+            ")\n"
+            f"{with_info}"
+        ),
+        paused_summary,
+        paused_description,
+        labels={"phase": "{{ $value }}"},
+    )
+    for status, severity in (
+        ("Failed", c.severity["NicoTaskRunFailed"]),
+        ("CompletedWithFailures", c.run_completed_with_failures_severity),
+    ):
+        ended = q.m("nico_task_run_status", f'status="{status}"')
+        r.alert(
+            g,
+            "NicoTaskRunFailed",
+            f"(max by ({RUN_KEY}, status) ({ended}) == 1)\n{with_info}",
+            "NICo run " + _RUN + " ended {{ $labels.status }} at site " + _SITE,
+            f"{_RUN_ID} ended {{{{ $labels.status }}}}{_RUN_PHASE}. {_RUN_FAILED_TARGETS}{_RUN_WHERE}",
+            severity=severity,
+            keep_firing_for=c.run_failed_keep_firing_for,
+        )
+    window = _d(c.run_stalled_window)
+    done = q.m("nico_task_run_targets", f'status=~"{RUN_DONE_TARGETS}"')
+    running = q.m("nico_task_run_status", 'status="Running"')
+    stalled = (
+        "(\n"
+        f"    max by ({RUN_KEY}) ({running}) == 1\n"
+        f"  unless on ({RUN_KEY})\n"
+        f"    max by ({RUN_KEY}) (changes({q.m('nico_task_run_outcomes')}[{window}])) > 0\n"
+        f"  unless on ({RUN_KEY})\n"
+        f"    max by ({RUN_KEY}) (changes({done}[{window}])) > 0\n"
+        ")\n"
+        f"{with_info}"
+    )
+    r.alert(
+        g,
+        "NicoTaskRunStalled",
+        stalled,
+        "NICo run " + _RUN + " has made no progress at site " + _SITE,
+        (
+            f"{_RUN_ID} is Running{_RUN_PHASE}, but no target has finished for "
+            f"{_d(c.for_['NicoTaskRunStalled'])}. {_RUN_WHERE}"
+        ),
+    )
+    ratio = (
+        "(\n"
+        f"    site_id_run_id:nico_task_run_failed_targets:ratio > {_n(c.run_failure_ratio)}\n"
+        f"  and on ({RUN_KEY})\n"
+        f"    site_id_run_id:nico_task_run_finished_targets:sum >= {_n(c.run_failure_ratio_min_targets)}\n"
+        f"  and on ({RUN_KEY})\n"
+        f"    max by ({RUN_KEY}) ({running}) == 1\n"
+        ")\n"
+        f"{with_info}"
+    )
+    r.alert(
+        g,
+        "NicoTaskRunFailureRateHigh",
+        ratio,
+        "Many targets of NICo run " + _RUN + " fail at site " + _SITE,
+        (
+            f"{_RUN_ID} is Running{_RUN_PHASE}, and {{{{ $value | humanizePercentage }}}} of its finished "
+            f"targets failed (threshold {c.run_failure_ratio:.0%}, at least "
+            f"{_n(c.run_failure_ratio_min_targets)} finished): its safety gate has not stopped it (yet). "
+            + _RUN_WHERE
+        ),
+    )
+
+
 def _exporter_alerts(r: _Rules, q: _Promql) -> None:
     c, g = r.config, r.exporter_alerts
     site = f"site {_SITE} ({{{{ $labels.site_id }}}})"
@@ -501,13 +722,17 @@ def _exporter_alerts(r: _Rules, q: _Promql) -> None:
 
 
 def rule_groups(config: AlertConfig) -> list[dict[str, Any]]:
-    """The rule groups: task rules (records first, then the alerts that use them), exporter rules."""
+    """The rule groups: task rules and run rules (records first, then the alerts that use them),
+    exporter rules."""
     r, q = _Rules(config), _Promql(config)
     _task_records(r, q)
     _task_alerts(r, q)
+    _run_records(r, q)
+    _run_alerts(r, q)
     _exporter_alerts(r, q)
     return [
         {"name": "nico-task-exporter.tasks", "rules": [*r.records, *r.task_alerts]},
+        {"name": "nico-task-exporter.runs", "rules": [*r.run_records, *r.run_alerts]},
         {"name": "nico-task-exporter.exporter", "rules": r.exporter_alerts},
     ]
 

@@ -1,8 +1,8 @@
 """The Grafana dashboards, generated: ``python -m tools.dashboards`` writes ``dashboards/*.json``.
 
-Four dashboards (fleet, stages and steps, racks and trays, exporter health) for Grafana 11 and 12,
-built as plain dicts from small specs so the JSON is reproducible and reviewable; the committed
-files must equal :func:`render_all`'s output (``tests/test_dashboards.py`` checks it).
+Five dashboards (fleet, stages and steps, racks and trays, rollouts, exporter health) for Grafana 11
+and 12, built as plain dicts from small specs so the JSON is reproducible and reviewable; the
+committed files must equal :func:`render_all`'s output (``tests/test_dashboards.py`` checks it).
 
 Every dashboard has the same variables: ``datasource`` (Prometheus), ``tempo`` (the trace links'
 target), ``site`` and ``rack`` (values are ids, the text is the name from ``nico_site_info`` and

@@ -297,16 +297,30 @@ def _draw_table(
     rename: dict[str, str] = organize["options"]["renameByName"] if organize else {}
     order: dict[str, int] = organize["options"]["indexByName"] if organize else {}
     hidden = set(organize["options"]["excludeByName"]) if organize else set()
+    # A column's unit override (by its shown name), as Grafana applies it.
+    units = {
+        o["matcher"]["options"]: prop["value"]
+        for o in panel.overrides
+        if o["matcher"]["id"] == "byName"
+        for prop in o["properties"]
+        if prop["id"] == "unit"
+    }
     rows: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
     for expr_i, (_expr, _q) in enumerate(exprs):
         value_col = "Value" if len(exprs) == 1 else f"Value #{'ABCDEFGHIJ'[expr_i]}"
         for s in (r for r in results if r[1] is _q):
             key = tuple(
-                sorted((k, v) for k, v in s[0]["metric"].items() if k in ("site_id", "rack_id", "task_id"))
+                sorted(
+                    (k, v)
+                    for k, v in s[0]["metric"].items()
+                    if k in ("site_id", "rack_id", "task_id", "run_id")
+                )
             )
             row = rows.setdefault(key, {})
             row.update({k: v for k, v in s[0]["metric"].items() if k not in hidden})
-            unit = panel.unit if value_col in ("Value", "Value #A") else "none"
+            unit = units.get(
+                rename.get(value_col, value_col), panel.unit if value_col in ("Value", "Value #A") else "none"
+            )
             row[value_col] = (
                 _fmt(float(s[0]["value"][1]), unit) if unit != "none" else f"{float(s[0]['value'][1]):.0f}"
             )

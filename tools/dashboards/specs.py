@@ -1,4 +1,4 @@
-"""The four dashboards: fleet, stages and steps, racks and trays, exporter health."""
+"""The five dashboards: fleet, stages and steps, racks and trays, rollouts (Task Runs), exporter health."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tools.dashboards.model import (
     S,
 )
 
-# --- the four dashboards ---------------------------------------------------------------------
+# --- the five dashboards ---------------------------------------------------------------------
 
 
 def _quantiles(
@@ -700,6 +700,432 @@ RACKS = DashboardSpec(
     ),
 )
 
+# --- rollouts: NICo Task Runs ---------------------------------------------------------------
+
+RUN = "site_id, run_id"
+# A run's name (NICo's `name`) for legends and tables; ``group by`` as for the site and rack names.
+WITH_RUN_NAME = f"* on ({RUN}) group_left (name) group by ({RUN}, name) (nico_task_run_info{{{S}}})"
+RUN_DONE = "Completed|Failed|Terminated|Skipped"
+
+
+def _run_targets(statuses: str = "") -> str:
+    """A run's targets (of the phases begun so far), in ``statuses`` or all, deduplicated across replicas."""
+    matchers = f'{S}, status=~"{statuses}"' if statuses else S
+    return f"sum by ({RUN}) (max by ({RUN}, status) (nico_task_run_targets{{{matchers}}}))"
+
+
+_RUNS_BY_STATUS = f"count by (status) (max by ({RUN}, status) (nico_task_run_status{{{S}}}) == 1)"
+_FAILED_SHARE = (
+    f'max by ({RUN}) (nico_task_run_outcomes{{{S}, outcome="failed"}}) / on ({RUN}) '
+    f"sum by ({RUN}) (max by ({RUN}, outcome) "
+    f'(nico_task_run_outcomes{{{S}, outcome=~"completed|failed|terminated"}}))'
+)
+_RUN_STATUS_COLORS = (
+    {
+        "type": "value",
+        "options": {
+            "Failed": {"color": "red", "index": 0},
+            "CompletedWithFailures": {"color": "orange", "index": 1},
+            "Paused": {"color": "orange", "index": 2},
+            "Running": {"color": "blue", "index": 3},
+            "Completed": {"color": "green", "index": 4},
+        },
+    },
+)
+
+
+def _fixed(name: str, color: str) -> JSON:
+    return _by_name(name, ("color", {"mode": "fixed", "fixedColor": color}))
+
+
+ROLLOUTS = DashboardSpec(
+    uid="nico-rollouts",
+    title="NICo tasks / Rollouts",
+    description="NICo Task Runs (rollouts of one operation over many racks, in phases): what runs, how far "
+    "each got, where gates stopped them, which racks failed.",
+    runbooks=(
+        "NicoTaskRunPaused",
+        "NicoTaskRunFailed",
+        "NicoTaskRunStalled",
+        "NicoTaskRunFailureRateHigh",
+        "NicoTaskFailed",
+    ),
+    rows=(
+        Row(
+            "Runs now",
+            (
+                PanelSpec(
+                    "stat",
+                    "Task Runs available",
+                    "ON when the site's NICo serves Task Runs. OFF: it answered the Task Run routes 404 "
+                    "(NICo v2.0), the exporter does not poll runs there, and this dashboard is empty for it.",
+                    (
+                        Query(
+                            f"max by (site_id) (nico_exporter_task_runs_supported{{{S}}}) {WITH_SITE_NAME}",
+                            legend="{{site_name}}",
+                            instant=True,
+                        ),
+                    ),
+                    w=6,
+                    h=5,
+                    thresholds=(("orange", None), ("green", 1)),
+                    mappings=(
+                        {
+                            "type": "value",
+                            "options": {
+                                "0": {"text": "OFF", "color": "orange", "index": 0},
+                                "1": {"text": "ON", "color": "green", "index": 1},
+                            },
+                        },
+                    ),
+                    main=True,
+                ),
+                PanelSpec(
+                    "stat",
+                    "Runs by status",
+                    "Task Runs the exporter tracks (active, and finished ones it still holds), by their "
+                    "current status. Paused runs wait for a human (NicoTaskRunPaused); Failed and "
+                    "CompletedWithFailures left racks behind (NicoTaskRunFailed).",
+                    (Query(_RUNS_BY_STATUS, legend="{{status}}", instant=True),),
+                    w=18,
+                    h=5,
+                    thresholds=(("blue", None),),
+                    overrides=(
+                        _fixed("Failed", "red"),
+                        _fixed("CompletedWithFailures", "orange"),
+                        _fixed("Paused", "orange"),
+                        _fixed("Completed", "green"),
+                    ),
+                    runbooks=("NicoTaskRunPaused", "NicoTaskRunFailed"),
+                    main=True,
+                ),
+            ),
+        ),
+        Row(
+            "Runs",
+            (
+                PanelSpec(
+                    "table",
+                    "Runs",
+                    "Every tracked run, newest start first: its status and why (NICo's reason and status "
+                    "message), phase N of M, targets done (Completed, Failed, Terminated or Skipped) of the "
+                    "targets of the phases begun so far, started, and age (since created).",
+                    (
+                        Query(
+                            f"group by ({RUN}, status) (nico_task_run_status{{{S}}} == 1) "
+                            f"* on ({RUN}) group_left (name, operation_type) "
+                            f"group by ({RUN}, name, operation_type) (nico_task_run_info{{{S}}}) {WITH_SITE_NAME}",
+                            instant=True,
+                            table=True,
+                        ),
+                        Query(
+                            f"group by ({RUN}, reason, message) (nico_task_run_status_reason_info{{{S}}})",
+                            instant=True,
+                            table=True,
+                        ),
+                        Query(f"max by ({RUN}) (nico_task_run_phase{{{S}}})", instant=True, table=True),
+                        Query(f"max by ({RUN}) (nico_task_run_phases{{{S}}})", instant=True, table=True),
+                        Query(_run_targets(RUN_DONE), instant=True, table=True),
+                        Query(_run_targets(), instant=True, table=True),
+                        Query(f"{_run_targets(RUN_DONE)} / {_run_targets()}", instant=True, table=True),
+                        Query(
+                            f"max by ({RUN}) (nico_task_run_started_timestamp_seconds{{{S}}}) * 1000",
+                            instant=True,
+                            table=True,
+                        ),
+                        Query(
+                            f"time() - max by ({RUN}) (nico_task_run_created_timestamp_seconds{{{S}}})",
+                            instant=True,
+                            table=True,
+                        ),
+                    ),
+                    w=24,
+                    h=9,
+                    unit="none",
+                    sort_by="Started",
+                    transformations=(
+                        {"id": "merge", "options": {}},
+                        _organize(
+                            (*_HIDDEN, "Value #A", "Value #B"),
+                            {
+                                "name": "Run",
+                                "operation_type": "Operation",
+                                "site_name": "Site",
+                                "status": "Status",
+                                "reason": "Reason",
+                                "message": "Message",
+                                "Value #C": "Phase",
+                                "Value #D": "Phases",
+                                "Value #E": "Targets done",
+                                "Value #F": "Targets",
+                                "Value #G": "Progress",
+                                "Value #H": "Started",
+                                "Value #I": "Age",
+                                "run_id": "Run id",
+                            },
+                            (
+                                "name",
+                                "operation_type",
+                                "site_name",
+                                "status",
+                                "reason",
+                                "message",
+                                "Value #C",
+                                "Value #D",
+                                "Value #E",
+                                "Value #F",
+                                "Value #G",
+                                "Value #H",
+                                "Value #I",
+                                "run_id",
+                            ),
+                        ),
+                    ),
+                    overrides=(
+                        _by_name(
+                            "Status",
+                            ("custom.cellOptions", {"type": "color-text"}),
+                            ("mappings", list(_RUN_STATUS_COLORS)),
+                        ),
+                        _by_name("Phase", ("decimals", 0)),
+                        _by_name("Phases", ("decimals", 0)),
+                        _by_name("Targets done", ("decimals", 0)),
+                        _by_name("Targets", ("decimals", 0)),
+                        _by_name(
+                            "Progress",
+                            ("unit", "percentunit"),
+                            ("min", 0),
+                            ("max", 1),
+                            ("custom.cellOptions", {"type": "gauge", "mode": "basic"}),
+                        ),
+                        _by_name("Started", ("unit", "dateTimeAsIso")),
+                        _by_name("Age", ("unit", "s")),
+                        _by_name("Message", ("custom.width", 360)),
+                    ),
+                    runbooks=("NicoTaskRunPaused", "NicoTaskRunStalled"),
+                    main=True,
+                ),
+            ),
+        ),
+        Row(
+            "Progress",
+            (
+                PanelSpec(
+                    "timeseries",
+                    "Run progress",
+                    "Share of each run's targets that are done (Completed, Failed, Terminated or Skipped), "
+                    "of the phases begun so far: it drops when a new phase adds targets. A flat line on a "
+                    "Running run is a stall (NicoTaskRunStalled).",
+                    (
+                        Query(
+                            f"({_run_targets(RUN_DONE)} / {_run_targets()}) {WITH_RUN_NAME}",
+                            legend="{{name}}",
+                        ),
+                    ),
+                    unit="percentunit",
+                    min=0,
+                    max=1,
+                    runbooks=("NicoTaskRunStalled",),
+                    main=True,
+                ),
+                PanelSpec(
+                    "timeseries",
+                    "Current phase per run",
+                    "The phase each run is in (1-based) over time. NICo exports no per-phase duration: each "
+                    "step up is a phase change, and the width of a step is how long that phase took.",
+                    (
+                        Query(
+                            f"max by ({RUN}) (nico_task_run_phase{{{S}}}) {WITH_RUN_NAME}", legend="{{name}}"
+                        ),
+                    ),
+                    min=0,
+                    main=True,
+                ),
+                PanelSpec(
+                    "timeseries",
+                    "Targets by status",
+                    "Targets of every tracked run by status, stacked: Pending and Blocked wait, Submitted "
+                    "and Claimed run as child tasks, the rest are done.",
+                    (
+                        Query(
+                            f"sum by (status) (max by ({RUN}, status) (nico_task_run_targets{{{S}}}))",
+                            legend="{{status}}",
+                        ),
+                    ),
+                    stacked=True,
+                ),
+                PanelSpec(
+                    "timeseries",
+                    "Runs by status over time",
+                    "Tracked runs per status over time, stacked.",
+                    (Query(_RUNS_BY_STATUS, legend="{{status}}"),),
+                    stacked=True,
+                ),
+            ),
+        ),
+        Row(
+            "Gates and failures",
+            (
+                PanelSpec(
+                    "timeseries",
+                    "Runs held at a gate",
+                    "Runs whose reason is SafetyGate (the run stopped itself on failed targets: "
+                    "NicoTaskRunPaused pages) or PhaseGate (a finished phase waits for approval), over time.",
+                    (
+                        Query(
+                            f"count by (reason) (group by ({RUN}, reason) "
+                            f'(nico_task_run_status_reason_info{{{S}, reason=~"SafetyGate|PhaseGate"}}))',
+                            legend="{{reason}}",
+                            may_be_empty="No run is held at a gate: no run's reason is SafetyGate or PhaseGate.",
+                        ),
+                    ),
+                    overrides=(_fixed("SafetyGate", "red"), _fixed("PhaseGate", "blue")),
+                    runbooks=("NicoTaskRunPaused",),
+                    main=True,
+                ),
+                PanelSpec(
+                    "timeseries",
+                    "Failed share of finished targets per run",
+                    "failed / (completed + failed + terminated) of each run's outcomes so far (skipped "
+                    "targets are not counted). NicoTaskRunFailureRateHigh warns above 20 % while a run is "
+                    "Running, before its safety gate trips.",
+                    (Query(f"({_FAILED_SHARE}) {WITH_RUN_NAME}", legend="{{name}}"),),
+                    unit="percentunit",
+                    min=0,
+                    max=1,
+                    runbooks=("NicoTaskRunFailureRateHigh",),
+                    main=True,
+                ),
+                PanelSpec(
+                    "table",
+                    "Failed targets",
+                    "Each failed target of a tracked run: the rack, the phase, the child task and, while the "
+                    "exporter still tracks that task (state.finished_task_ttl), its error. Click the task id "
+                    "to open its trace in Tempo. The rack filter applies here.",
+                    (
+                        Query(
+                            WITH_TRACE_ID.format(
+                                expr=f"group by ({RUN}, rack_id, task_id, phase) "
+                                f"(nico_task_run_failed_target_info{{{SR}}}) "
+                                f"{WITH_RUN_NAME} {WITH_RACK_NAME} {WITH_SITE_NAME}"
+                            ),
+                            instant=True,
+                            table=True,
+                            may_be_empty="No tracked run has a failed target.",
+                        ),
+                        Query(
+                            "group by (site_id, rack_id, task_id, reason, error) "
+                            f"(nico_task_failure_info{{{SR}}}) * on (site_id, rack_id, task_id) group_left "
+                            f"(run_id) group by ({RUN}, rack_id, task_id) (nico_task_run_failed_target_info{{{SR}}})",
+                            instant=True,
+                            table=True,
+                            may_be_empty="No failed target, or its task finished longer ago than "
+                            "state.finished_task_ttl: no failure info to join.",
+                        ),
+                    ),
+                    w=24,
+                    h=9,
+                    unit="none",
+                    transformations=(
+                        {"id": "merge", "options": {}},
+                        _organize(
+                            (*_HIDDEN, "Value #A", "Value #B", "trace_id", "run_id"),
+                            {
+                                "name": "Run",
+                                "site_name": "Site",
+                                "rack_name": "Rack",
+                                "phase": "Phase",
+                                "task_id": "Task",
+                                "reason": "Reason",
+                                "error": "Error",
+                            },
+                            ("name", "phase", "site_name", "rack_name", "reason", "error", "task_id"),
+                        ),
+                    ),
+                    overrides=(
+                        _by_name(
+                            "Task",
+                            (
+                                "links",
+                                [
+                                    {
+                                        "title": "Open the trace in Tempo",
+                                        "url": TEMPO_EXPLORE,
+                                        "targetBlank": True,
+                                    }
+                                ],
+                            ),
+                        ),
+                        _by_name("Error", ("custom.width", 520)),
+                    ),
+                    runbooks=("NicoTaskRunFailed", "NicoTaskFailed"),
+                    main=True,
+                ),
+            ),
+        ),
+        Row(
+            "Durations",
+            (
+                PanelSpec(
+                    "bargauge",
+                    "Run duration",
+                    "Started to finished of each tracked run that has ended (finished minus started).",
+                    (
+                        Query(
+                            f"(max by ({RUN}) (nico_task_run_finished_timestamp_seconds{{{S}}}) - on ({RUN}) "
+                            f"max by ({RUN}) (nico_task_run_started_timestamp_seconds{{{S}}})) {WITH_RUN_NAME}",
+                            legend="{{name}}",
+                            instant=True,
+                            may_be_empty="No tracked run has ended: a run has a finished timestamp only then.",
+                        ),
+                    ),
+                    w=8,
+                    unit="s",
+                    thresholds=(("blue", None),),
+                    main=True,
+                ),
+                PanelSpec(
+                    "bargauge",
+                    "Running for",
+                    "Seconds since each Running run started. A long bar whose progress is flat is a stall.",
+                    (
+                        Query(
+                            f"(time() - max by ({RUN}) (nico_task_run_started_timestamp_seconds{{{S}}})) "
+                            f"* on ({RUN}) group_left () "
+                            f'(max by ({RUN}) (nico_task_run_status{{{S}, status="Running"}}) == 1) {WITH_RUN_NAME}',
+                            legend="{{name}}",
+                            instant=True,
+                            may_be_empty="No run is Running now.",
+                        ),
+                    ),
+                    w=8,
+                    unit="s",
+                    thresholds=(("blue", None),),
+                    runbooks=("NicoTaskRunStalled",),
+                ),
+                PanelSpec(
+                    "stat",
+                    "Runs finished in the time range",
+                    "Task Runs that ended within the dashboard's time range, by final status (each counted "
+                    "once, also across exporter restarts).",
+                    (
+                        Query(
+                            f"round(sum by (status) (increase(nico_task_runs_finished_total{{{S}}}[$__range])))",
+                            legend="{{status}}",
+                            instant=True,
+                            may_be_empty="No run has ended yet: a status has a series only once a run ended with it.",
+                        ),
+                    ),
+                    w=8,
+                    thresholds=(("green", None),),
+                    overrides=(_fixed("Failed", "red"), _fixed("CompletedWithFailures", "orange")),
+                    runbooks=("NicoTaskRunFailed",),
+                ),
+            ),
+        ),
+    ),
+)
+
 _API = "nico_exporter_api_requests_total"
 
 EXPORTER = DashboardSpec(
@@ -891,4 +1317,4 @@ EXPORTER = DashboardSpec(
     ),
 )
 
-DASHBOARDS: tuple[DashboardSpec, ...] = (FLEET, STAGES, RACKS, EXPORTER)
+DASHBOARDS: tuple[DashboardSpec, ...] = (FLEET, STAGES, RACKS, ROLLOUTS, EXPORTER)
