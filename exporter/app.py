@@ -105,7 +105,11 @@ def build(
     task_metrics = TaskMetrics()
     store.subscribe(task_metrics)
     if tracing is not None:
-        tracing.builder(site_name=poller.site_name, rack_name=poller.rack_name).attach(store)
+        builder = tracing.builder(
+            site_name=poller.site_name, rack_name=poller.rack_name, run_of=poller.runs.run_of
+        )
+        builder.attach(store)
+        poller.runs.on_final = builder.on_run_final
     # Process, platform and GC metrics: prometheus_client's own collectors, safe from any thread.
     registry = CollectorRegistry(auto_describe=False)
     for standard in (ProcessCollector, PlatformCollector, GCCollector):

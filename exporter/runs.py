@@ -86,12 +86,16 @@ class RunTracker:
     client: NicoClient
     store: Store
     on_task: Callable[[str, str, str], None] = lambda site_id, rack_id, task_id: None
+    # Called when a run becomes final, in the poll that counts it (its trace: tracing.run_spans).
+    on_final: Callable[[str, TaskRun, tuple[TaskRunTarget, ...]], None] = lambda site_id, run, targets: None
     ttl: float = 3600.0
     probe_interval: float = 600.0
     clock: Callable[[], float] = time.time
     supported: dict[str, bool] = field(default_factory=dict)
     records: dict[str, RunRecord] = field(default_factory=dict)
     rules: dict[str, tuple[OperationRule, ...]] = field(default_factory=dict)
+    # Task id -> (run id, 0-based phase index), from the targets of the runs on /metrics.
+    task_phase: dict[str, tuple[str, int]] = field(default_factory=dict)
     _probed_at: dict[str, float] = field(default_factory=dict)
 
     # -- polling -----------------------------------------------------------------------------------
@@ -154,12 +158,15 @@ class RunTracker:
         record.run = run
         record.targets = tuple(sorted(targets.items, key=lambda t: (t.phase_index, t.sequence_index)))
         for target in record.targets:
+            if target.task_id:
+                self.task_phase[target.task_id] = (run.id, target.phase_index)
             task_id = target.task_id
             if task_id and not self.store.is_known(task_id):  # tracked, final, or awaiting a fetch
                 self.on_task(site_id, target.rack_id, task_id)
         if run.is_terminal:
             record.final_seen_at = self.clock()
-            self.store.run_finished(site_id, run.id, run.status.value, _finished_at(run))
+            if self.store.run_finished(site_id, run.id, run.status.value, _finished_at(run)):
+                self.on_final(site_id, run, record.targets)
 
     def _expire(self) -> None:
         now = self.clock()
@@ -190,7 +197,11 @@ class RunTracker:
         for run_id in [r for r, rec in self.records.items() if rec.site_id == site_id]:
             del self.records[run_id]
 
-    # -- what the metrics read -------------------------------------------------------------------
+    # -- what the metrics and traces read -------------------------------------------------------
+
+    def run_of(self, task_id: str) -> tuple[str, int] | None:
+        """The run whose target names ``task_id``, and the target's 0-based phase index."""
+        return self.task_phase.get(task_id)
 
     def view(self) -> RunsView:
         return RunsView(

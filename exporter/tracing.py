@@ -43,12 +43,21 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
 from exporter import __version__
 from exporter.facts import failure_context, trace_id_int
-from exporter.models import ReportStage, ReportStatus, ReportStep, TaskStatus
+from exporter.models import (
+    ReportStage,
+    ReportStatus,
+    ReportStep,
+    TargetStatus,
+    TaskRun,
+    TaskRunStatus,
+    TaskRunTarget,
+    TaskStatus,
+)
 from exporter.outbox import Outbox, Sender
 from exporter.state import Kind, TaskRecord, Transition
 
@@ -132,6 +141,8 @@ class SpanSettings:
     resource: Resource
     site_name: NameLookup = _no_name
     rack_name: NameLookup = _no_name
+    # The Task Run (id, 0-based phase index) whose target names the task, if any.
+    run_of: Callable[[str], tuple[str, int] | None] = lambda task_id: None
 
 
 def task_attributes(record: TaskRecord, settings: SpanSettings) -> Attributes:
@@ -160,6 +171,7 @@ def _span(
     status: Status,
     settings: SpanSettings,
     events: Sequence[Event] = (),
+    links: Sequence[Link] = (),
 ) -> ReadableSpan:
     return ReadableSpan(
         name,
@@ -168,6 +180,7 @@ def _span(
         resource=settings.resource,
         attributes=attrs,
         events=events,
+        links=links,
         kind=SpanKind.INTERNAL,
         status=status,
         start_time=start,
@@ -328,6 +341,11 @@ def task_spans(
         status = Status(StatusCode.UNSET)
     # Events outside the span look broken in trace views; observation times are clamped into it.
     clamped = [Event(e.name, e.attributes, min(max(e.timestamp, start_ns), end_ns)) for e in events]
+    links: list[Link] = []
+    if (run := settings.run_of(tid)) is not None:
+        # The rollout's phase that submitted this task: a tracing UI walks from it to the run.
+        attrs["nico.run.id"] = run[0]
+        links.append(Link(_context(run[0], "phase", run[1] + 1), {"nico.run.phase": run[1] + 1}))
     root = _span(
         record.operation.value,
         _context(tid, "task"),
@@ -338,6 +356,7 @@ def task_spans(
         status,
         settings,
         clamped,
+        links,
     )
     spans = [root]
     if task.created is not None:
@@ -362,6 +381,61 @@ def task_spans(
             for index, step in enumerate(stage.steps):
                 if step.status is ReportStatus.RUNNING:
                     spans.append(step_span(record, stage, step, index, settings, ended=finished))
+    return spans
+
+
+_RUN_ERRORS = frozenset({TaskRunStatus.FAILED, TaskRunStatus.COMPLETED_WITH_FAILURES})
+
+
+def run_spans(
+    site_id: str, run: TaskRun, targets: Sequence[TaskRunTarget], settings: SpanSettings
+) -> list[ReadableSpan]:
+    """The spans of a final Task Run: one trace (the run id's 128 bits), a root and a span per
+    phase begun; each child task's root span links to its phase's span (:func:`task_spans`)."""
+    created = run.created or run.updated or run.finished
+    if created is None:
+        return []
+    finished = run.finished or run.updated or created
+    start = _first(run.started, created) or created
+    common: Attributes = {"nico.run.id": run.id, "nico.site.id": site_id}
+    if site_name := settings.site_name(site_id):
+        common["nico.site.name"] = site_name
+    attrs: Attributes = {
+        **common,
+        "nico.run.name": run.name,
+        "nico.run.operation_type": run.operation_type,
+        "nico.run.operation_code": run.operation_code,
+        "nico.run.status": run.status.value,
+        "nico.run.status_reason": run.status_reason.value,
+        "nico.run.phases": run.total_phases,
+        "nico.run.targets": len(targets),
+    }
+    if run.status in _RUN_ERRORS:
+        status = Status(StatusCode.ERROR, run.status_message or run.status.value)
+    elif run.status is TaskRunStatus.COMPLETED:
+        status = Status(StatusCode.OK)
+    else:
+        status = Status(StatusCode.UNSET)
+    root_context = _context(run.id, "run")
+    spans = [
+        _span(run.name or "task run", root_context, None, _ns(start), _ns(finished), attrs, status, settings)
+    ]
+    phases: dict[int, list[TaskRunTarget]] = {}
+    for target in targets:
+        phases.setdefault(target.phase_index, []).append(target)
+    for index, members in sorted(phases.items()):
+        begun = min((t.created for t in members if t.created is not None), default=start)
+        ended = max((t.updated for t in members if t.updated is not None), default=finished)
+        failed = sum(1 for t in members if t.status is TargetStatus.FAILED)
+        phase_attrs: Attributes = {**common, "nico.run.phase": index + 1, "nico.run.targets": len(members),
+                                   "nico.run.targets_failed": failed}  # fmt: skip
+        phase_status = (
+            Status(StatusCode.ERROR, f"{failed} targets failed") if failed else Status(StatusCode.UNSET)
+        )
+        spans.append(
+            _span(f"phase {index + 1}", _context(run.id, "phase", index + 1), root_context,
+                  _ns(begun), _ns(ended), phase_attrs, phase_status, settings)
+        )  # fmt: skip
     return spans
 
 
@@ -406,6 +480,10 @@ class SpanBuilder:
         elif t.kind is Kind.VANISHED:
             self.events.pop(record.id, None)
 
+    def on_run_final(self, site_id: str, run: TaskRun, targets: Sequence[TaskRunTarget]) -> None:
+        """A Task Run became final: its trace, in the commit that counts it."""
+        self._emit(run_spans(site_id, run, targets, self.settings))
+
     def _remember(self, t: Transition) -> None:
         events = self.events.get(t.record.id)
         if events is None:
@@ -449,6 +527,10 @@ def encode_span(span: ReadableSpan) -> str:
             "kind": span.kind.name,
             "attributes": _attrs_out(span.attributes),
             "events": [[e.name, e.timestamp, _attrs_out(e.attributes)] for e in span.events],
+            "links": [
+                [f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}", _attrs_out(link.attributes)]
+                for link in span.links
+            ],
             "status": [span.status.status_code.name, span.status.description],
         },
         separators=(",", ":"),
@@ -471,6 +553,15 @@ def decode_span(text: str, resource: Resource) -> ReadableSpan:
         resource=resource,
         attributes=_attrs_in(data["attributes"]),
         events=[Event(name, _attrs_in(attrs), timestamp) for name, timestamp, attrs in data["events"]],
+        links=[
+            Link(
+                SpanContext(
+                    int(t, 16), int(sp, 16), is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+                ),
+                _attrs_in(attrs),
+            )
+            for t, sp, attrs in data.get("links", ())  # spans written before links were kept have none
+        ],
         kind=SpanKind[data["kind"]],
         status=Status(StatusCode[code], description),
         start_time=data["start"],
@@ -492,8 +583,14 @@ class TracingHandle:
     endpoint: str
     sender: Sender | None = None
 
-    def builder(self, *, site_name: NameLookup = _no_name, rack_name: NameLookup = _no_name) -> SpanBuilder:
-        return SpanBuilder(SpanSettings(self.resource, site_name, rack_name))
+    def builder(
+        self,
+        *,
+        site_name: NameLookup = _no_name,
+        rack_name: NameLookup = _no_name,
+        run_of: Callable[[str], tuple[str, int] | None] = lambda task_id: None,
+    ) -> SpanBuilder:
+        return SpanBuilder(SpanSettings(self.resource, site_name, rack_name, run_of))
 
     def start_sender(self, outbox: Outbox, *, durable: bool) -> Sender:
         """Start sending ``outbox``'s pending spans (its own thread)."""

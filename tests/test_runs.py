@@ -22,6 +22,7 @@ from exporter.persistence import SqlitePersistence
 from exporter.runs import RunRecord, RunTracker
 from exporter.state import Store
 from tests.builders import (
+    RACK,
     SITE,
     T0,
     report,
@@ -214,3 +215,39 @@ def test_a_run_task_carries_its_run_and_a_custom_layout_its_rule_name() -> None:
     again = Scrape(publisher.publish())
     after = {s["task_id"]: s["run_id"] for s, _ in again.samples("nico_task_info")}
     assert after == {tid(30): "", tid(31): ""}
+
+
+def test_a_final_run_is_one_trace_and_its_tasks_link_to_their_phase() -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    from exporter.facts import trace_id_int
+    from exporter.operations import Operation
+    from exporter.state import TaskRecord
+    from exporter.tracing import SpanSettings, decode_span, encode_span, run_spans, span_id, task_spans
+
+    run = TaskRun.parse(run_data(5, "CompletedWithFailures", phase=1, phases=2, finished=T0 + 900))
+    targets = [
+        TaskRunTarget.parse(target_data(n, 5, phase=p, status=s, task=40 + n))
+        for n, (p, s) in enumerate([(0, "Completed"), (0, "Completed"), (1, "Failed")])
+    ]
+    settings = SpanSettings(Resource.create({}), run_of={tid(42): (run.id, 1)}.get)
+    spans = run_spans(SITE, run, targets, settings)
+    root, *phases = spans
+    assert {s.context.trace_id for s in spans} == {trace_id_int(run.id)}
+    assert root.parent is None and root.status.status_code.name == "ERROR"
+    assert [p.name for p in phases] == ["phase 1", "phase 2"]
+    assert all(p.parent is not None and p.parent.span_id == root.context.span_id for p in phases)
+    assert phases[1].attributes is not None and phases[1].attributes["nico.run.targets_failed"] == 1
+
+    record = TaskRecord(
+        SITE, RACK, Task.parse(task_data(42, "Failed", finished=T0 + 800)), Operation.OTHER, T0, T0
+    )
+    (task_root, *_rest) = task_spans(record, settings, observed_at=T0 + 800)
+    (link,) = task_root.links
+    assert (link.context.trace_id, link.context.span_id) == (
+        trace_id_int(run.id),
+        span_id(run.id, "phase", 2),
+    )
+    # The outbox keeps the link through a restart.
+    (again,) = decode_span(encode_span(task_root), Resource.create({})).links
+    assert (again.context.trace_id, again.context.span_id) == (link.context.trace_id, link.context.span_id)
