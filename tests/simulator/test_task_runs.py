@@ -90,7 +90,7 @@ async def test_v2_0_has_no_task_run_or_rule_routes(w: World) -> None:
     assert response.status_code == 404
     response = await post(w, f"/task/run/{MISSING}/pause", {"siteId": w.site_id})
     assert response.status_code == 404
-    # GET /task/run and /task/rule match GET /task/{id} (handler/task.go:70-73).
+    # GET /task/run and /task/rule match GET /task/{id} (release/v2.0 handler/task.go:111-114).
     for path in ("/task/run", "/task/rule"):
         response = await w.get(path, siteId=w.site_id)
         assert (response.status_code, response.json()) == (400, nico("Invalid Task ID specified in URL"))
