@@ -149,6 +149,18 @@ def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -
         help="the REST server to behave as (default 2.0; 1.6: no reports, no includeReport)",
     )
     parser.add_argument(
+        "--task-runs",
+        action="store_true",
+        help="serve NICo main's Task Runs and Task Rules (/task/run, /task/rule); v2.0 has neither",
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=["rollout-gate-trip"],
+        default=None,
+        help="a preset (rollout-gate-trip: a phased firmware Task Run over one site whose safety gate "
+        "trips; implies --task-runs, uses --racks and --seed)",
+    )
+    parser.add_argument(
         "--task-list-paging",
         action="store_true",
         help="task lists accept pageNumber/pageSize as the OpenAPI spec says (no NICo release does)",
@@ -329,7 +341,9 @@ def _traffic_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _simulation(args: argparse.Namespace) -> Simulation:
     from exporter.simulator import FaultConfig, ScenarioConfig, Simulation, SimulatorConfig
 
-    if args.quiet_scenario:
+    if args.scenario == "rollout-gate-trip":
+        scenario = ScenarioConfig.rollout_gate_trip(racks_per_site=args.racks, seed=args.seed)
+    elif args.quiet_scenario:
         scenario = ScenarioConfig.quiet(
             sites=args.sites, racks_per_site=args.racks, non_flow_sites=args.non_flow_sites, seed=args.seed
         )
@@ -358,6 +372,7 @@ def _simulation(args: argparse.Namespace) -> Simulation:
         require_auth=not args.no_auth,
         nico_version=args.nico_version,
         task_list_paging=args.task_list_paging,
+        task_runs=args.task_runs or args.scenario is not None,
         rate_limit=args.rate_limit > 0,
         rate_limit_rate=args.rate_limit or 10.0,
         rate_limit_burst=args.rate_limit_burst,

@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exporter.simulator import handlers as h
+from exporter.simulator import taskrun_handlers as tr
 from exporter.simulator.control import control_routes
 from exporter.simulator.faults import BadPagination, Failure, FaultPlan
 from exporter.simulator.request import ApiError, Ctx, Handler, Result
@@ -301,6 +302,20 @@ def _api_routes(sim: Simulation) -> list[BaseRoute]:
         api("/tray/{id}/power", "Tray", "UpdatePowerState", h.tray_power, "PATCH"),
         api("/tray/{id}/firmware", "Tray", "UpdateFirmware", h.tray_firmware, "PATCH"),
     ]
+    if sim.config.task_runs:
+        # NICo main only (routes.go main :1033-1098); static segments win over /task/{id} in Echo.
+        routes += [
+            api("/task/rule", "TaskRule", "GetAllTaskRules", tr.list_rules),
+            api("/task/rule/{id}", "TaskRule", "GetTaskRule", tr.get_rule),
+            api("/task/run", "Run", "CreateTaskRun", tr.create_run, "POST"),
+            api("/task/run", "Run", "GetAllTaskRuns", tr.list_runs),
+            api("/task/run/{id}", "Run", "GetTaskRun", tr.get_run),
+            api("/task/run/{id}/target", "Run", "GetAllTaskRunTargets", tr.list_targets),
+            api("/task/run/{id}/pause", "Run", "PauseTaskRun", tr.pause_run, "POST"),
+            api("/task/run/{id}/resume", "Run", "ResumeTaskRun", tr.resume_run, "POST"),
+            api("/task/run/{id}/advance", "Run", "AdvanceTaskRunPhase", tr.advance_run, "POST"),
+            api("/task/run/{id}/cancel", "Run", "CancelTaskRun", tr.cancel_run, "POST"),
+        ]
     if not sim.config.legacy_routes_only:
         # Absent on servers before v1.6: their 404 is the router's, not a Flow error.
         routes += [

@@ -14,6 +14,7 @@ from exporter.simulator.clock import ManualClock
 from exporter.simulator.operations import Operation
 from exporter.simulator.responses import nico_response, read_json_object
 from exporter.simulator.simulation import Simulation
+from exporter.simulator.taskruns import ChildPlan, RunError, SafetyGate
 from exporter.simulator.wire import encode
 from exporter.simulator.world import CancelRefused, Outcome, Rejected, SimulationError
 
@@ -153,6 +154,72 @@ async def sim_clock(request: Request) -> Response:
     return nico_response(200, {"now": sim.truth_json()["now"], "eventsProcessed": processed})
 
 
+def _child_plan(body: dict[str, object]) -> ChildPlan:
+    rate = body.get("childFailureRate", 0.0)
+    phases = body.get("childFailPhases", [])
+    seconds = body.get("childStageSeconds")
+    if not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+        raise ValueError("childFailureRate must be a number from 0 to 1")
+    if not isinstance(phases, list) or not all(isinstance(p, int) for p in phases):
+        raise ValueError("childFailPhases must be a list of phase indexes")
+    if seconds is not None and not isinstance(seconds, int | float):
+        raise ValueError("childStageSeconds must be a number")
+    return ChildPlan(float(rate), tuple(phases), None if seconds is None else float(seconds))
+
+
+async def sim_create_task_run(request: Request) -> Response:
+    """``POST /_sim/task-runs {siteId, version, name?, maxConcurrentTargets?, phases?, autoAdvance?,
+    failureRatePercent?, failureCount?, retryTimeoutSeconds?, childFailureRate?, childFailPhases?,
+    childStageSeconds?}``: a firmware Task Run as an operator would start it (NICo main only).
+
+    ``failureRatePercent`` / ``failureCount`` are current-phase safety gates; the ``child*`` fields
+    are the simulation's plan for how the run's child tasks end (not NICo configuration).
+    """
+    sim: Simulation = request.app.state.sim
+    body = await read_json_object(request)
+    if body is None:
+        return _control_error(400, "body must be a JSON object")
+    gates = []
+    if isinstance(body.get("failureRatePercent"), int):
+        gates.append(SafetyGate("failure_rate", int(body["failureRatePercent"])))
+    if isinstance(body.get("failureCount"), int):
+        gates.append(SafetyGate("failure_count", int(body["failureCount"])))
+    try:
+        run_id = sim.create_task_run(
+            str(body["siteId"]),
+            version=str(body["version"]),
+            name=str(body.get("name", "firmware-rollout")),
+            max_concurrent_targets=int(body.get("maxConcurrentTargets", 1)),
+            phases=int(body.get("phases", 1)),
+            auto_advance=bool(body.get("autoAdvance", False)),
+            gates=gates,
+            retry_timeout_s=float(body.get("retryTimeoutSeconds", 3600.0)),
+            child=_child_plan(body),
+        )
+    except KeyError as exc:
+        return _control_error(400, f"missing field {exc.args[0]}")
+    except RunError as exc:
+        return _control_error(409, exc.message)
+    except (ValueError, TypeError) as exc:
+        return _control_error(400, str(exc))
+    return nico_response(201, {"runId": run_id})
+
+
+async def sim_plan_task_run(request: Request) -> Response:
+    """``PUT /_sim/task-runs/{id}/children {childFailureRate?, childFailPhases?, childStageSeconds?}``."""
+    sim: Simulation = request.app.state.sim
+    body = await read_json_object(request)
+    if body is None:
+        return _control_error(400, "body must be a JSON object")
+    try:
+        sim.plan_run_children(str(request.path_params["id"]), _child_plan(body))
+    except SimulationError as exc:
+        return _control_error(404, str(exc))
+    except ValueError as exc:
+        return _control_error(400, str(exc))
+    return nico_response(200, {"runId": str(request.path_params["id"])})
+
+
 async def sim_revoke_tokens(request: Request) -> Response:
     sim: Simulation = request.app.state.sim
     sim.tokens.revoke_all()
@@ -171,4 +238,6 @@ def control_routes() -> list[BaseRoute]:
         Route("/_sim/stats", sim_stats, methods=["GET", "DELETE"]),
         Route("/_sim/clock", sim_clock, methods=["POST"]),
         Route("/_sim/auth/revoke", sim_revoke_tokens, methods=["POST"]),
+        Route("/_sim/task-runs", sim_create_task_run, methods=["POST"]),
+        Route("/_sim/task-runs/{id}/children", sim_plan_task_run, methods=["PUT"]),
     ]

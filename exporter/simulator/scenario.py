@@ -79,6 +79,27 @@ class ScheduleConfig:
             raise ValueError("every_hours must be positive and rack_fraction in (0, 1]")
 
 
+@dataclass(frozen=True)
+class RolloutConfig:
+    """A site-wide firmware Task Run an operator starts ``at_s`` simulated seconds after the start
+    (NICo main only): all racks of the ``site_index``-th Flow site in ``phases`` equal phases, at
+    most ``max_concurrent_targets`` at once, one current-phase failure-rate gate at
+    ``failure_rate_threshold`` percent. ``fail_phases`` and ``child_failure_rate`` are the
+    simulation's plan for the child tasks (a gate needs failures), not NICo configuration.
+    """
+
+    name: str = "fleet-firmware-rollout"
+    site_index: int = 0
+    at_s: float = 30.0
+    version: str = "1.4.2"
+    phases: int = 4
+    max_concurrent_targets: int = 2
+    failure_rate_threshold: int = 50
+    auto_advance: bool = True
+    fail_phases: tuple[int, ...] = ()
+    child_failure_rate: float = 0.0
+
+
 @dataclass
 class ScenarioConfig:
     """What the simulated NICo contains and how busy it is.
@@ -101,6 +122,7 @@ class ScenarioConfig:
             long-lived site has (0, 0: none).
         horizon_hours: stop arrivals this long after the start (None: never stop).
         schedules: Flow task schedules on every Flow site.
+        rollouts: firmware Task Runs started during the simulation (needs ``task_runs``).
     """
 
     seed: int = 1
@@ -118,6 +140,7 @@ class ScenarioConfig:
     history_tasks_per_rack: tuple[int, int] = (0, 0)
     horizon_hours: float | None = None
     schedules: tuple[ScheduleConfig, ...] = ()
+    rollouts: tuple[RolloutConfig, ...] = ()
 
     def __post_init__(self) -> None:
         for name in self.operation_mix:
@@ -145,6 +168,22 @@ class ScenarioConfig:
             arrivals_per_rack_per_hour=0.0,
             stuck_tasks=0,
             history_hours=0.0,
+        )
+
+    @classmethod
+    def rollout_gate_trip(cls, *, racks_per_site: int = 8, seed: int = 1) -> ScenarioConfig:
+        """Preset ``rollout-gate-trip``: one quiet site whose racks all get a firmware Task Run,
+        30 s in, in 4 auto-advancing phases, 2 racks at a time; every child task of phase 1 fails,
+        so the 50 % failure-rate gate pauses the run (SafetyGate) once phase 1's first failure is
+        reconciled. Firmware stages take 20-60 s so the timeline fits in minutes."""
+        return cls(
+            seed=seed,
+            sites=1,
+            racks_per_site=racks_per_site,
+            arrivals_per_rack_per_hour=0.0,
+            history_hours=0.0,
+            stage_seconds={**DEFAULT_STAGE_SECONDS, "firmware": (20.0, 60.0)},
+            rollouts=(RolloutConfig(fail_phases=(1,)),),
         )
 
 

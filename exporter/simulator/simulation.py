@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Literal
 
 from exporter.models import ComponentType, format_timestamp
@@ -21,7 +22,8 @@ from exporter.simulator.clock import AcceleratedClock, Clock
 from exporter.simulator.faults import FaultConfig, FaultInjector
 from exporter.simulator.inventory import Rack, Site, Tray
 from exporter.simulator.operations import Operation, describe, schedule_description
-from exporter.simulator.scenario import Scenario, ScenarioConfig
+from exporter.simulator.scenario import RolloutConfig, Scenario, ScenarioConfig
+from exporter.simulator.taskruns import ChildPlan, PhasePlan, RunManager, RunOptions, SafetyGate
 from exporter.simulator.wire import report_json
 from exporter.simulator.world import Outcome, SimulationError, Task, World
 
@@ -62,6 +64,8 @@ class SimulatorConfig:
         rate_limit / rate_limit_rate / rate_limit_burst / rate_limit_expires_s: Echo's
             per-IP limiter (disabled by default, as in NICo).
         site_down_delay_s: real seconds a down site's calls hang before their 500.
+        task_runs: serve NICo ``main``'s Task Runs and Task Rules (``/task/run...``,
+            ``/task/rule...``) with Flow's operation-run dispatcher; v2.0 (the default) has neither.
     """
 
     org: str = "acme"
@@ -87,10 +91,13 @@ class SimulatorConfig:
     rate_limit_burst: int = 30
     rate_limit_expires_s: float = 180.0
     site_down_delay_s: float = 0.0
+    task_runs: bool = False
 
     def __post_init__(self) -> None:
         if self.nico_version not in ("2.0", "1.6"):
             raise ValueError("nico_version must be 2.0 or 1.6")
+        if self.scenario.rollouts and not self.task_runs:
+            raise ValueError("scenario rollouts need task_runs (a NICo main server)")
 
     @property
     def reports(self) -> bool:
@@ -206,7 +213,19 @@ class Simulation:
         )
         self.world.set_stage_sampler(self.scenario.stage_seconds)
         # Sites were registered well before the simulated history begins.
-        self.scenario.populate(config.org, start - history - timedelta(days=90))
+        registered = start - history - timedelta(days=90)
+        self.scenario.populate(config.org, registered)
+        # Flow's operation runs and rules (NICo main only): None on a v2.0 server.
+        self.runs: RunManager | None = None
+        if config.task_runs or config.scenario.rollouts:
+            self.runs = RunManager(self.world, random.Random(config.scenario.seed + 3))
+            for site in self.world.sites.values():
+                if site.flow:
+                    self.runs.add_default_rules(site.id, registered + timedelta(days=1))
+            for rollout in config.scenario.rollouts:
+                self.world.schedule(
+                    start + timedelta(seconds=rollout.at_s), partial(self._start_rollout, rollout)
+                )
         self.scenario.write_history(start - history)
         self.scenario.start(start - history, start)
         horizon = config.scenario.horizon_hours
@@ -390,6 +409,86 @@ class Simulation:
             tasks = sorted(tasks, key=lambda task: (task.created, task.id))
         return tasks
 
+    # --- task runs -----------------------------------------------------------------------------
+
+    def create_task_run(
+        self,
+        site_id: str,
+        *,
+        version: str,
+        name: str = "firmware-rollout",
+        description: str = "",
+        max_concurrent_targets: int = 1,
+        phases: int = 1,
+        auto_advance: bool = False,
+        gates: Sequence[SafetyGate] = (),
+        percent: int = 100,
+        retry_timeout_s: float = 3600.0,
+        initial_retry_delay_s: float = 30.0,
+        max_retry_delay_s: float = 300.0,
+        child: ChildPlan | None = None,
+    ) -> str:
+        """Create a firmware Task Run now as an operator would (``POST /task/run``); its id.
+
+        ``phases`` > 1 is an equal phase plan; ``child`` is the simulation's plan for how the run's
+        child tasks end (not NICo configuration). Needs ``task_runs``.
+        """
+        self.advance()
+        if self.runs is None:
+            raise SimulationError("task runs need task_runs (a NICo main server)")
+        if self.site(site_id) is None:
+            raise SimulationError(f"unknown site {site_id}")
+        run = self.runs.create(
+            site_id,
+            name=name,
+            description=description,
+            version=version,
+            options=RunOptions(
+                max_concurrent_targets=max_concurrent_targets,
+                gates=tuple(gates) or (SafetyGate("failure_rate", 100),),
+                phase_plan=PhasePlan("equal", (phases,)) if phases > 1 else None,
+                auto_advance=auto_advance,
+                retry_timeout_s=retry_timeout_s,
+                initial_retry_delay_s=initial_retry_delay_s,
+                max_retry_delay_s=max_retry_delay_s,
+                ordering_seed=self.world.new_id(),
+            ),
+            percent=percent,
+            selector_seed=self.world.new_id(),
+            child=child,
+        )
+        return run.id
+
+    def plan_run_children(self, run_id: str, child: ChildPlan) -> None:
+        """Change how a run's not-yet-submitted child tasks will end (a gate needs failures)."""
+        self.advance()
+        if self.runs is None or run_id not in self.runs.runs:
+            raise SimulationError(f"unknown task run {run_id}")
+        self.runs.runs[run_id].child = child
+
+    def _start_rollout(self, rollout: RolloutConfig, at: datetime) -> None:
+        assert self.runs is not None
+        flow_sites = [site for site in self.world.sites.values() if site.flow]
+        site = flow_sites[rollout.site_index]
+        plan = PhasePlan("equal", (rollout.phases,)) if rollout.phases > 1 else None
+        gates = (SafetyGate("failure_rate", rollout.failure_rate_threshold),)
+        self.runs.create(
+            site.id,
+            name=rollout.name,
+            description=f"site-wide firmware rollout to {rollout.version}",
+            version=rollout.version,
+            options=RunOptions(
+                max_concurrent_targets=rollout.max_concurrent_targets,
+                gates=gates,
+                phase_plan=plan,
+                auto_advance=rollout.auto_advance,
+                ordering_seed=f"{rollout.name}-order",
+            ),
+            percent=100,
+            selector_seed=f"{rollout.name}-select",
+            child=ChildPlan(failure_rate=rollout.child_failure_rate, fail_phases=rollout.fail_phases),
+        )
+
     # --- ground truth --------------------------------------------------------------------------
 
     def truth(self) -> list[TaskTruth]:
@@ -420,6 +519,15 @@ class Simulation:
                 for site in self.sites(include_gone=True)
             ],
             "tasks": [truth.as_json() for truth in truths],
+            # NICo main only: every operation run with its stats and targets (taskId included).
+            "taskRuns": [] if self.runs is None else self.runs.truth_json(),
+            "taskRules": []
+            if self.runs is None
+            else [
+                {**rule.as_json(), "siteId": site_id}
+                for site_id, rules in self.runs.rules.items()
+                for rule in rules
+            ],
             "rejected": [
                 {
                     "at": format_timestamp(rejection.at, fraction=True),
