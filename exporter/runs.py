@@ -3,8 +3,10 @@
 Owned by the poller's thread, like the poller itself. Per site, each active interval:
 
 1. ``GET /task/run`` (paged: these lists accept pageNumber and pageSize) names the site's runs.
-   A server without Task Runs answers the router 404 (:class:`~exporter.errors.RouteMissing`):
-   the feature switches itself off for that site, says so once in the log and in
+   A server without Task Runs (v2.0) refuses it: ``GET /task/run`` matches ``GET /task/{id}``,
+   whose handler answers 400 "Invalid Task ID specified in URL" (the other run routes are the
+   router 404, :class:`~exporter.errors.RouteMissing`, accepted too). The feature switches itself
+   off for that site, says so once in the log and in
    ``nico_exporter_task_runs_supported``, and asks again only every ``probe_interval``.
 2. Every run that is not final, and every run that just became final, is fetched with its stats
    (``GET /task/run/{id}?includeStats=true``) and its targets (``GET /task/run/{id}/target``,
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from exporter.client import NicoClient
-from exporter.errors import NicoError, RouteMissing
+from exporter.errors import BadRequest, NicoError, RouteMissing
 from exporter.models import ComponentType, OperationRule, Task, TaskRun, TaskRunTarget
 from exporter.state import Store
 
@@ -125,8 +127,11 @@ class RunTracker:
             return
         try:
             listing = await self.client.list_task_runs(site_id, deadline=deadline)
-        except RouteMissing:
-            self._unsupported(site_id)
+        except (RouteMissing, BadRequest) as exc:
+            if isinstance(exc, RouteMissing) or _task_id_refusal(exc):
+                self._unsupported(site_id)
+            else:
+                log.warning("task run listing refused", extra={"site_id": site_id, "error": str(exc)})
             return
         except NicoError as exc:
             log.info("task run listing failed", extra={"site_id": site_id, "error": str(exc)})
@@ -183,7 +188,9 @@ class RunTracker:
             return
         try:
             listing = await self.client.list_operation_rules(site_id, deadline=deadline)
-        except RouteMissing:
+        except (RouteMissing, BadRequest) as exc:
+            if isinstance(exc, BadRequest) and not _task_id_refusal(exc):
+                log.warning("operation rule listing refused", extra={"site_id": site_id, "error": str(exc)})
             self.rules.pop(site_id, None)
             return
         except NicoError as exc:
@@ -210,6 +217,17 @@ class RunTracker:
             rules=tuple((site_id, rule) for site_id, rules in sorted(self.rules.items()) for rule in rules),
             finished=tuple(sorted(self.store.totals.runs.items())),
         )
+
+
+# NICo v2.0 has no /task/run or /task/rule: GET on them matches GET /task/{id}, whose handler
+# first refuses the query keys it does not know (our paging: release/v2.0
+# rest-api/api/pkg/api/handler/task.go:74-76, model APIGetTaskRequest takes siteId only), then the
+# id (task.go:111-114); the other methods and deeper paths are the router 404.
+_GET_TASK_REFUSALS = ("Invalid Task ID specified in URL", "Unknown query parameter specified in request")
+
+
+def _task_id_refusal(exc: BadRequest) -> bool:
+    return any(text in str(exc) for text in _GET_TASK_REFUSALS)
 
 
 def _finished_at(run: TaskRun) -> float:

@@ -251,3 +251,26 @@ def test_a_final_run_is_one_trace_and_its_tasks_link_to_their_phase() -> None:
     # The outbox keeps the link through a restart.
     (again,) = decode_span(encode_span(task_root), Resource.create({})).links
     assert (again.context.trace_id, again.context.span_id) == (link.context.trace_id, link.context.span_id)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        # release/v2.0 handler/task.go:74-76: GET /task/run matches GET /task/{id}, which knows siteId only.
+        "Unknown query parameter specified in request: pageNumber",
+        # task.go:111-114: without extra keys, "run" is no UUID.
+        "Invalid Task ID specified in URL",
+    ],
+)
+async def test_v2_refuses_the_run_list_as_a_task_id_and_that_switches_the_feature_off(refusal: str) -> None:
+    calls: Counter[str] = Counter()
+
+    def v2(request: httpx.Request) -> httpx.Response:
+        calls[request.url.path] += 1
+        return nico_error(400, refusal)
+
+    tracker = RunTracker(make_client(v2), Store(), clock=lambda: T0)
+    for _ in range(3):
+        await tracker.poll_site(SITE)
+    assert tracker.view().supported == ((SITE, False),)
+    assert sum(calls.values()) == 1
