@@ -90,6 +90,7 @@ class Harness:
             "trays": t,
             "discovery": t + iv.discovery,
             "expire": t + EXPIRE_EVERY,
+            "runs": t,
         }
 
     async def run(self, seconds: float, step: float = 1.0) -> None:
@@ -104,6 +105,7 @@ class Harness:
             ("final", self.poller.fetch_finals, iv.final_fetch),
             ("trays", self.poller.attribute_trays, iv.tray_attribution),
             ("expire", self.poller.expire, EXPIRE_EVERY),
+            ("runs", self.poller.poll_runs, iv.active),
         )
         while self.now() < end:
             self.clock.advance(min(step, end - self.now()))

@@ -1,0 +1,123 @@
+"""Task Runs end to end in simulated time: the poller against the simulator's Flow (NICo main).
+
+Ground truth is the simulator's own (``truth_json()["taskRuns"]`` and its tasks), never the
+exporter's state. The racks are full before the rollout starts (more than 20 tasks each), so on
+this v2.0-style server no rack list can show the run's child tasks: only the targets name them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from exporter.models import TaskRunStatus
+from exporter.persistence import SqlitePersistence
+from exporter.poller import Intervals
+from exporter.simulator import ScenarioConfig
+from tests.pollharness import Harness, simulation
+
+ACTIVE = 15.0
+FILLED_BY_S = 2400.0  # 8 racks x 21 tasks x 10 s = 1,680 s of filling, then the exporter starts
+
+
+def h_now(clock: Any) -> float:
+    return float(clock.now().timestamp())
+
+
+def _full_racks(sim: Any, clock: Any, per_rack: int = 21) -> None:
+    """``per_rack`` quick finished tasks on every rack, one after the other (Flow refuses overlap)."""
+    site = sim.sites()[0]
+    for rack in sim.racks(site.id):
+        for _ in range(per_rack):
+            sim.create_task(site.id, rack.id, "power_on", stage_seconds=0.01)
+            clock.advance(10.0)
+
+
+def _run_truth(sim: Any) -> dict[str, Any]:
+    (run,) = sim.truth_json()["taskRuns"]
+    return dict(run)
+
+
+def _harness(sim: Any, clock: Any, db: Path) -> Harness:
+    return Harness(
+        sim,
+        clock,
+        intervals=Intervals(active=ACTIVE, tray_attribution=600, reconcile=120, discovery=300),
+        persistence=SqlitePersistence(db),
+    )
+
+
+async def test_a_rollout_is_counted_once_through_its_targets_and_its_gate_trip_shows_in_one_interval(
+    tmp_path: Path,
+) -> None:
+    # The preset's rollout, started once the racks are full and the exporter has its baseline.
+    preset = ScenarioConfig.rollout_gate_trip()
+    scenario = dataclasses.replace(
+        preset, rollouts=(dataclasses.replace(preset.rollouts[0], at_s=FILLED_BY_S),)
+    )
+    sim, clock = simulation(scenario, task_runs=True)
+    began = h_now(clock)
+    _full_racks(sim, clock)
+    assert h_now(clock) - began < FILLED_BY_S and not sim.truth_json()["taskRuns"]
+    db = tmp_path / "state.db"
+    h = _harness(sim, clock, db)
+    paused_at: float | None = None
+    seen_paused_at: float | None = None
+    for _ in range(3600):  # up to an hour of simulated time, one second at a time
+        await h.run(1.0)
+        truth = sim.truth_json()["taskRuns"]
+        if paused_at is None and truth and truth[0]["status"] == "Paused":
+            paused_at = h.now()
+        runs = h.poller.view().runs.runs
+        if seen_paused_at is None and runs and runs[0][1].status is TaskRunStatus.PAUSED:
+            seen_paused_at = h.now()
+        if seen_paused_at is not None:
+            break
+    assert paused_at is not None and seen_paused_at is not None
+    assert seen_paused_at - paused_at <= ACTIVE + 1  # within one active interval (and a step)
+    (_, run, targets) = h.poller.view().runs.runs[0]
+    assert run.status_reason.value == "SafetyGate"
+    truth = _run_truth(sim)
+    assert {t["taskId"]: t["status"] for t in truth["targets"] if t["taskId"]} == {
+        t.task_id: t.status.value for t in targets if t.task_id
+    }
+
+    # Let the submitted children end, then compare the exporter's counts with the simulator's.
+    await h.run(300)
+    children = {t["taskId"] for t in _run_truth(sim)["targets"] if t["taskId"]}
+    by_id = {t.id: t for t in sim.truth()}
+    finished = [t for t in h.finished_ids() if t in children]
+    assert len(finished) == len(set(finished))  # each child counted once
+    final_children = {c for c in children if by_id[c].finished is not None}
+    assert set(finished) == final_children  # every one that ended, although no list showed it
+    counted = {t.record.id: t.record.status.value for t in h.transitions if t.kind.name == "FINISHED"}
+    assert {c: counted[c] for c in final_children} == {c: str(by_id[c].status) for c in final_children}
+    assert not any(h.store.totals.runs.values())  # paused, not final: no run counted yet
+    h.store.commit()
+    h.store.persistence.close()
+    await h.close()
+
+    # A restart: nothing counted again; the run is picked up where it was.
+    again = _harness(sim, clock, db)
+    await again.run(60)
+    assert [t for t in again.finished_ids() if t in final_children] == []
+    (_, run_after, _) = again.poller.view().runs.runs[0]
+    assert run_after.status is TaskRunStatus.PAUSED
+    await again.close()
+
+
+async def test_a_v2_server_switches_the_feature_off_after_one_probe() -> None:
+    sim, clock = (
+        simulation(ScenarioConfig.rollout_gate_trip(), task_runs=False)
+        if False
+        else simulation(
+            ScenarioConfig(sites=1, racks_per_site=2, arrivals_per_rack_per_hour=0.0, history_hours=0.0)
+        )
+    )
+    h = Harness(sim, clock)
+    await h.run(600)
+    asked = [r for r in h.requests if r.endpoint == "/task/run"]
+    assert len(asked) == 1, asked
+    assert h.poller.view().runs.supported == ((sim.sites()[0].id, False),)
+    await h.close()
