@@ -41,7 +41,7 @@ SIM_ARGS = [
     "--history-hours", "0.02", "--horizon-hours", "0.1",
     "--operation-mix", "power_on=2,power_off=2,power_cycle=1,firmware_update=1,bring_up=1",
     "--stage-seconds", "power=1:3,firmware=2:4,bring_up=1:3", "--leak-queue-timeout", "8",
-    "--rate-limit", "10",
+    "--rate-limit", "10", "--task-runs",
 ]  # fmt: skip
 WINDOW = "1m"  # $__rate_interval and $__range: the whole run fits in it
 
@@ -74,6 +74,7 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
             prometheus, tmp, exporter_port, "--enable-feature=exemplar-storage"
         )
         threading.Thread(target=_fail_one_tray_twice, args=(sim,), daemon=True).start()
+        _start_a_rollout_that_trips_its_gate(sim)
         try:
             p = Prom(prom_url)
             yield p
@@ -106,6 +107,17 @@ def _fail_one_tray_twice(sim: str) -> None:
     for _ in range(2):
         task_id = _submit_when_free(sim, body)
         wait_until(lambda t=task_id: _finished(sim, t), 60, "the tray task to finish", interval=0.5)  # type: ignore[misc]
+
+
+def _start_a_rollout_that_trips_its_gate(sim: str) -> None:
+    """A firmware Task Run over the second site's racks whose first phase fails: the safety gate
+    pauses it (the Rollouts dashboard's run, phase, target and gate panels have data)."""
+    site = truth(sim)["sites"][1]
+    body = {"siteId": site["id"], "version": "9.9.9", "name": "e2e-rollout", "phases": 2,
+            "maxConcurrentTargets": 1, "failureRatePercent": 50, "childFailPhases": [0],
+            "childStageSeconds": 1}  # fmt: skip
+    resp = httpx.post(sim + "/_sim/task-runs", json=body, timeout=5)
+    assert resp.status_code == 201, resp.text
 
 
 def _submit_when_free(sim: str, body: dict[str, Any]) -> str:
