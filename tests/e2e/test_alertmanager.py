@@ -106,6 +106,10 @@ class Stack:
         return list(resp.json())
 
 
+# The child tasks of the rollout in the first test (its failed ones page NicoTaskFailed).
+ROLLOUT_TASKS: set[str] = set()
+
+
 def _rules(tmp: Path, receiver_url: str) -> Path:
     """The generated rules with test thresholds: seconds instead of minutes, no ``for``."""
     config = alerts.load_alert_config()
@@ -145,7 +149,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"receiver": receiver}))
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    sim_args = ["--sites", "1", "--racks", "4", "--non-flow-sites", "0", "--quiet-scenario"]
+    sim_args = ["--sites", "1", "--racks", "4", "--non-flow-sites", "0", "--quiet-scenario", "--task-runs"]
     with simulator(tmp, *sim_args) as sim:
         exporter_port, prom_port, am_port = free_port(), free_port(), free_port()
         exporter_config = tmp / "exporter.yaml"
@@ -240,6 +244,30 @@ def _check_runbook(alert: dict[str, Any], receiver: Receiver) -> None:
     assert resp.status_code == 200 and resp.text.startswith(f"# {name}")
 
 
+def test_a_safety_gate_pause_pages_with_the_site_the_run_its_phase_and_the_reason(stack: Stack) -> None:
+    """A firmware rollout whose first phase fails: Flow's failure-rate gate pauses it."""
+    site = truth(stack.sim)["sites"][0]
+    body = {"siteId": site["id"], "version": "2.0.1", "name": "e2e-gate", "phases": 2,
+            "maxConcurrentTargets": 1, "failureRatePercent": 50, "childFailPhases": [0],
+            "childStageSeconds": 1}  # fmt: skip
+    resp = httpx.post(stack.sim + "/_sim/task-runs", json=body, timeout=5)
+    assert resp.status_code == 201, resp.text
+    run_id = resp.json()["runId"]
+    labels = _arrives(stack, "NicoTaskRunPaused", timeout=120, run_id=run_id)["labels"]
+    assert (labels["severity"], labels["reason"]) == ("critical", "SafetyGate")
+    assert (labels["site_id"], labels["site_name"]) == (site["id"], site["name"])
+    assert (labels["run_name"], labels["phase"]) == ("e2e-gate", "1")
+
+    def children_done() -> bool:
+        (run,) = [r for r in truth(stack.sim)["taskRuns"] if r["id"] == run_id]
+        ids = {t["taskId"] for t in run["targets"] if t["taskId"]}
+        ROLLOUT_TASKS.update(ids)
+        return all(_finished(stack.sim, task_id) for task_id in ids)
+
+    # The paused run submits nothing more; the next tests need its racks free.
+    wait_until(children_done, 60, "the run's child tasks to finish", interval=0.5)
+
+
 def test_failed_and_stuck_tasks_page_then_a_site_outage_mutes_them(stack: Stack) -> None:
     state = truth(stack.sim)
     site = state["sites"][0]
@@ -289,7 +317,10 @@ def test_failed_and_stuck_tasks_page_then_a_site_outage_mutes_them(stack: Stack)
     assert stuck["labels"]["trace_id"] == stuck_id.replace("-", "")
     assert "in stage" in stuck["annotations"]["description"]
     _check_runbook(stuck, stack.receiver)
-    assert {a["labels"]["task_id"] for a in stack.receiver.alerts("NicoTaskFailed")} == {failed_id}
+    # The rollout's failed children page too (each a real failure); nothing else does.
+    assert {a["labels"]["task_id"] for a in stack.receiver.alerts("NicoTaskFailed")} - ROLLOUT_TASKS == {
+        failed_id
+    }
 
     resp = httpx.post(f"{stack.sim}/_sim/sites/{site['id']}/down", json={}, timeout=5)
     assert resp.status_code == 200
