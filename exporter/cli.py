@@ -273,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="list tasks, show one with its stage/step timings, cancel one")
     _common(tasks)
     config_flag(tasks)
-    tasks.add_argument("action", choices=["list", "show", "cancel"])
-    tasks.add_argument("task_id", nargs="?", help="the task (show, cancel)")
+    tasks.add_argument("action", choices=["list", "show", "cancel", "runs"])
+    tasks.add_argument("task_id", nargs="?", help="the task (show, cancel); for runs: list or show")
+    tasks.add_argument("run_id", nargs="?", help="the Task Run (runs show)")
     tasks.add_argument("--site", default=None, help="site id (default: every Flow-enabled site)")
     tasks.add_argument("--rack", default=None, help="rack id (list; default: every rack of the site)")
     tasks.add_argument("--all", action="store_true", help="list finished tasks too, not only active ones")
@@ -411,11 +412,20 @@ def _tasks(args: argparse.Namespace) -> int:
     if args.action in ("show", "cancel") and not args.task_id:
         print(f"tasks {args.action} needs a task id", file=sys.stderr)
         return 2
+    if args.action == "runs" and (
+        args.task_id not in ("list", "show") or (args.task_id == "show") != bool(args.run_id)
+    ):
+        print("usage: tasks runs list | tasks runs show RUN_ID", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config_file)
     except ConfigError as exc:
         print(f"config error: {exc.message}", file=sys.stderr)
         return 1
+    if args.action == "runs":
+        from exporter.taskcmd import run_runs_command
+
+        return asyncio.run(run_runs_command(config, args.task_id, site=args.site, run_id=args.run_id))
     return asyncio.run(
         run_tasks_command(
             config,

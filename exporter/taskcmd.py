@@ -1,4 +1,5 @@
-"""``nico-task-exporter tasks``: list tasks, show one with its stage/step timings, cancel one.
+"""``nico-task-exporter tasks``: list tasks, show one with its stage/step timings, cancel one;
+``tasks runs list`` and ``tasks runs show RUN_ID`` for Task Runs (NICo main).
 
 An operator's tool for the moment an alert fires: it talks to NICo directly with the exporter's
 configuration (same URL, org and credentials), not to the exporter. Cancelling happens only on
@@ -15,8 +16,8 @@ from typing import TextIO
 from exporter.client import NicoClient
 from exporter.config import Config
 from exporter.connect import nico_client
-from exporter.errors import NicoError
-from exporter.models import ReportStatus, Task
+from exporter.errors import BadRequest, NicoError, RouteMissing
+from exporter.models import ReportStatus, TargetStatus, Task, TaskRun, TaskRunTarget
 from exporter.operations import Classifier
 
 
@@ -138,6 +139,102 @@ async def run_tasks_command(
             print(f"error: {exc}", file=sys.stderr)
             return 1
     raise ValueError(f"unknown action {action!r}")
+
+
+def render_runs(rows: Sequence[tuple[str, TaskRun]], now: datetime) -> str:
+    """Task Runs, newest first: what they do, where they stand."""
+    out = [f"{'run':<38}{'name':<28}{'status':<23}{'reason':<22}{'phases':<8}{'created':<21}age"]
+    for _, run in rows:
+        out.append(
+            f"{run.id:<38}{run.name[:27]:<28}{run.status.value:<23}{run.status_reason.value:<22}"
+            f"{run.total_phases:<8}{_when(run.created):<21}{_took(run.created, run.finished, now)}"
+        )
+    return "\n".join(out) + "\n"
+
+
+def render_run(
+    run: TaskRun, targets: Sequence[TaskRunTarget], tasks: dict[str, Task], *, site_id: str, now: datetime
+) -> str:
+    """One run: its phases, each target with its child task's status, and what failed."""
+    stats = run.stats
+    phase = (
+        f"{stats.current_phase.phase_index + 1} of {run.total_phases}"
+        if stats
+        else f"? of {run.total_phases}"
+    )
+    lines = [
+        f"run         {run.id}",
+        f"name        {run.name}  ({run.operation_type} {run.operation_code})",
+        f"site        {site_id}",
+        f"status      {run.status.value}  reason {run.status_reason.value}"
+        + (f"  ({run.status_message})" if run.status_message else ""),
+        f"phase       {phase}",
+        f"created     {_when(run.created)}",
+        f"started     {_when(run.started)}",
+        f"finished    {_when(run.finished)}   ran {_took(run.started, run.finished, now)}",
+        f"trace id    {run.id.replace('-', '')}",
+    ]
+    if stats is not None:
+        c = stats.cumulative_phase.outcome_counts
+        lines.append(
+            f"outcomes    completed {c.completed}  failed {c.failed}  terminated {c.terminated}  skipped {c.skipped}"
+        )
+    lines += ["", f"{'phase':<7}{'rack':<38}{'target':<12}{'task':<38}task status"]
+    for t in targets:
+        child = tasks.get(t.task_id or "")
+        lines.append(
+            f"{t.phase_index + 1:<7}{t.rack_id:<38}{t.status.value:<12}{(t.task_id or '-'):<38}"
+            f"{child.status.value if child else '-'}"
+        )
+    failed = [t for t in targets if t.status is TargetStatus.FAILED]
+    if failed:
+        lines += ["", "failed"]
+        for t in failed:
+            child = tasks.get(t.task_id or "")
+            why = (child.message if child and child.message else t.message) or "-"
+            lines.append(f"  rack {t.rack_id} phase {t.phase_index + 1}: {why}")
+    return "\n".join(lines) + "\n"
+
+
+async def run_runs_command(
+    config: Config, action: str, *, site: str | None, run_id: str | None = None, out: TextIO = sys.stdout
+) -> int:
+    """``runs list`` (every site's Task Runs) and ``runs show ID`` (phases, targets, child tasks)."""
+    async with nico_client(config.api) as client:
+        try:
+            sites = [site] if site else [s.id for s in (await client.list_sites()).items]
+            now = datetime.now(UTC)
+            if action == "list":
+                rows: list[tuple[str, TaskRun]] = []
+                for site_id in sites:
+                    try:
+                        rows.extend((site_id, r) for r in (await client.list_task_runs(site_id)).items)
+                    except (RouteMissing, BadRequest):
+                        out.write(f"note: site {site_id} serves no Task Runs (NICo before main)\n")
+                rows.sort(key=lambda row: row[1].created or now, reverse=True)
+                out.write(render_runs(rows, now))
+                return 0
+            if action == "show" and run_id:
+                last: NicoError | None = None
+                for site_id in sites:
+                    try:
+                        run = await client.get_task_run(site_id, run_id)
+                    except NicoError as exc:
+                        last = exc
+                        continue
+                    targets = (await client.list_task_run_targets(site_id, run_id)).items
+                    tasks = {}
+                    for t in targets:
+                        if t.task_id:
+                            tasks[t.task_id] = await client.get_task(site_id, t.task_id)
+                    out.write(render_run(run, targets, tasks, site_id=site_id, now=now))
+                    return 0
+                raise last if last is not None else NicoError(f"run {run_id} not found on any site")
+        except NicoError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print("usage: tasks runs list | tasks runs show RUN_ID", file=sys.stderr)
+    return 2
 
 
 async def _find(client: NicoClient, sites: Sequence[str], task_id: str) -> tuple[Task, str]:

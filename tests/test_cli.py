@@ -249,3 +249,11 @@ def test_a_web_config_that_fails_at_start_up_is_one_error_line_and_exit_1(
     assert cli.main(["run", "--config.file", str(config)]) == 1
     err = capsys.readouterr().err
     assert "cannot start" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["tasks", "runs"], ["tasks", "runs", "show"], ["tasks", "runs", "list", "x"]])
+def test_tasks_runs_without_its_subcommand_or_id_exits_2(
+    argv: list[str], config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([*argv, "--config.file", str(config_file)]) == 2
+    assert capsys.readouterr().err == "usage: tasks runs list | tasks runs show RUN_ID\n"

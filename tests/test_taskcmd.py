@@ -10,7 +10,8 @@ import pytest
 from exporter.configload import load_config
 from exporter.models import TaskStatus
 from exporter.simulator import ManualClock, ScenarioConfig, Simulation, SimulatorConfig, create_app
-from exporter.taskcmd import run_tasks_command
+from exporter.simulator.taskruns import ChildPlan, SafetyGate
+from exporter.taskcmd import run_runs_command, run_tasks_command
 from tests.servers import serve_app
 
 
@@ -62,3 +63,38 @@ async def test_list_show_and_cancel(world: tuple[Simulation, ManualClock, str, s
         assert code == 0 and "Terminated" in done
         code, _ = await _run(url, "show", site=site, task_id="00000000-0000-4000-8000-000000000000")
         assert code == 1
+
+
+async def test_runs_list_and_show_a_rollout_with_its_failed_rack() -> None:
+    clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
+    sim = Simulation(
+        SimulatorConfig(task_runs=True, scenario=ScenarioConfig.quiet(sites=1, racks_per_site=2)), clock=clock
+    )
+    site = sim.flow_site_ids()[0]
+    run_id = sim.create_task_run(
+        site, version="3.1.4", name="cli-rollout", phases=2, max_concurrent_targets=1,
+        gates=(SafetyGate("failure_rate", 50),), child=ChildPlan(fail_phases=(0,), stage_seconds=1.0),
+    )  # fmt: skip
+    for _ in range(120):
+        clock.advance(1.0)
+        if any(r["status"] == "Paused" for r in sim.truth_json()["taskRuns"]):
+            break
+    with serve_app(create_app(sim)) as url:
+        config = load_config(
+            None,
+            env={"NICO_EXPORTER_API__URL": url, "NICO_EXPORTER_API__ORG": "acme", "NICO_TOKEN": "sim-token"},
+        )
+        listed, shown = io.StringIO(), io.StringIO()
+        assert await run_runs_command(config, "list", site=None, out=listed) == 0
+        assert await run_runs_command(config, "show", site=None, run_id=run_id, out=shown) == 0
+    (row,) = [line for line in listed.getvalue().splitlines() if line.startswith(run_id)]
+    assert "cli-rollout" in row and "Paused" in row and "SafetyGate" in row
+    text = shown.getvalue()
+    (truth,) = sim.truth_json()["taskRuns"]
+    failed = [t for t in truth["targets"] if t["status"] == "Failed"]
+    assert failed and all(f"rack {t['rackId']} phase 1" in text for t in failed)
+    assert "phase       1 of 2" in text
+    for t in truth["targets"]:
+        if t["taskId"]:  # each target's child task with its status, as NICo says it
+            status = next(x["status"] for x in sim.truth_json()["tasks"] if x["id"] == t["taskId"])
+            assert any(t["taskId"] in line and line.rstrip().endswith(status) for line in text.splitlines())
