@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import client_overhead, paging, polling, render, tracing
+from benchmarks import client_overhead, paging, polling, render, task_runs, tracing
 from benchmarks._common import print_table, record
 
 # name -> (runner, {key: target text})
@@ -35,6 +35,8 @@ BENCHMARKS: dict[str, tuple[Callable[[], dict[str, float]], dict[str, str]]] = {
         },
     ),
     "tracing": (tracing.run, {"spans_per_s": ""}),
+    # Task Runs (NICo main): list + get with stats + targets per site and active interval
+    "task_runs": (task_runs.run, {"task_run_calls_per_active_run_per_minute": "(3 per 15 s interval)"}),
     # detection to page on a busy 100-rack fleet: simulator -> exporter -> Prometheus -> Alertmanager
     "paging": (paging.run, {"first_page_per_site_p95_s": "<= 60", "quick_failures_paged": "(v2.0: 0)"}),
 }

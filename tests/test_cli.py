@@ -251,7 +251,9 @@ def test_a_web_config_that_fails_at_start_up_is_one_error_line_and_exit_1(
     assert "cannot start" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [["tasks", "runs"], ["tasks", "runs", "show"], ["tasks", "runs", "list", "x"]])
+@pytest.mark.parametrize(
+    "argv", [["tasks", "runs"], ["tasks", "runs", "show"], ["tasks", "runs", "list", "x"]]
+)
 def test_tasks_runs_without_its_subcommand_or_id_exits_2(
     argv: list[str], config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
