@@ -18,6 +18,7 @@ from exporter.addresses import parse_listen_address
 from exporter.client import ClientHooks, NicoClient
 from exporter.config import Config
 from exporter.connect import nico_client
+from exporter.learner import Learner
 from exporter.metrics import ClientMetrics, SeriesOptions, TaskMetrics, family_filter
 from exporter.operations import Classifier
 from exporter.outbox import MemoryOutbox, SenderStats, SqliteOutbox
@@ -104,6 +105,7 @@ def build(
     )
     task_metrics = TaskMetrics()
     store.subscribe(task_metrics)
+    learner = Learner(store)  # learned durations, kept in the state file
     if tracing is not None:
         builder = tracing.builder(
             site_name=poller.site_name, rack_name=poller.rack_name, run_of=poller.runs.run_of
@@ -121,6 +123,7 @@ def build(
         task_metrics,
         client_metrics,
         spans=lambda: tracing.sender.stats if tracing is not None and tracing.sender else SenderStats(),
+        learner=learner,
         options=SeriesOptions(
             status_one_hot=metrics.task_status == "one_hot",
             per_task_stages=metrics.per_task_stages,

@@ -153,6 +153,50 @@ FAMILIES: tuple[Family, ...] = (
         "Failed tasks per tray.",
     ),
     _f(
+        "nico_task_overrun_ratio",
+        "gauge",
+        "site_id rack_id task_id",
+        "A running task's current stage: its elapsed time over the stage's learned p99 (its slowest "
+        "component type); absent until the learner has enough samples.",
+    ),
+    _f(
+        "nico_task_overrun_info",
+        "gauge",
+        "site_id rack_id task_id stage_number component_type",
+        "Always 1: the stage and component type nico_task_overrun_ratio measures.",
+    ),
+    _f(
+        "nico_task_current_stage_expected_seconds",
+        "gauge",
+        "site_id rack_id task_id quantile",
+        "The learned duration (0.5 and 0.99 quantiles) of a running task's current stage.",
+    ),
+    _f(
+        "nico_task_current_stage_started_timestamp_seconds",
+        "gauge",
+        "site_id rack_id task_id",
+        "When a running task's current stage started (NICo's report).",
+    ),
+    _f(
+        "nico_task_expected_finish_timestamp_seconds",
+        "gauge",
+        "site_id rack_id task_id",
+        "When a running task should finish: its remaining stages at their learned p50 after the "
+        "current stage's expected end; absent while a stage has too few samples.",
+    ),
+    _f(
+        "nico_task_duration_expected_seconds",
+        "gauge",
+        "site_id operation quantile",
+        "Learned task durations (Succeeded tasks, started to finished) over the last 50-100 tasks.",
+    ),
+    _f(
+        "nico_stage_duration_expected_seconds",
+        "gauge",
+        "site_id operation stage_number component_type quantile",
+        "Learned stage durations by component type (completed report steps) over the last 50-100.",
+    ),
+    _f(
         "nico_task_run_info",
         "gauge",
         "site_id run_id name operation_type operation_code",

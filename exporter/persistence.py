@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS runs_final (run_id TEXT PRIMARY KEY, site_id TEXT NOT
 CREATE TABLE IF NOT EXISTS run_totals (
     site_id TEXT NOT NULL, status TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (site_id, status)
 );
+CREATE TABLE IF NOT EXISTS learned (key TEXT PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS span_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL
 );
@@ -103,6 +104,8 @@ class StateBatch:
     run_sites: dict[str, float] = field(default_factory=dict)
     runs_final: dict[str, tuple[str, float]] = field(default_factory=dict)
     run_totals: dict[tuple[str, str], int] = field(default_factory=dict)
+    # What the duration learner knows, by key (serialised sketches): exporter/learner.py.
+    learned: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -124,6 +127,7 @@ class StateBatch:
                 self.run_sites,
                 self.runs_final,
                 self.run_totals,
+                self.learned,
             )
         )
 
@@ -141,6 +145,7 @@ class LoadedState:
     run_sites: dict[str, float] = field(default_factory=dict)
     runs_final: dict[str, tuple[str, float]] = field(default_factory=dict)
     run_totals: dict[tuple[str, str], int] = field(default_factory=dict)
+    learned: dict[str, bytes] = field(default_factory=dict)
 
 
 class Persistence(Protocol):
@@ -258,6 +263,7 @@ class SqlitePersistence:
         state.run_totals = {
             (s, st): int(n) for s, st, n in c.execute("SELECT site_id, status, count FROM run_totals")
         }
+        state.learned = {k: bytes(b) for k, b in c.execute("SELECT key, body FROM learned")}
         state.tray_failures = {
             (s, r, t, ty): int(n) for s, r, t, ty, n in c.execute("SELECT * FROM tray_failures")
         }
@@ -342,6 +348,7 @@ class SqlitePersistence:
             "INSERT OR REPLACE INTO run_totals (site_id, status, count) VALUES (?, ?, ?)",
             [(*k, n) for k, n in b.run_totals.items()],
         )
+        c.executemany("INSERT OR REPLACE INTO learned (key, body) VALUES (?, ?)", list(b.learned.items()))
         c.executemany(
             "INSERT OR REPLACE INTO tray_failures (site_id, rack_id, tray_id, tray_type, count) VALUES (?, ?, ?, ?, ?)",
             [(*k, n) for k, n in b.tray_failures.items()],

@@ -39,6 +39,7 @@ from exporter.exposition import (
     sample_line,
 )
 from exporter.facts import short_error
+from exporter.learner import Learner, predict
 from exporter.metrics import (
     FAMILY,
     PER_TASK,
@@ -240,6 +241,7 @@ class Publisher:
         client_metrics: ClientMetrics,
         *,
         spans: Callable[[], SenderStats] | None = None,
+        learner: Learner | None = None,
         options: SeriesOptions | None = None,
         persistent: bool = True,
         clock: Callable[[], float] = time.time,
@@ -249,6 +251,9 @@ class Publisher:
         self.task_metrics = task_metrics
         self.client_metrics = client_metrics
         self.spans = spans or SenderStats
+        self.learner = learner
+        self._predicted_at = float("-inf")
+        self._predictions: dict[str, Samples] = {}
         self.options = options or SeriesOptions()
         self.persistent = persistent
         self.clock = clock
@@ -437,7 +442,35 @@ class Publisher:
                 ((site_id,), float(n)) for site_id, n in baselined.items()
             ),
             **_runs(p.runs),
+            **self._learned(),
             **self._self(p),
+        }
+
+    def _learned(self) -> dict[str, Samples]:
+        """Learned durations, and each running task's overrun and expected finish.
+
+        The per-task part depends on the time, so it cannot be cached with the task's lines; it is
+        computed again at most every ``PREDICT_EVERY_S`` (the overrun alert waits minutes anyway).
+        """
+        learner = self.learner
+        if learner is None:
+            return {}
+        now = self.clock()
+        if now - self._predicted_at >= PREDICT_EVERY_S:
+            self._predicted_at = now
+            self._predictions = _predictions(self.store.records(), learner, now)
+        return {
+            **self._predictions,
+            "nico_task_duration_expected_seconds": _sorted(
+                ((site, op, _q(q)), v)
+                for (site, op), values in learner.learned_tasks()
+                for q, v in values.items()
+            ),
+            "nico_stage_duration_expected_seconds": _sorted(
+                ((site, op, str(n), kind, _q(q)), v)
+                for (site, op, n, kind), values in learner.learned_stages()
+                for q, v in values.items()
+            ),
         }
 
     def _self(self, p: PollerView) -> dict[str, Samples]:
@@ -533,6 +566,40 @@ class Publisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
         self.publish()
+
+
+PREDICT_EVERY_S = 5.0
+
+
+def _q(q: float) -> str:
+    return f"{q:g}"
+
+
+def _predictions(records: Iterable[TaskRecord], learner: Learner, now: float) -> dict[str, Samples]:
+    Rows = list[tuple[tuple[str, ...], float]]
+    ratio: Rows = []
+    info: Rows = []
+    expected: Rows = []
+    started: Rows = []
+    finish: Rows = []
+    for record in records:
+        guess = predict(record, learner, now)
+        if guess is None:
+            continue
+        key = (record.site_id, record.rack_id, record.id)
+        ratio.append((key, guess.overrun_ratio))
+        info.append(((*key, str(guess.stage_number), guess.component_type), 1.0))
+        expected.extend((((*key, "0.5"), guess.stage_p50), ((*key, "0.99"), guess.stage_p99)))
+        started.append((key, guess.stage_started))
+        if guess.expected_finish is not None:
+            finish.append((key, guess.expected_finish))
+    return {
+        "nico_task_overrun_ratio": _sorted(ratio),
+        "nico_task_overrun_info": _sorted(info),
+        "nico_task_current_stage_expected_seconds": _sorted(expected),
+        "nico_task_current_stage_started_timestamp_seconds": _sorted(started),
+        "nico_task_expected_finish_timestamp_seconds": _sorted(finish),
+    }
 
 
 def _runs(view: RunsView) -> dict[str, Samples]:

@@ -212,6 +212,7 @@ class Store:
         )
         # Task Runs: when each site's runs were first listed (runs final before it are history),
         # and every run seen final (counted, or history), so none is counted twice.
+        self._learned: dict[str, bytes] = dict(loaded.learned)
         self._run_baselines: dict[str, float] = dict(loaded.run_sites)
         self._runs_final: dict[str, tuple[str, float]] = dict(loaded.runs_final)
         # Tasks that were being tracked, or named and waiting for their final fetch, when the
@@ -287,6 +288,15 @@ class Store:
                 listener()
             except Exception:  # a broken listener must not stop polling
                 log.exception("after-commit listener failed")
+
+    def learned(self) -> dict[str, bytes]:
+        """What subscribers asked the state file to keep (:meth:`remember`), as loaded at start."""
+        return dict(self._learned)
+
+    def remember(self, key: str, body: bytes) -> None:
+        """Keep ``body`` under ``key`` in the state file, written with the current transition."""
+        self._learned[key] = body
+        self._batch.learned[key] = body
 
     def outbox(self, spans: Iterable[tuple[str, str]]) -> None:
         """Spans (key, encoded) made final by the transition being delivered: written with it."""

@@ -280,10 +280,16 @@ def test_no_aggregate_has_a_task_id(reference: Rendered) -> None:
         assert reference.counts[name] > 0, name
         assert name not in reference.with_task_id, name
         assert "task_id" not in FAMILY[name].labels
-    # Off or empty here: per-task stages, and the failed targets of Task Runs (a v2.0 fleet has none).
+    # Off or empty here: per-task stages, the failed targets of Task Runs (a v2.0 fleet has none),
+    # and the learned per-task families (the reference state is a cold start).
     per_task = {f.name for f in FAMILIES if "task_id" in f.labels} - {
         "nico_task_stage_status",
         "nico_task_run_failed_target_info",
+        "nico_task_overrun_ratio",
+        "nico_task_overrun_info",
+        "nico_task_current_stage_expected_seconds",
+        "nico_task_current_stage_started_timestamp_seconds",
+        "nico_task_expected_finish_timestamp_seconds",
     }
     assert set(reference.with_task_id) == per_task
 

@@ -28,7 +28,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "client persistence",
         "state",
         "facts",
-        "metrics tracing",
+        "metrics tracing learner",
         "runs poller",
         "config configload scheduler snapshot",
         "connect",

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from exporter import __version__
 from exporter.client import ClientHooks, NicoClient, ParseEvent, RequestEvent
 from exporter.facts import failure_reason, short_error, trace_id
+from exporter.learner import Learner
 from exporter.metrics import (
     API_BUCKETS,
     FAMILIES,
@@ -107,9 +108,11 @@ class World:
     client_metrics: ClientMetrics = field(default_factory=ClientMetrics)
     spans: SenderStats = field(default_factory=SenderStats)
     poller: Poller = field(init=False)
+    learner: Learner = field(init=False)
 
     def __post_init__(self) -> None:
         self.store.subscribe(self.task_metrics)
+        self.learner = Learner(self.store, min_samples=1)
         client = NicoClient("http://unused", "acme", transport=httpx.MockTransport(_no_io))
         self.poller = Poller(client, self.store)
 
@@ -123,6 +126,7 @@ class World:
             self.task_metrics,
             self.client_metrics,
             spans=lambda: self.spans,
+            learner=self.learner,
             options=SeriesOptions(per_task_stages=per_task_stages, **options),
             persistent=persistent,
         )

@@ -103,6 +103,8 @@ class Fleet:
     run_target_statuses: int = 0
     failed_run_targets: int = 0
     rules_per_site: int = 0
+    # Running tasks whose current stage the learner knows (0: a cold start).
+    learned_running: int = 0
     # metrics.task_status: "one_hot" (every status, the default) or "current".
     status_one_hot: bool = True
     # metrics.allowlist / metrics.denylist (see metrics.family_filter).
@@ -241,6 +243,19 @@ def fleet_series(fleet: Fleet) -> dict[str, int]:
         "nico_task_runs_finished_total": 0,
         "nico_operation_rule_info": s * fleet.rules_per_site,
         "nico_exporter_task_runs_supported": s,
+        # Learned durations: the reference state is a cold start (the learner has seen nothing).
+        **dict.fromkeys(
+            (
+                "nico_task_overrun_ratio",
+                "nico_task_overrun_info",
+                "nico_task_current_stage_started_timestamp_seconds",
+                "nico_task_expected_finish_timestamp_seconds",
+            ),
+            fleet.learned_running,
+        ),
+        "nico_task_current_stage_expected_seconds": 2 * fleet.learned_running,
+        "nico_task_duration_expected_seconds": 0,
+        "nico_stage_duration_expected_seconds": 0,
     }
     unknown = set(counts) - set(FAMILY)
     missing = set(FAMILY) - set(counts)
