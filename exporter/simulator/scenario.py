@@ -12,7 +12,7 @@ Three sources submit tasks, as on a real NICo v2.0 site:
 
 Scenarios can also slow a stage down (:class:`Slowdown`, not NICo behaviour): from a moment on,
 the stages of one operation that act on one component type take ``factor`` times as long on one
-site, e.g. NVSwitch firmware on one site.
+site, e.g. NVSwitch firmware on ``site-b`` (the ``slow-nvswitch`` preset).
 
 Racks can start with a realistic history: ``history_tasks_per_rack`` finished tasks written
 directly (no events replayed), older than anything the simulation runs.
@@ -130,6 +130,11 @@ class Slowdown:
             raise ValueError("site_index and at_s must not be negative, factor must be positive")
 
 
+# The ``slow-nvswitch`` preset's timeline (simulated seconds after the start).
+SLOW_NVSWITCH_AT_S = 720.0
+SLOW_NVSWITCH_HORIZON_S = 1500.0
+
+
 @dataclass
 class ScenarioConfig:
     """What the simulated NICo contains and how busy it is.
@@ -222,6 +227,58 @@ class ScenarioConfig:
             stage_seconds={**DEFAULT_STAGE_SECONDS, "firmware": (20.0, 60.0)},
             rollouts=(RolloutConfig(fail_phases=(1,)),),
         )
+
+    @classmethod
+    def slow_nvswitch(
+        cls,
+        *,
+        factor: float = 5.0,
+        site_index: int = 1,
+        sites: int = 3,
+        racks_per_site: int = 8,
+        slowdown_at_s: float = SLOW_NVSWITCH_AT_S,
+        seed: int = 1,
+    ) -> ScenarioConfig:
+        """Preset ``slow-nvswitch`` (a simulation scenario, not NICo behaviour): steady rack-wide
+        firmware updates on every site, and one site's NVSwitch firmware stage slows down.
+
+        ``sites`` (3) Flow sites of ``racks_per_site`` (8) racks, no history, no failures, cancels
+        or stuck tasks. Every rack gets a rack-wide ``firmware_update`` REST submission 40 times an
+        hour (Poisson; one that conflicts with the rack's running firmware task is refused, as Flow
+        does: about 45 % of them). Both firmware stages (1: Compute, 2: NVSwitch) take 24-36 s
+        (30 s +-20 %, uniform), so a task runs about a minute.
+
+        Timeline: arrivals from 0 s to 1500 s (25 min); at ``slowdown_at_s`` (720 s, 12 min) the
+        NVSwitch stage of ``site_index``'s site (1: ``site-b``) starts taking ``factor`` (5) times
+        as long (120-180 s) for every task whose stage 2 begins then or later. Before it each site
+        has run 32-44 firmware tasks (seeds 1-3, 7, 42), i.e. that many samples of each stage;
+        after it the slow site completes 20-25 slow NVSwitch stages, the others about 40 normal
+        ones. Every task has finished by about 1700 s. ``factor=1.0`` gives the same traffic with
+        no slow-down (no ``slowdowns``): the false-positive baseline, as :meth:`steady_firmware`.
+        """
+        return cls(
+            seed=seed,
+            sites=sites,
+            racks_per_site=racks_per_site,
+            arrivals_per_rack_per_hour=40.0,
+            operation_mix={Operation.FIRMWARE_UPDATE: 1.0},
+            tray_scoped_fraction=0.0,
+            stage_seconds={**DEFAULT_STAGE_SECONDS, Family.FIRMWARE: (24.0, 36.0)},
+            failure_rate=0.0,
+            cancel_rate=0.0,
+            stuck_tasks=0,
+            history_hours=0.0,
+            horizon_hours=SLOW_NVSWITCH_HORIZON_S / 3600.0,
+            slowdowns=()
+            if factor == 1.0
+            else (Slowdown(site_index=site_index, factor=factor, at_s=slowdown_at_s),),
+        )
+
+    @classmethod
+    def steady_firmware(cls, *, sites: int = 3, racks_per_site: int = 8, seed: int = 1) -> ScenarioConfig:
+        """Preset ``steady-firmware``: ``slow-nvswitch``'s traffic without the slow-down, the
+        baseline where a stuck-task detector must raise nothing."""
+        return cls.slow_nvswitch(factor=1.0, sites=sites, racks_per_site=racks_per_site, seed=seed)
 
 
 def site_name(index: int) -> str:
