@@ -155,10 +155,12 @@ def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -
     )
     parser.add_argument(
         "--scenario",
-        choices=["rollout-gate-trip"],
+        choices=["rollout-gate-trip", "slow-nvswitch", "steady-firmware"],
         default=None,
         help="a preset (rollout-gate-trip: a phased firmware Task Run over one site whose safety gate "
-        "trips; implies --task-runs, uses --racks and --seed)",
+        "trips, implies --task-runs, uses --racks and --seed; slow-nvswitch: steady firmware updates "
+        "on 3 sites of 8 racks, site-b's NVSwitch stage 5x slower from 720 s on, uses --seed; "
+        "steady-firmware: the same without the slow-down)",
     )
     parser.add_argument(
         "--task-list-paging",
@@ -344,6 +346,10 @@ def _simulation(args: argparse.Namespace) -> Simulation:
 
     if args.scenario == "rollout-gate-trip":
         scenario = ScenarioConfig.rollout_gate_trip(racks_per_site=args.racks, seed=args.seed)
+    elif args.scenario == "slow-nvswitch":
+        scenario = ScenarioConfig.slow_nvswitch(seed=args.seed)
+    elif args.scenario == "steady-firmware":
+        scenario = ScenarioConfig.steady_firmware(seed=args.seed)
     elif args.quiet_scenario:
         scenario = ScenarioConfig.quiet(
             sites=args.sites, racks_per_site=args.racks, non_flow_sites=args.non_flow_sites, seed=args.seed
@@ -373,7 +379,7 @@ def _simulation(args: argparse.Namespace) -> Simulation:
         require_auth=not args.no_auth,
         nico_version=args.nico_version,
         task_list_paging=args.task_list_paging,
-        task_runs=args.task_runs or args.scenario is not None,
+        task_runs=args.task_runs or bool(scenario.rollouts),
         rate_limit=args.rate_limit > 0,
         rate_limit_rate=args.rate_limit or 10.0,
         rate_limit_burst=args.rate_limit_burst,

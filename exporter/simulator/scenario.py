@@ -10,6 +10,10 @@ Three sources submit tasks, as on a real NICo v2.0 site:
 - task schedules, fired on their interval over their racks with the reject (``skip``) or queue
   overlap policy.
 
+Scenarios can also slow a stage down (:class:`Slowdown`, not NICo behaviour): from a moment on,
+the stages of one operation that act on one component type take ``factor`` times as long on one
+site, e.g. NVSwitch firmware on ``site-b`` (the ``slow-nvswitch`` preset).
+
 Racks can start with a realistic history: ``history_tasks_per_rack`` finished tasks written
 directly (no events replayed), older than anything the simulation runs.
 
@@ -29,7 +33,8 @@ from functools import partial
 from exporter.models import ComponentType
 from exporter.simulator.inventory import Rack, Site
 from exporter.simulator.operations import OPERATIONS, Family, Operation, describe, schedule_description
-from exporter.simulator.world import Outcome, Rejected, World
+from exporter.simulator.report import Stage
+from exporter.simulator.world import Outcome, Rejected, Task, World
 
 DEFAULT_MIX: dict[str, float] = {
     Operation.POWER_ON: 3.0,
@@ -100,6 +105,36 @@ class RolloutConfig:
     child_failure_rate: float = 0.0
 
 
+@dataclass(frozen=True)
+class Slowdown:
+    """A stage slow-down (a simulation scenario, not NICo behaviour): on the ``site_index``-th Flow
+    site, every stage of ``operation`` with work for ``component_type`` that *begins* ``at_s``
+    simulated seconds after the start or later takes ``factor`` times its drawn duration.
+
+    A stage's steps run in parallel and complete together, so the whole stage takes longer (in the
+    default firmware rule, stage 2 is the NVSwitch step alone). Stages already running at ``at_s``
+    keep their duration; other sites, operations and component types are untouched.
+    """
+
+    site_index: int
+    factor: float
+    at_s: float
+    operation: str = Operation.FIRMWARE_UPDATE
+    component_type: ComponentType = ComponentType.NVSWITCH
+
+    def __post_init__(self) -> None:
+        operation, kind = Operation(self.operation), ComponentType(self.component_type)
+        if kind not in {kind for stage in OPERATIONS[operation].stages for kind in stage}:
+            raise ValueError(f"{operation.value} has no {kind.value} step")
+        if self.site_index < 0 or self.factor <= 0 or self.at_s < 0:
+            raise ValueError("site_index and at_s must not be negative, factor must be positive")
+
+
+# The ``slow-nvswitch`` preset's timeline (simulated seconds after the start).
+SLOW_NVSWITCH_AT_S = 720.0
+SLOW_NVSWITCH_HORIZON_S = 1500.0
+
+
 @dataclass
 class ScenarioConfig:
     """What the simulated NICo contains and how busy it is.
@@ -123,6 +158,7 @@ class ScenarioConfig:
         horizon_hours: stop arrivals this long after the start (None: never stop).
         schedules: Flow task schedules on every Flow site.
         rollouts: firmware Task Runs started during the simulation (needs ``task_runs``).
+        slowdowns: stage slow-downs on one site from a moment on (not NICo behaviour).
     """
 
     seed: int = 1
@@ -141,6 +177,7 @@ class ScenarioConfig:
     horizon_hours: float | None = None
     schedules: tuple[ScheduleConfig, ...] = ()
     rollouts: tuple[RolloutConfig, ...] = ()
+    slowdowns: tuple[Slowdown, ...] = ()
 
     def __post_init__(self) -> None:
         for name in self.operation_mix:
@@ -154,6 +191,11 @@ class ScenarioConfig:
         low, high = self.history_tasks_per_rack
         if not 0 <= low <= high:
             raise ValueError("history_tasks_per_rack must be (min, max) with 0 <= min <= max")
+        for slowdown in self.slowdowns:
+            if slowdown.site_index >= self.sites:
+                raise ValueError(
+                    f"slowdown site_index {slowdown.site_index} but only {self.sites} Flow sites"
+                )
 
     @classmethod
     def quiet(
@@ -186,6 +228,58 @@ class ScenarioConfig:
             rollouts=(RolloutConfig(fail_phases=(1,)),),
         )
 
+    @classmethod
+    def slow_nvswitch(
+        cls,
+        *,
+        factor: float = 5.0,
+        site_index: int = 1,
+        sites: int = 3,
+        racks_per_site: int = 8,
+        slowdown_at_s: float = SLOW_NVSWITCH_AT_S,
+        seed: int = 1,
+    ) -> ScenarioConfig:
+        """Preset ``slow-nvswitch`` (a simulation scenario, not NICo behaviour): steady rack-wide
+        firmware updates on every site, and one site's NVSwitch firmware stage slows down.
+
+        ``sites`` (3) Flow sites of ``racks_per_site`` (8) racks, no history, no failures, cancels
+        or stuck tasks. Every rack gets a rack-wide ``firmware_update`` REST submission 40 times an
+        hour (Poisson; one that conflicts with the rack's running firmware task is refused, as Flow
+        does: about 45 % of them). Both firmware stages (1: Compute, 2: NVSwitch) take 24-36 s
+        (30 s +-20 %, uniform), so a task runs about a minute.
+
+        Timeline: arrivals from 0 s to 1500 s (25 min); at ``slowdown_at_s`` (720 s, 12 min) the
+        NVSwitch stage of ``site_index``'s site (1: ``site-b``) starts taking ``factor`` (5) times
+        as long (120-180 s) for every task whose stage 2 begins then or later. Before it each site
+        has run 32-44 firmware tasks (seeds 1-3, 7, 42), i.e. that many samples of each stage;
+        after it the slow site completes 20-25 slow NVSwitch stages, the others about 40 normal
+        ones. Every task has finished by about 1700 s. ``factor=1.0`` gives the same traffic with
+        no slow-down (no ``slowdowns``): the false-positive baseline, as :meth:`steady_firmware`.
+        """
+        return cls(
+            seed=seed,
+            sites=sites,
+            racks_per_site=racks_per_site,
+            arrivals_per_rack_per_hour=40.0,
+            operation_mix={Operation.FIRMWARE_UPDATE: 1.0},
+            tray_scoped_fraction=0.0,
+            stage_seconds={**DEFAULT_STAGE_SECONDS, Family.FIRMWARE: (24.0, 36.0)},
+            failure_rate=0.0,
+            cancel_rate=0.0,
+            stuck_tasks=0,
+            history_hours=0.0,
+            horizon_hours=SLOW_NVSWITCH_HORIZON_S / 3600.0,
+            slowdowns=()
+            if factor == 1.0
+            else (Slowdown(site_index=site_index, factor=factor, at_s=slowdown_at_s),),
+        )
+
+    @classmethod
+    def steady_firmware(cls, *, sites: int = 3, racks_per_site: int = 8, seed: int = 1) -> ScenarioConfig:
+        """Preset ``steady-firmware``: ``slow-nvswitch``'s traffic without the slow-down, the
+        baseline where a stuck-task detector must raise nothing."""
+        return cls.slow_nvswitch(factor=1.0, sites=sites, racks_per_site=racks_per_site, seed=seed)
+
 
 def site_name(index: int) -> str:
     """``site-a`` ... ``site-z``, then ``site-aa`` ...: short, sortable, readable in dashboards."""
@@ -211,6 +305,8 @@ class Scenario:
         self._ops = list(mix)
         self._weights = list(mix.values())
         self._leaking: dict[str, datetime] = {}  # tray id -> when its leak ends
+        # (site id, slowdown, when it begins), resolved by :meth:`start`.
+        self.slowdowns: list[tuple[str, Slowdown, datetime]] = []
 
     # --- inventory -----------------------------------------------------------------------------
 
@@ -247,6 +343,21 @@ class Scenario:
         low, high = self.config.stage_seconds.get(family, DEFAULT_STAGE_SECONDS[family])
         return self.rng.uniform(low, high)
 
+    def stage_factor(self, task: Task, stage: Stage, at: datetime) -> float:
+        """How much longer than drawn ``task``'s ``stage`` takes when it begins at ``at``."""
+        factor = 1.0
+        for site_id, slowdown, begins in self.slowdowns:
+            if (
+                task.site_id == site_id
+                and task.operation == slowdown.operation
+                and at >= begins
+                and any(
+                    step.component_type == slowdown.component_type and step.total > 0 for step in stage.steps
+                )
+            ):
+                factor *= slowdown.factor
+        return factor
+
     # --- history -------------------------------------------------------------------------------
 
     def write_history(self, before: datetime) -> None:
@@ -282,6 +393,11 @@ class Scenario:
 
     def start(self, begin: datetime, sim_start: datetime) -> None:
         """Schedule arrivals and schedules from ``begin`` (history start), stuck tasks before ``sim_start``."""
+        flow_sites = [site for site in self.world.sites.values() if site.flow]
+        self.slowdowns = [
+            (flow_sites[slowdown.site_index].id, slowdown, sim_start + timedelta(seconds=slowdown.at_s))
+            for slowdown in self.config.slowdowns
+        ]
         racks = self._flow_racks()
         if self.config.arrivals_per_rack_per_hour > 0 and self._ops:
             for rack in racks:

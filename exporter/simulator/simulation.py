@@ -212,6 +212,7 @@ class Simulation:
             config.scenario, self.world, leak_queue_timeout_s=config.leak_queue_timeout_s
         )
         self.world.set_stage_sampler(self.scenario.stage_seconds)
+        self.world.set_stage_factor(self.scenario.stage_factor)
         # Sites were registered well before the simulated history begins.
         registered = start - history - timedelta(days=90)
         self.scenario.populate(config.org, registered)
@@ -527,6 +528,18 @@ class Simulation:
                 {**rule.as_json(), "siteId": site_id}
                 for site_id, rules in self.runs.rules.items()
                 for rule in rules
+            ],
+            # Not NICo behaviour: the scenario's stage slow-downs, when each began and where.
+            "slowdowns": [
+                {
+                    "siteId": site_id,
+                    "siteName": self.world.sites[site_id].name,
+                    "operation": str(slowdown.operation),
+                    "componentType": slowdown.component_type.value,
+                    "factor": slowdown.factor,
+                    "at": format_timestamp(begins, fraction=True),
+                }
+                for site_id, slowdown, begins in self.scenario.slowdowns
             ],
             "rejected": [
                 {

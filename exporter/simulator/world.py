@@ -206,6 +206,7 @@ class World:
         self.admit_delay_s = admit_delay_s
         self.first_stage_delay_s = first_stage_delay_s
         self._stage_sampler = stage_sampler or (lambda _op: rng.uniform(5.0, 60.0))
+        self._stage_factor: Callable[[Task, Stage, datetime], float] = lambda _task, _stage, _at: 1.0
         self.sites: dict[str, Site] = {}
         self.racks: dict[str, Rack] = {}
         self.trays: dict[str, Tray] = {}
@@ -226,6 +227,10 @@ class World:
     def set_stage_sampler(self, sampler: Callable[[Operation], float]) -> None:
         """Where stage durations come from when a task is created without explicit ones."""
         self._stage_sampler = sampler
+
+    def set_stage_factor(self, factor: Callable[[Task, Stage, datetime], float]) -> None:
+        """What a stage's drawn duration is multiplied by when it begins (a scenario's slow-down)."""
+        self._stage_factor = factor
 
     # --- ids and events ------------------------------------------------------------------------
 
@@ -598,6 +603,8 @@ class World:
             return
         if task.outcome is Outcome.STUCK and number == task.fail_stage:
             return  # never completes: the stuck-task alert's reason to exist
+        # A slow-down applies to stages that begin after it: the stage's duration is fixed now.
+        task.stage_seconds[number] *= self._stage_factor(task, stage, at)
         end = at + timedelta(seconds=task.stage_seconds[number])
         self.schedule(end, partial(self._end_stage, task.id, number))
 
