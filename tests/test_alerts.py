@@ -132,6 +132,8 @@ def test_trace_url_is_added_only_when_a_tracing_ui_is_configured() -> None:
         (("alerts", "NicoTaskWaitingTooLong", "after"), "soon", "after"),
         (("alerts", "NicoTaskRunPaused", "safety_gate_severity"), "page", "safety_gate_severity"),
         (("alerts", "NicoTaskRunStalled", "window"), "0s", "window"),
+        (("alerts", "NicoTaskOverrunning", "ratio"), 0, "NicoTaskOverrunning.ratio"),
+        (("alerts", "NicoTaskOverrunning", "ratio"), "often", "NicoTaskOverrunning.ratio"),
     ],
 )
 def test_bad_variables_are_named(path: tuple[str, ...], value: object, message: str) -> None:
@@ -198,8 +200,9 @@ def test_alertmanager_example_routes_pages_groups_by_site_and_inhibits() -> None
     for source in ("NicoSiteDown", "NicoExporterDataStale"):
         rule = next(r for r in inhibit if r["source_matchers"] == [f'alertname="{source}"'])
         assert rule["equal"] == ["site_id"]
-        assert (
-            "NicoTaskStuck" in rule["target_matchers"][0] and "NicoTaskFailed" in rule["target_matchers"][0]
+        assert all(
+            name in rule["target_matchers"][0]
+            for name in ("NicoTaskStuck", "NicoTaskFailed", "NicoTaskOverrunning")
         )
         assert all(
             name in rule["target_matchers"][0] for name in alerts.ALERTS if name.startswith("NicoTaskRun")
@@ -208,3 +211,16 @@ def test_alertmanager_example_routes_pages_groups_by_site_and_inhibits() -> None
         r["source_matchers"] == ['severity="critical"'] and {"task_id", "run_id"} <= set(r["equal"])
         for r in inhibit
     )
+    # The fixed-threshold floor mutes the learned-duration warning of the same task only.
+    stuck = next(r for r in inhibit if r["source_matchers"] == ['alertname="NicoTaskStuck"'])
+    assert stuck["target_matchers"] == ['alertname="NicoTaskOverrunning"']
+    assert stuck["equal"] == ["site_id", "rack_id", "task_id"]
+
+
+def test_overrunning_joins_the_stage_and_the_task() -> None:
+    rule = next(r for r in _alert_rules(_committed_groups()) if r["alert"] == "NicoTaskOverrunning")
+    config = alerts.load_alert_config()
+    assert f"nico_task_overrun_ratio{{{config.selector}}}) > {config.overrun_ratio:g})" in rule["expr"]
+    assert "group_left (stage_number, component_type)" in rule["expr"]
+    assert "nico:task:info" in rule["expr"]
+    assert rule["labels"]["severity"] == config.severity["NicoTaskOverrunning"]

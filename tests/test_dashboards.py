@@ -195,7 +195,7 @@ def test_runbook_links_and_trace_links() -> None:
         urls += [link["url"] for p in _panels(board) for link in p["links"]]
         alerts |= {u.split("/")[-1].removesuffix(".md") for u in urls if u.startswith("${runbook_base}/")}
     assert alerts == {
-        "NicoTaskFailed", "NicoTaskStuck", "NicoTaskWaitingTooLong", "NicoTaskFailureRateHigh",
+        "NicoTaskFailed", "NicoTaskStuck", "NicoTaskOverrunning", "NicoTaskWaitingTooLong", "NicoTaskFailureRateHigh",
         "NicoTrayRepeatedFailures", "NicoSiteDown", "NicoExporterDataStale", "NicoExporterDown", "NicoAPIThrottled",
         "NicoTaskRunPaused", "NicoTaskRunFailed", "NicoTaskRunStalled", "NicoTaskRunFailureRateHigh",
     }  # fmt: skip

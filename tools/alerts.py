@@ -14,6 +14,10 @@ Rule shapes:
 - ``NicoTaskStuck`` follows kube-state-metrics' ``KubeJobNotCompleted``: seconds since the task
   started, over a per-operation threshold, at warning and at critical under one alert name; plus
   a Running task whose ``updated`` has not moved for long (``condition="no_progress"``).
+- ``NicoTaskOverrunning`` compares a Running task's current stage with what the exporter learned
+  that stage takes (``nico_task_overrun_ratio``: elapsed over the learned p99 of the stage's
+  slowest component type): it fires well before ``NicoTaskStuck``'s fixed thresholds, which stay
+  as the floor for stages the learner knows nothing about yet (no ratio series, no alert).
 - ``NicoTaskFailed`` is an event: ``nico_task_failure_info`` exists for a failed task until the
   exporter's TTL (1 h) has passed, so the alert fires at once (``for: 0m``) and stays up long
   enough to page, carrying the failure context as labels.
@@ -46,6 +50,7 @@ PROMETHEUS_RULE_PATH = ROOT / "deploy" / "prometheusrule.yaml"
 ALERTS = (
     "NicoTaskFailed",
     "NicoTaskStuck",
+    "NicoTaskOverrunning",
     "NicoTaskWaitingTooLong",
     "NicoTaskFailureRateHigh",
     "NicoTrayRepeatedFailures",
@@ -91,6 +96,7 @@ class AlertConfig:
     stuck_default: Thresholds
     stuck: Mapping[str, Thresholds]
     stuck_no_progress_after: float
+    overrun_ratio: float
     waiting_after: float
     failure_ratio: float
     failure_ratio_window: float
@@ -119,6 +125,16 @@ def _positive(seconds: float, where: str) -> float:
     if seconds <= 0:
         raise ValueError(f"{where}: must be longer than 0s")
     return seconds
+
+
+def _positive_number(value: Any, where: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {value!r} is not a number") from None
+    if number <= 0:
+        raise ValueError(f"{where}: must be greater than 0")
+    return number
 
 
 def _thresholds(raw: Mapping[str, Any], where: str) -> Thresholds:
@@ -159,6 +175,7 @@ def config_from_mapping(raw: Mapping[str, Any]) -> AlertConfig:
             alerts["NicoTaskStuck"],
             alerts["NicoTaskWaitingTooLong"],
         )
+        overrun = alerts["NicoTaskOverrunning"]
         rate, tray = alerts["NicoTaskFailureRateHigh"], alerts["NicoTrayRepeatedFailures"]
         stale, throttled = alerts["NicoExporterDataStale"], alerts["NicoAPIThrottled"]
         per_op = {
@@ -180,6 +197,7 @@ def config_from_mapping(raw: Mapping[str, Any]) -> AlertConfig:
             stuck_default=_thresholds(stuck["default"], "NicoTaskStuck.default"),
             stuck=per_op,
             stuck_no_progress_after=_seconds(stuck["no_progress_after"], "NicoTaskStuck.no_progress_after"),
+            overrun_ratio=_positive_number(overrun["ratio"], "NicoTaskOverrunning.ratio"),
             waiting_after=_seconds(waiting["after"], "NicoTaskWaitingTooLong.after"),
             failure_ratio=float(rate["ratio"]),
             failure_ratio_window=_seconds(rate["window"], "NicoTaskFailureRateHigh.window"),
@@ -304,6 +322,16 @@ _WHERE = f"rack {_RACK} ({{{{ $labels.rack_id }}}}) at site {_SITE} ({{{{ $label
 _STAGE = (
     '{{ with printf "nico_task_current_stage{task_id=%q}" $labels.task_id | query }}'
     ", in stage {{ . | first | value }}{{ end }}"
+)
+# NicoTaskOverrunning: how long the current stage has run and how long it usually takes (its
+# learned p50); each part is left out when its series is missing.
+_STAGE_ELAPSED = (
+    '{{ with printf "time() - nico_task_current_stage_started_timestamp_seconds{task_id=%q}" $labels.task_id'
+    " | query }} for {{ . | first | value | humanizeDuration }}{{ end }}"
+)
+_STAGE_USUAL = (
+    '{{ with printf `nico_task_current_stage_expected_seconds{task_id=%q, quantile="0.5"}` $labels.task_id'
+    " | query }}; it usually takes {{ . | first | value | humanizeDuration }} (p50){{ end }}"
 )
 
 
@@ -433,6 +461,33 @@ def _task_alerts(r: _Rules, q: _Promql) -> None:
             f"Where: {_WHERE}. Trace id: {{{{ $labels.trace_id }}}}."
         ),
         labels={"condition": "no_progress"},
+        trace=True,
+    )
+    overrun = (
+        "(\n"
+        f"    (max by ({TASK_KEY}) ({q.m('nico_task_overrun_ratio')}) > {_n(c.overrun_ratio)})\n"
+        f"  * on ({TASK_KEY}) group_left (stage_number, component_type)\n"
+        f"    max by ({TASK_KEY}, stage_number, component_type) ({q.m('nico_task_overrun_info')})\n"
+        ")\n"
+        f"* on ({TASK_KEY}) group_left (operation, site_name, rack_name, trace_id) nico:task:info"
+    )
+    r.alert(
+        g,
+        "NicoTaskOverrunning",
+        overrun,
+        (
+            "NICo task {{ $labels.operation }} overrunning stage {{ $labels.stage_number }} on rack "
+            + _RACK
+            + " at site "
+            + _SITE
+        ),
+        (
+            "Task {{ $labels.task_id }} ({{ $labels.operation }}) has been in stage {{ $labels.stage_number }} "
+            "on {{ $labels.component_type }}" + _STAGE_ELAPSED + _STAGE_USUAL + ". "
+            'Its elapsed time is {{ $value | printf "%.1f" }}x the stage\'s learned p99, over '
+            f"{_n(c.overrun_ratio)}x for at least {_d(c.for_['NicoTaskOverrunning'])}. "
+            f"Where: {_WHERE}. Trace id: {{{{ $labels.trace_id }}}}."
+        ),
         trace=True,
     )
     r.alert(

@@ -57,6 +57,8 @@ def _by_name(name: str, *properties: tuple[str, Any]) -> JSON:
 
 
 _HIDDEN = ("Time", "__name__", "instance", "job", "site_id", "rack_id")
+# The learned-duration families are absent until the learner has enough finished stages.
+_COLD_START = "Cold start: the learner has too few samples of the stages yet"
 _UP_MAPPINGS = (
     {
         "type": "value",
@@ -123,6 +125,7 @@ FLEET = DashboardSpec(
     runbooks=(
         "NicoTaskFailed",
         "NicoTaskStuck",
+        "NicoTaskOverrunning",
         "NicoTaskWaitingTooLong",
         "NicoTaskFailureRateHigh",
         "NicoSiteDown",
@@ -291,7 +294,10 @@ FLEET = DashboardSpec(
                     "table",
                     "Stuck tasks (longest running first)",
                     "Running tasks by age (now minus started), with operation, rack and the stage they are "
-                    "in. Age turns red past 1 h; NicoTaskStuck pages on per-operation thresholds.",
+                    "in. Age turns red past 1 h; NicoTaskStuck pages on per-operation thresholds. Overrun is "
+                    "the current stage's elapsed time over its learned p99 (orange past 1, red past 3, where "
+                    "NicoTaskOverrunning fires); Expected finish adds the remaining stages at their learned "
+                    "p50. Both stay empty until the exporter has learned the task's stages.",
                     (
                         Query(
                             f"topk(50, (time() - nico_task_started_timestamp_seconds{{{SR}}}) "
@@ -306,6 +312,19 @@ FLEET = DashboardSpec(
                             f"max by (site_id, rack_id, task_id) (nico_task_current_stage{{{SR}}})",
                             instant=True,
                             table=True,
+                        ),
+                        Query(
+                            "max by (site_id, rack_id, task_id) "
+                            f"(nico_task_expected_finish_timestamp_seconds{{{SR}}}) * 1000",
+                            instant=True,
+                            table=True,
+                            may_be_empty=f"{_COLD_START}: no Running task has an expected finish.",
+                        ),
+                        Query(
+                            f"max by (site_id, rack_id, task_id) (nico_task_overrun_ratio{{{SR}}})",
+                            instant=True,
+                            table=True,
+                            may_be_empty=f"{_COLD_START}: no Running task has an overrun ratio.",
                         ),
                     ),
                     w=24,
@@ -333,19 +352,48 @@ FLEET = DashboardSpec(
                             {
                                 "Value #A": "Age",
                                 "Value #B": "Stage",
+                                "Value #C": "Expected finish",
+                                "Value #D": "Overrun",
                                 "site_name": "Site",
                                 "rack_name": "Rack",
                                 "operation": "Operation",
                                 "task_id": "Task",
                             },
-                            ("Value #A", "operation", "Value #B", "site_name", "rack_name", "task_id"),
+                            (
+                                "Value #A",
+                                "operation",
+                                "Value #B",
+                                "Value #D",
+                                "Value #C",
+                                "site_name",
+                                "rack_name",
+                                "task_id",
+                            ),
                         ),
                     ),
                     overrides=(
                         _by_name("Age", ("custom.cellOptions", {"type": "color-background"})),
                         _by_name("Stage", ("unit", "none"), ("decimals", 0)),
+                        _by_name("Expected finish", ("unit", "dateTimeAsIso")),
+                        _by_name(
+                            "Overrun",
+                            ("unit", "none"),
+                            ("decimals", 1),
+                            (
+                                "thresholds",
+                                {
+                                    "mode": "absolute",
+                                    "steps": [
+                                        {"color": "green", "value": None},
+                                        {"color": "orange", "value": 1},
+                                        {"color": "red", "value": 3},
+                                    ],
+                                },
+                            ),
+                            ("custom.cellOptions", {"type": "color-background"}),
+                        ),
                     ),
-                    runbooks=("NicoTaskStuck",),
+                    runbooks=("NicoTaskStuck", "NicoTaskOverrunning"),
                     main=True,
                 ),
                 PanelSpec(
@@ -431,6 +479,12 @@ _OPERATION_VARIABLE = query_variable(
     "Operations that ran stages on the chosen sites.",
 )
 SO = f'{S}, operation=~"$operation"'
+_LEARNED_EMPTY = f"{_COLD_START}: no stage has a learned duration."
+
+
+def _learned(quantile: str, by: str) -> str:
+    """The learned stage duration at ``quantile``, the slowest component type (and site) per ``by``."""
+    return f'max by ({by}) (nico_stage_duration_expected_seconds{{{SO}, quantile="{quantile}"}})'
 
 
 def _step_heatmap(component: str) -> PanelSpec:
@@ -459,7 +513,7 @@ STAGES = DashboardSpec(
     uid="nico-stages",
     title="NICo tasks / Stages and steps",
     description="Where inside a task time goes and where it fails: stages by operation, steps by component type.",
-    runbooks=("NicoTaskFailed", "NicoTaskStuck", "NicoTaskFailureRateHigh"),
+    runbooks=("NicoTaskFailed", "NicoTaskStuck", "NicoTaskOverrunning", "NicoTaskFailureRateHigh"),
     extra_variables=(_OPERATION_VARIABLE,),
     rows=(
         Row("Step durations by component type", tuple(_step_heatmap(c) for c in HEATMAP_COMPONENTS)),
@@ -474,6 +528,24 @@ STAGES = DashboardSpec(
                     _quantiles("nico_task_stage_duration_seconds", "operation, stage_number", SO, (0.9,)),
                     unit="s",
                     main=True,
+                ),
+                PanelSpec(
+                    "timeseries",
+                    "Learned stage duration p50 and p99 by operation and stage",
+                    "What the exporter learned each stage takes, per operation and stage number (the "
+                    "slowest component type and site): compare with the observed p90 beside it. "
+                    "NicoTaskOverrunning fires when a running stage passes 3x its p99. Empty until the "
+                    "learner has enough finished stages (cold start).",
+                    tuple(
+                        Query(
+                            _learned(quantile, "operation, stage_number"),
+                            legend=f"{label} {{{{operation}}}} stage {{{{stage_number}}}}",
+                            may_be_empty=_LEARNED_EMPTY,
+                        )
+                        for quantile, label in (("0.5", "p50"), ("0.99", "p99"))
+                    ),
+                    unit="s",
+                    runbooks=("NicoTaskOverrunning",),
                 ),
                 PanelSpec(
                     "bargauge",
@@ -500,6 +572,59 @@ STAGES = DashboardSpec(
                     "within a stage).",
                     _quantiles("nico_task_step_duration_seconds", "component_type", SO, (0.9,)),
                     unit="s",
+                ),
+            ),
+        ),
+        Row(
+            "Learned durations",
+            (
+                PanelSpec(
+                    "table",
+                    "Learned stage durations by component type",
+                    "The exporter's learned duration of each stage per site, operation, stage number and "
+                    "component type (p50, p90, p99). A task's expected finish adds its remaining stages "
+                    "at their p50; its overrun ratio divides the current stage's elapsed time by the p99 "
+                    "of the stage's slowest component type. Empty until the learner has enough finished "
+                    "stages (cold start).",
+                    tuple(
+                        Query(
+                            f"{_learned(quantile, 'site_id, operation, stage_number, component_type')} "
+                            f"{WITH_SITE_NAME}",
+                            instant=True,
+                            table=True,
+                            may_be_empty=_LEARNED_EMPTY,
+                        )
+                        for quantile in ("0.5", "0.9", "0.99")
+                    ),
+                    w=24,
+                    h=8,
+                    unit="s",
+                    sort_by="p99",
+                    transformations=(
+                        {"id": "merge", "options": {}},
+                        _organize(
+                            _HIDDEN,
+                            {
+                                "site_name": "Site",
+                                "operation": "Operation",
+                                "stage_number": "Stage",
+                                "component_type": "Component type",
+                                "Value #A": "p50",
+                                "Value #B": "p90",
+                                "Value #C": "p99",
+                            },
+                            (
+                                "site_name",
+                                "operation",
+                                "stage_number",
+                                "component_type",
+                                "Value #A",
+                                "Value #B",
+                                "Value #C",
+                            ),
+                        ),
+                    ),
+                    runbooks=("NicoTaskOverrunning",),
                 ),
             ),
         ),
