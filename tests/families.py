@@ -11,25 +11,10 @@ from exporter.metrics import FAMILY
 _NAME = re.compile(r"(?<![\w:])nico_[a-z0-9_]+(?![\w:])")
 _SUFFIXES = ("_bucket", "_sum", "_count")
 
-# TEMPORARY. Issue 15: the learned-duration families, added to exporter/metrics.py on main in
-# parallel; the alert and dashboards of this branch read them already. Delete at the merge (and
-# the `| PENDING_FAMILIES` below), once exporter.metrics.FAMILY defines them.
-PENDING_FAMILIES = frozenset(
-    {
-        "nico_task_overrun_ratio",
-        "nico_task_overrun_info",
-        "nico_task_current_stage_expected_seconds",
-        "nico_task_current_stage_started_timestamp_seconds",
-        "nico_task_expected_finish_timestamp_seconds",
-        "nico_task_duration_expected_seconds",
-        "nico_stage_duration_expected_seconds",
-    }
-)
-
 
 def unknown_families(text: str) -> set[str]:
     """The ``nico_*`` metric names in ``text`` (PromQL, or a template's query) that are no family."""
-    known = set(FAMILY) | PENDING_FAMILIES  # TEMPORARY: see PENDING_FAMILIES
+    known = set(FAMILY)
     names = set(_NAME.findall(text))
     return {
         name
