@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import client_overhead, paging, polling, render, task_runs, tracing
+from benchmarks import client_overhead, overrun, paging, polling, render, task_runs, tracing
 from benchmarks._common import print_table, record
 
 # name -> (runner, {key: target text})
@@ -35,6 +35,11 @@ BENCHMARKS: dict[str, tuple[Callable[[], dict[str, float]], dict[str, str]]] = {
         },
     ),
     "tracing": (tracing.run, {"spans_per_s": ""}),
+    # learned stuck detection on the slow-nvswitch preset (time scaled x20), against NicoTaskStuck
+    "overrun": (
+        overrun.run,
+        {"overrun_detection_lead_s": "> 0", "overrun_false_positive_alerts": "0"},
+    ),
     # Task Runs (NICo main): list + get with stats + targets per site and active interval
     "task_runs": (task_runs.run, {"task_run_calls_per_active_run_per_minute": "(3 per 15 s interval)"}),
     # detection to page on a busy 100-rack fleet: simulator -> exporter -> Prometheus -> Alertmanager
