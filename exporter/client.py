@@ -541,12 +541,12 @@ class NicoClient:
         *,
         status: str | None = None,
         deadline: float | None = None,
-        priority: int = Priority.RECONCILIATION,
+        priority: int = Priority.ACTIVE_POLL,
     ) -> Listing[TaskRun]:
         """The runs of a site, newest first (paged: these lists accept pageNumber and pageSize).
 
-        Run calls wait behind rack polls and tray attribution for the budget (their default
-        priority is reconciliation's): a rollout moves in minutes, a task's status in seconds.
+        Run calls are active polls for the budget (the same priority as rack polls): a lower one
+        starves whenever rack polls use the whole budget.
 
         Raises:
             RouteMissing: the server has no Task Runs (NICo v2.0).
@@ -565,7 +565,7 @@ class NicoClient:
         *,
         include_stats: bool = True,
         deadline: float | None = None,
-        priority: int = Priority.RECONCILIATION,
+        priority: int = Priority.ACTIVE_POLL,
     ) -> TaskRun:
         """One run; with ``include_stats`` its current and cumulative phase outcome counts."""
         params: dict[str, Any] = {"siteId": site_id}
@@ -588,7 +588,7 @@ class NicoClient:
         *,
         phase_scope: str = "currentAndCompletedPhases",
         deadline: float | None = None,
-        priority: int = Priority.RECONCILIATION,
+        priority: int = Priority.ACTIVE_POLL,
     ) -> Listing[TaskRunTarget]:
         """A run's per-rack targets (``phaseScope`` default here: every phase begun so far)."""
         return await self._paged(

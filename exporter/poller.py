@@ -194,6 +194,10 @@ class PollerView:
     runs: RunsView = field(default_factory=RunsView)
 
 
+# The least time a round of Task Run calls may take (they wait behind rack polls for the budget).
+RUN_POLL_DEADLINE_S = 10.0
+
+
 class Poller:
     """Runs the polling jobs against one NICo for the racks this shard owns.
 
@@ -255,10 +259,13 @@ class Poller:
             self._queue_final(task_id, site_id, rack_id)
 
     async def poll_runs(self) -> None:
-        """The task-runs job (every active interval): each owned site's runs and their targets."""
-        deadline = time.monotonic() + self.intervals.active
-        for site_id in self._run_sites():
-            await self.runs.poll_site(site_id, deadline)
+        """The task-runs job (every active interval): each owned site's runs and their targets.
+
+        Sites are polled side by side; their calls wait behind rack polls for the budget, so they
+        get at least ``RUN_POLL_DEADLINE_S`` (a short active interval must not starve them).
+        """
+        deadline = time.monotonic() + max(self.intervals.active, RUN_POLL_DEADLINE_S)
+        await asyncio.gather(*(self.runs.poll_site(site_id, deadline) for site_id in self._run_sites()))
         self.store.commit()
 
     def site_name(self, site_id: str) -> str:
@@ -310,6 +317,10 @@ class Poller:
         iv = self.intervals
         racks, sites = len(self.racks), max(1, len(self.health))
         required = racks / iv.active + racks / iv.reconcile + 3 * sites / iv.discovery
+        # Task Runs: a listing per site that serves them, a run and its targets per active run.
+        runs = self.runs.view()
+        active_runs = sum(1 for _, run, _ in runs.runs if not run.is_terminal)
+        required += (sum(ok for _, ok in runs.supported) + 2 * active_runs) / iv.active
         self.stats.required_rps = required
         budget = self.limiter.rate
         if budget <= 0:

@@ -146,13 +146,9 @@ def test_every_panel_query_returns_data(prom: Prom) -> None:
     wait_until(
         lambda: prom.has("increase(nico_tray_task_failures_total[1m]) > 0"), 90, "a tray failure", interval=1
     )
-    # The rollout's first target ends, then Flow's dispatcher (every 10 s) and the run poll see it.
-    wait_until(
-        lambda: prom.has('nico_task_run_targets{status=~"Completed|Failed"}'),
-        90,
-        "a finished run target",
-        interval=1,
-    )
+    # The rollout and its first targets (Flow's dispatcher claims them every 10 s; a busy rack
+    # blocks its target for a while, so no target need have finished).
+    wait_until(lambda: prom.has("nico_task_run_targets"), 90, "the rollout's targets", interval=1)
     missing: list[str] = []
 
     def complete() -> bool:

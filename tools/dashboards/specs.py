@@ -834,9 +834,16 @@ RUN_DONE = "Completed|Failed|Terminated|Skipped"
 
 
 def _run_targets(statuses: str = "") -> str:
-    """A run's targets (of the phases begun so far), in ``statuses`` or all, deduplicated across replicas."""
-    matchers = f'{S}, status=~"{statuses}"' if statuses else S
-    return f"sum by ({RUN}) (max by ({RUN}, status) (nico_task_run_targets{{{matchers}}}))"
+    """A run's targets (of the phases begun so far), in ``statuses`` or all, deduplicated across replicas.
+
+    A run none of whose targets is in ``statuses`` yet shows 0 (its other targets times 0), not
+    nothing: a rollout at 0 % must stay on the progress panels.
+    """
+    every = f"sum by ({RUN}) (max by ({RUN}, status) (nico_task_run_targets{{{S}}}))"
+    if not statuses:
+        return every
+    some = f'sum by ({RUN}) (max by ({RUN}, status) (nico_task_run_targets{{{S}, status=~"{statuses}"}}))'
+    return f"({some} or {every} * 0)"
 
 
 _RUNS_BY_STATUS = f"count by (status) (max by ({RUN}, status) (nico_task_run_status{{{S}}}) == 1)"
