@@ -80,9 +80,13 @@ def test_kill_minus_nine_then_restart_under_faults_counts_each_task_once(tmp_pat
         config, _ = exporter_config(tmp_path, url)
         db = tmp_path / "exporter.db"
         first = Process(exporter_command("run", "--config.file", str(config)), tmp_path / "exporter-1.log")
-        wait_until(
-            lambda: db.exists() and sum(_persisted(db)[0].values()) >= 3, 60, "the first finished tasks"
-        )
+        try:
+            wait_until(
+                lambda: db.exists() and sum(_persisted(db)[0].values()) >= 3, 60, "the first finished tasks"
+            )
+        except BaseException:
+            first.stop()  # a failed wait must not leave the exporter running after the test
+            raise
         first.kill9()
         killed_at = time.monotonic()
         second = Process(exporter_command("run", "--config.file", str(config)), tmp_path / "exporter-2.log")
