@@ -35,7 +35,8 @@ BENCHMARKS: dict[str, tuple[Callable[[], dict[str, float]], dict[str, str]]] = {
         },
     ),
     "tracing": (tracing.run, {"spans_per_s": ""}),
-    # learned stuck detection on the slow-nvswitch preset (time scaled x20), against NicoTaskStuck
+    # learned stuck detection on the slow-nvswitch preset (time scaled x20), against NicoTaskStuck,
+    # both evaluated by Prometheus's rule engine (promtool test rules) over the scraped exposition
     "overrun": (
         overrun.run,
         {"overrun_detection_lead_s": "> 0", "overrun_false_positive_alerts": "0"},
