@@ -56,6 +56,12 @@ def _by_name(name: str, *properties: tuple[str, Any]) -> JSON:
     }
 
 
+def _trace_link(column: str) -> JSON:
+    """``column`` (a task id) opens the task's trace in Tempo."""
+    link = {"title": "Open the trace in Tempo", "url": TEMPO_EXPLORE, "targetBlank": True}
+    return _by_name(column, ("links", [link]))
+
+
 _HIDDEN = ("Time", "__name__", "instance", "job", "site_id", "rack_id")
 # The learned-duration families are absent until the learner has enough finished stages.
 _COLD_START = "Cold start: the learner has too few samples of the stages yet"
@@ -448,19 +454,7 @@ FLEET = DashboardSpec(
                         ),
                     ),
                     overrides=(
-                        _by_name(
-                            "Task",
-                            (
-                                "links",
-                                [
-                                    {
-                                        "title": "Open the trace in Tempo",
-                                        "url": TEMPO_EXPLORE,
-                                        "targetBlank": True,
-                                    }
-                                ],
-                            ),
-                        ),
+                        _trace_link("Task"),
                         _by_name("Error", ("custom.width", 520)),
                     ),
                     runbooks=("NicoTaskFailed",),
@@ -1175,19 +1169,7 @@ ROLLOUTS = DashboardSpec(
                         ),
                     ),
                     overrides=(
-                        _by_name(
-                            "Task",
-                            (
-                                "links",
-                                [
-                                    {
-                                        "title": "Open the trace in Tempo",
-                                        "url": TEMPO_EXPLORE,
-                                        "targetBlank": True,
-                                    }
-                                ],
-                            ),
-                        ),
+                        _trace_link("Task"),
                         _by_name("Error", ("custom.width", 520)),
                     ),
                     runbooks=("NicoTaskRunFailed", "NicoTaskFailed"),
