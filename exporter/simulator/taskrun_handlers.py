@@ -15,10 +15,12 @@ import uuid
 from typing import Any
 
 from exporter.simulator.handlers import check_org, flow_site
+from exporter.simulator.inventory import Site
 from exporter.simulator.request import (
     PARSE_FAILED,
     ApiError,
     Ctx,
+    Page,
     Result,
     bind_bool,
     check_known_params,
@@ -89,26 +91,34 @@ def _path_id(ctx: Ctx, message: str) -> str:
 # --- reads ---------------------------------------------------------------------------------------
 
 
-async def list_runs(ctx: Ctx) -> Result:
-    """``GET /task/run`` (``taskrun.go:354-431``)."""
-    check_known_params(ctx, ("siteId", "status", "operationType", *_PAGING))
-    site_raw, status, op_type = (
-        ctx.query("siteId") or "",
-        ctx.query("status") or "",
-        ctx.query("operationType") or "",
-    )
+async def _site_listing(
+    ctx: Ctx, enums: dict[str, tuple[str, list[str]]]
+) -> tuple[Site, dict[str, str], Page]:
+    """A list handler's common part: known parameters, then ``ValidateStruct`` of ``siteId``
+    (required) and each enum filter (``query key -> (Go field, allowed values)``), then the org,
+    the Flow site and the page. Returns the site, each filter's value ("" when absent), the page."""
+    check_known_params(ctx, ("siteId", *enums, *_PAGING))
+    site_raw = ctx.query("siteId") or ""
+    values = {key: ctx.query(key) or "" for key in enums}
     errors: dict[str, Any] = {}
     if not site_raw:
         errors["SiteID"] = "siteId query parameter is required"
-    if op_type and op_type not in _OP_TYPES:
-        errors["OperationType"] = f"operationType must be one of [{' '.join(_OP_TYPES)}]"
-    if status and status not in _RUN_STATUSES:
-        errors["Status"] = f"status must be one of [{' '.join(_RUN_STATUSES)}]"
+    for key, (field, allowed) in enums.items():
+        if values[key] and values[key] not in allowed:
+            errors[field] = f"{key} must be one of [{' '.join(allowed)}]"
     if errors:
         raise ApiError(400, ozzo(errors))
     check_org(ctx)
     site = await flow_site(ctx, site_raw)
-    page = page_request(ctx, None)
+    return site, values, page_request(ctx, None)
+
+
+async def list_runs(ctx: Ctx) -> Result:
+    """``GET /task/run`` (``taskrun.go:354-431``)."""
+    site, values, page = await _site_listing(
+        ctx, {"status": ("Status", _RUN_STATUSES), "operationType": ("OperationType", _OP_TYPES)}
+    )
+    status, op_type = values["status"], values["operationType"]
     runs = manager(ctx).site_runs(site.id)
     if status:
         runs = [r for r in runs if r.status.value == status]
@@ -138,24 +148,10 @@ async def get_run(ctx: Ctx) -> Result:
 async def list_targets(ctx: Ctx) -> Result:
     """``GET /task/run/{id}/target`` (``taskrun.go:472-551``); a missing run is an empty list."""
     run_id = _path_id(ctx, "Invalid Run ID specified in URL")
-    check_known_params(ctx, ("siteId", "status", "phaseScope", *_PAGING))
-    site_raw, status, scope = (
-        ctx.query("siteId") or "",
-        ctx.query("status") or "",
-        ctx.query("phaseScope") or "",
+    site, values, page = await _site_listing(
+        ctx, {"status": ("Status", _TARGET_STATUSES), "phaseScope": ("PhaseScope", _PHASE_SCOPES)}
     )
-    errors: dict[str, Any] = {}
-    if not site_raw:
-        errors["SiteID"] = "siteId query parameter is required"
-    if status and status not in _TARGET_STATUSES:
-        errors["Status"] = f"status must be one of [{' '.join(_TARGET_STATUSES)}]"
-    if scope and scope not in _PHASE_SCOPES:
-        errors["PhaseScope"] = f"phaseScope must be one of [{' '.join(_PHASE_SCOPES)}]"
-    if errors:
-        raise ApiError(400, ozzo(errors))
-    check_org(ctx)
-    site = await flow_site(ctx, site_raw)
-    page = page_request(ctx, None)
+    status, scope = values["status"], values["phaseScope"]
     run = manager(ctx).runs.get(run_id)
     targets = []
     if run is not None and run.site_id == site.id:
@@ -477,18 +473,8 @@ async def cancel_run(ctx: Ctx) -> Result:
 
 async def list_rules(ctx: Ctx) -> Result:
     """``GET /task/rule`` (``taskrule.go:356-442``): newest first, paged."""
-    check_known_params(ctx, ("siteId", "operationType", *_PAGING))
-    site_raw, op_type = ctx.query("siteId") or "", ctx.query("operationType") or ""
-    errors: dict[str, Any] = {}
-    if not site_raw:
-        errors["SiteID"] = "siteId query parameter is required"
-    if op_type and op_type not in _OP_TYPES:
-        errors["OperationType"] = f"operationType must be one of [{' '.join(_OP_TYPES)}]"
-    if errors:
-        raise ApiError(400, ozzo(errors))
-    check_org(ctx)
-    site = await flow_site(ctx, site_raw)
-    page = page_request(ctx, None)
+    site, values, page = await _site_listing(ctx, {"operationType": ("OperationType", _OP_TYPES)})
+    op_type = values["operationType"]
     rules = [rule.as_json() for rule in manager(ctx).site_rules(site.id)]
     if op_type:
         rules = [rule for rule in rules if rule["operationType"] == op_type]
