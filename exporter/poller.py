@@ -60,6 +60,10 @@ FINAL_FETCH_MAX_BACKOFF = 60.0
 NOT_ON_SITE_ATTEMPTS = 3
 
 
+# The least time a round of Task Run calls may take (they wait behind rack polls for the budget).
+RUN_POLL_DEADLINE_S = 10.0
+
+
 @dataclass(frozen=True)
 class Intervals:
     """How often each job runs, in seconds.
@@ -74,6 +78,13 @@ class Intervals:
     reconcile: float = 300.0
     discovery: float = 300.0
     final_fetch: float = 2.0
+
+    @property
+    def task_runs(self) -> float:
+        """The task-runs job's interval and the deadline of one round: the active interval, but
+        at least ``RUN_POLL_DEADLINE_S``, so a round waiting behind rack polls for the budget is
+        over before the next one is due (APScheduler would skip that one with a warning)."""
+        return max(self.active, RUN_POLL_DEADLINE_S)
 
 
 @dataclass
@@ -194,10 +205,6 @@ class PollerView:
     runs: RunsView = field(default_factory=RunsView)
 
 
-# The least time a round of Task Run calls may take (they wait behind rack polls for the budget).
-RUN_POLL_DEADLINE_S = 10.0
-
-
 class Poller:
     """Runs the polling jobs against one NICo for the racks this shard owns.
 
@@ -259,12 +266,12 @@ class Poller:
             self._queue_final(task_id, site_id, rack_id)
 
     async def poll_runs(self) -> None:
-        """The task-runs job (every active interval): each owned site's runs and their targets.
+        """The task-runs job (every ``intervals.task_runs``): each owned site's runs and targets.
 
         Sites are polled side by side; their calls wait behind rack polls for the budget, so they
         get at least ``RUN_POLL_DEADLINE_S`` (a short active interval must not starve them).
         """
-        deadline = time.monotonic() + max(self.intervals.active, RUN_POLL_DEADLINE_S)
+        deadline = time.monotonic() + self.intervals.task_runs
         await asyncio.gather(*(self.runs.poll_site(site_id, deadline) for site_id in self._run_sites()))
         self.store.commit()
 

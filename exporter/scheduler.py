@@ -109,7 +109,7 @@ class Runner:
         rack_polls = asyncio.create_task(self._job("active_poll", lambda: p.run_rack_polls(stop))())
         self._add("final_fetch", p.fetch_finals, iv.final_fetch, now=True)
         self._add("tray_attribution", p.attribute_trays, iv.tray_attribution, now=True)
-        self._add("task_runs", p.poll_runs, iv.active, now=True)
+        self._add("task_runs", p.poll_runs, iv.task_runs, now=True)
         self._add("discovery", p.discover, iv.discovery, now=False)
         self._add("expire", p.expire, EXPIRE_INTERVAL, now=False)
         self.scheduler.start()

@@ -105,7 +105,7 @@ class Harness:
             ("final", self.poller.fetch_finals, iv.final_fetch),
             ("trays", self.poller.attribute_trays, iv.tray_attribution),
             ("expire", self.poller.expire, EXPIRE_EVERY),
-            ("runs", self.poller.poll_runs, iv.active),
+            ("runs", self.poller.poll_runs, iv.task_runs),
         )
         while self.now() < end:
             self.clock.advance(min(step, end - self.now()))

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from exporter.poller import Intervals, PollerView
+import pytest
+
+from exporter.poller import RUN_POLL_DEADLINE_S, Intervals, PollerView
 from exporter.scheduler import Runner
 
 
@@ -134,3 +137,19 @@ async def test_a_stop_during_start_commits_and_returns_without_scheduling() -> N
     assert time.monotonic() - began < 2  # the 5-second start was cancelled
     assert len(jobs.store.commits) == 1
     assert not jobs.calls["active_poll"] and not jobs.calls["final_fetch"]
+
+
+async def test_task_runs_wait_for_their_round_deadline_not_the_short_active_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A round of run calls may wait behind rack polls up to RUN_POLL_DEADLINE_S; scheduled every
+    # 0.2 s, APScheduler would skip the overlapping runs with a warning each time.
+    caplog.set_level(logging.WARNING)
+    jobs = Jobs(Intervals(active=0.2, tray_attribution=30, reconcile=60, discovery=60, final_fetch=30),
+                slow={"task_runs": 1.5})  # fmt: skip
+    assert jobs.intervals.task_runs == RUN_POLL_DEADLINE_S
+    await _run_for(jobs, 2.0)
+    assert len(jobs.calls["task_runs"]) == 1  # at once, the next one RUN_POLL_DEADLINE_S later
+    assert len(jobs.calls["active_poll"]) >= 5  # rack polls keep the short interval
+    assert "maximum number of running instances" not in caplog.text
+    assert Intervals(active=30).task_runs == 30  # a long active interval is kept
