@@ -24,9 +24,9 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from exporter import __version__
 from exporter.exposition import (
@@ -50,7 +50,8 @@ from exporter.metrics import (
     TaskMetrics,
     task_series,
 )
-from exporter.models import TargetStatus
+from exporter.models import RUN_TERMINAL_STATUSES, TERMINAL_STATUSES, TargetStatus
+from exporter.operations import Operation
 from exporter.outbox import SenderStats
 from exporter.runs import Layout, RunsView, task_layout
 
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
     from exporter.state import Store, TaskRecord
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
 
 
 class PollerSource(Protocol):
@@ -429,7 +432,7 @@ class Publisher:
         baselined.update(rack.site_id for rack in p.racks if rack.rack_id in counting)
         return {
             "nico_tasks": _sorted(self._active.items()),
-            "nico_tasks_finished_total": _sorted(totals.tasks.items()),
+            "nico_tasks_finished_total": _sorted(_from_zero(totals.tasks, _finished_keys(site_ids)).items()),
             "nico_tasks_unobserved_total": _sorted(((site,), n) for site, n in unobserved.items()),
             "nico_site_info": tuple(((site.site_id, site.name), 1.0) for site in p.sites),
             "nico_rack_info": _sorted(((rack.site_id, rack.rack_id, rack.name), 1.0) for rack in p.racks),
@@ -647,7 +650,17 @@ def _runs(view: RunsView) -> dict[str, Samples]:
         "nico_task_run_outcomes": _sorted(outcomes),
         "nico_task_run_failed_target_info": _sorted(failed),
         **{f"nico_task_run_{name}_timestamp_seconds": _sorted(rows) for name, rows in stamps.items()},
-        "nico_task_runs_finished_total": _sorted(view.finished),
+        "nico_task_runs_finished_total": _sorted(
+            _from_zero(
+                dict(view.finished),
+                (
+                    (site, status.value)
+                    for site, on in view.supported
+                    if on
+                    for status in RUN_TERMINAL_STATUSES
+                ),
+            ).items()
+        ),
         "nico_operation_rule_info": _sorted(
             ((site_id, r.id, r.name, r.operation_type, r.operation_code, str(r.is_default).lower()), 1.0)
             for site_id, r in view.rules
@@ -656,6 +669,24 @@ def _runs(view: RunsView) -> dict[str, Samples]:
             ((site_id,), 1.0 if ok else 0.0) for site_id, ok in view.supported
         ),
     }
+
+
+def _from_zero(counts: Mapping[K, int], keys: Iterable[K]) -> dict[K, int]:
+    """``counts`` with every one of ``keys`` present, at 0 where nothing was counted yet.
+
+    A counter series that is born at 1 hides its first increment from ``increase()`` and
+    ``rate()`` (no earlier sample to compare with): a site's first failure would not move the
+    failure-rate alert. Series whose label values are known in advance start at 0 instead.
+    """
+    return {**dict.fromkeys(keys, 0), **counts}
+
+
+def _finished_keys(site_ids: Iterable[str]) -> Iterator[tuple[str, str, str]]:
+    """Every (site, terminal status, operation) of ``nico_tasks_finished_total``: 36 per site."""
+    for site in site_ids:
+        for status in sorted(TERMINAL_STATUSES):
+            for operation in Operation:
+                yield site, status.value, operation.value
 
 
 def _sorted(items: Iterable[tuple[tuple[str, ...], float]]) -> Samples:

@@ -14,6 +14,7 @@ import random
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.client import NicoClient
 from exporter.exposition import Format
@@ -185,3 +186,42 @@ def test_a_published_snapshot_never_changes() -> None:
         world.publisher.publish()
     assert world.publisher.latest is not first
     assert (first.render(Format.TEXT, now=T0), first.render(Format.OPENMETRICS, now=T0)) == before
+
+
+def _finished_series(publisher: Publisher, family: str) -> dict[tuple[tuple[str, str], ...], float]:
+    text = publisher.publish().render(Format.TEXT, names=[family]).decode()
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == family
+    }
+
+
+def test_counters_start_at_zero_so_the_first_increment_is_seen_by_increase() -> None:
+    # The alert rules' increase() over nico_tasks_finished_total (failure rate) and our promtool
+    # tests of them assume each series is 0 before its first count; a series born at 1 would hide
+    # a site's first failure. Checked here on the exposition itself.
+    world = World(1, SeriesOptions())
+    before = _finished_series(world.publisher, "nico_tasks_finished_total")
+    statuses, operations = ("Failed", "Succeeded", "Terminated"), 12  # exporter.operations.Operation
+    assert len(before) == len(SITES) * len(statuses) * operations
+    assert set(before.values()) == {0.0}
+    key = (("operation", "power_on"), ("site_id", SITES[0]), ("status", "Failed"))
+    assert key in before
+
+    data = task("Running", description="API power on Rack", created=iso(T0 - 120), started=iso(T0 - 60),
+                report=_report(world.rng, "Running", T0))  # fmt: skip
+    world.observe(SITES[0], RACKS[0], data)
+    world.now += 30
+    world.observe(SITES[0], RACKS[0], {**data, "status": "Failed", "finished": iso(world.now),
+                                       "updated": iso(world.now), "report": _report(world.rng, "Failed", world.now)})  # fmt: skip
+    world.store.commit()
+    after = _finished_series(world.publisher, "nico_tasks_finished_total")
+    assert after == {**before, key: 1.0}
+
+    # Task Runs: each final status from the start, on the sites that serve them.
+    world.poller.runs.supported.update({SITES[0]: True, SITES[1]: False})
+    runs = _finished_series(world._publisher(), "nico_task_runs_finished_total")
+    assert {dict(k)["site_id"] for k in runs} == {SITES[0]} and set(runs.values()) == {0.0}
+    assert {dict(k)["status"] for k in runs} == {"Completed", "CompletedWithFailures", "Failed", "Cancelled"}

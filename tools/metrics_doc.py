@@ -26,7 +26,7 @@ from exporter.metrics import (
     TaskMetrics,
     family_filter,
 )
-from exporter.models import NVL72_TRAYS, ComponentType, TaskRunStatus, TaskStatus
+from exporter.models import NVL72_TRAYS, TERMINAL_STATUSES, ComponentType, TaskRunStatus, TaskStatus
 from exporter.operations import OPERATIONS, Operation
 from tools.paths import ROOT
 
@@ -185,7 +185,8 @@ def fleet_series(fleet: Fleet) -> dict[str, int]:
     scalars = [f.name for f in FAMILIES if not f.labels]
     counts: dict[str, int] = {
         "nico_tasks": s * len(fleet.active) * ops,
-        "nico_tasks_finished_total": s * finished_statuses * ops,
+        # Every (status, operation) from the start, at 0 until counted (see snapshot._from_zero).
+        "nico_tasks_finished_total": s * len(TERMINAL_STATUSES) * len(Operation),
         "nico_tasks_unobserved_total": s,
         "nico_task_duration_seconds": _histogram_series(
             "nico_task_duration_seconds", s * finished_statuses * ops
@@ -240,6 +241,7 @@ def fleet_series(fleet: Fleet) -> dict[str, int]:
         "nico_task_run_outcomes": fleet.task_runs * 4,
         "nico_task_run_targets": fleet.task_runs * fleet.run_target_statuses,
         "nico_task_run_failed_target_info": fleet.failed_run_targets,
+        # Each final status from the start on sites that serve Task Runs (none here).
         "nico_task_runs_finished_total": 0,
         "nico_operation_rule_info": s * fleet.rules_per_site,
         "nico_exporter_task_runs_supported": s,
