@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from prometheus_client.samples import Exemplar
 
 from exporter import __version__
 from exporter.web import MetricsServer, WebConfigError, load_toolkit_config
+from exporter.web.server import send_parts
 from exporter.web.toolkit import ToolkitConfigFile
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -547,3 +549,46 @@ async def test_unreadable_key_is_named(tmp_path: Path, pki: PKI) -> None:
     )
     with pytest.raises(WebConfigError, match="cannot load cert_file"):
         load_toolkit_config(config)
+
+
+class _Trickle:
+    """A socket whose ``sendmsg`` takes at most ``most`` bytes a call, as a full send buffer does."""
+
+    def __init__(self, most: int) -> None:
+        self.most, self.out, self.calls = most, bytearray(), 0
+
+    def sendmsg(self, buffers: list[bytes | memoryview]) -> int:
+        assert len(buffers) <= 512  # never more than IOV_MAX allows
+        self.calls += 1
+        data = b"".join(bytes(b) for b in buffers)[: self.most]
+        self.out += data
+        return len(data)
+
+
+@pytest.mark.parametrize("most", [1, 7, 4096, 1 << 30])
+def test_vectored_send_delivers_every_byte_in_order_through_partial_sends(most: int) -> None:
+    parts = [b"", b"a" * 3, b"", *(bytes([65 + i % 26]) * (i % 13 + 1) for i in range(1500)), b"end"]
+    sock = _Trickle(most)
+    send_parts(sock, parts)  # type: ignore[arg-type]
+    assert bytes(sock.out) == b"".join(parts)
+    if most >= 1 << 30:
+        assert sock.calls == 3  # 1,502 non-empty parts, 512 buffers a call
+
+
+def test_vectored_send_over_a_real_socket_with_a_small_send_buffer() -> None:
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    parts = [bytes([i % 251]) * (i * 37 % 9000) for i in range(2000)]
+    received = bytearray()
+
+    def read() -> None:
+        while chunk := b.recv(1 << 16):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    send_parts(a, parts)
+    a.close()
+    reader.join(10)
+    b.close()
+    assert bytes(received) == b"".join(parts)
