@@ -601,7 +601,7 @@ class Poller:
             raise
         self.store.begin_baseline(rack_id, entry.site_id, totals.server_date or self.clock())
         if totals.total is not None:
-            self.store.observe_total(rack_id, totals.total)
+            self.store.observe_total(rack_id, totals.total, totals.server_date or self.clock())
         fetch = self._apply_active(rack_id, entry, listing, in_baseline=True)
         self._apply_rows(rack_id, entry, totals.items, in_baseline=True)
         await self._fetch_now(fetch, deadline)
@@ -643,7 +643,9 @@ class Poller:
         fetched and counted by name.
         """
         listing = await self._total_listing(rack_id, entry, deadline)
-        moved = listing.total is not None and self.store.observe_total(rack_id, listing.total)
+        moved = listing.total is not None and self.store.observe_total(
+            rack_id, listing.total, listing.server_date or self.clock()
+        )
         self.stats.totals_moved += moved
         return moved, listing.items
 
@@ -747,7 +749,8 @@ class Poller:
             return False
         self.stats.full_listings += 1
         if listing.total is not None:
-            self.store.observe_total(rack_id, listing.total)  # rows are judged against their count
+            # The rows are judged against their count.
+            self.store.observe_total(rack_id, listing.total, listing.server_date or self.clock())
         self._apply_rows(rack_id, entry, listing.items, in_baseline=False)
         await self._fetch_now(
             [t for t in self.final_fetches if self.final_fetches[t].rack_id == rack_id], deadline

@@ -115,6 +115,9 @@ class RackLedger:
     ``baseline_total``: its all-tasks total read right after that listing (None: not yet).
     ``last_total``: the all-tasks total last read. ``seen_new``: tasks first seen on the rack
     that were created after the baseline. ``unobserved``: tasks counted as unobserved so far.
+    Not persisted: ``total_read_at``, NICo's time of the last total; ``explained_through``, that
+    time at the last ``settle`` that left the counter explained in full (every task created
+    before it was seen or counted unobserved).
     """
 
     site_id: str
@@ -123,6 +126,8 @@ class RackLedger:
     last_total: int | None = None
     seen_new: int = 0
     unobserved: int = 0
+    total_read_at: float | None = None
+    explained_through: float | None = None
 
     @property
     def counting(self) -> bool:
@@ -412,8 +417,9 @@ class Store:
             self._batch.racks[rack_id] = ledger.row()
         return ledger
 
-    def observe_total(self, rack_id: str, total: int) -> bool:
-        """Record a rack's all-tasks ``total``; True when it moved since the last reading.
+    def observe_total(self, rack_id: str, total: int, at: float | None = None) -> bool:
+        """Record a rack's all-tasks ``total`` (read at NICo's time ``at``); True when it moved
+        since the last reading.
 
         The first reading after the baseline is the baseline count. The total only grows (NICo
         never deletes a task); one that shrinks means the server's database changed under us,
@@ -432,6 +438,7 @@ class Store:
             )
             ledger.baseline_total, ledger.seen_new, ledger.unobserved = total, 0, 0
         ledger.last_total = total
+        ledger.total_read_at = at
         self._batch.racks[rack_id] = ledger.row()
         return moved
 
@@ -448,15 +455,17 @@ class Store:
         if ledger is None or not ledger.counting or ledger.last_total is None:
             return 0
         assert ledger.baseline_total is not None
-        unnamed = ledger.last_total - ledger.baseline_total - ledger.seen_new - max(0, unseen_active)
-        if unnamed <= ledger.unobserved:
-            return 0
-        added = unnamed - ledger.unobserved
-        ledger.unobserved = unnamed
-        site = ledger.site_id
-        self.totals.unobserved[site] = self.totals.unobserved.get(site, 0) + added
-        self._batch.racks[rack_id] = ledger.row()
-        self._batch.unobserved[site] = self.totals.unobserved[site]
+        created = ledger.last_total - ledger.baseline_total
+        unnamed = created - ledger.seen_new - max(0, unseen_active)
+        added = max(0, unnamed - ledger.unobserved)
+        if added:
+            ledger.unobserved = unnamed
+            site = ledger.site_id
+            self.totals.unobserved[site] = self.totals.unobserved.get(site, 0) + added
+            self._batch.racks[rack_id] = ledger.row()
+            self._batch.unobserved[site] = self.totals.unobserved[site]
+        if unseen_active <= 0 and ledger.seen_new + ledger.unobserved >= created:
+            ledger.explained_through = ledger.total_read_at
         return added
 
     def unexplained(self, rack_id: str) -> int:
@@ -477,17 +486,30 @@ class Store:
             ledger.seen_new += 1
             self._batch.racks[rack_id] = ledger.row()
 
-    def _absorbed(self, rack_id: str, task: Task) -> bool:
+    def _absorbed(self, rack_id: str, task: Task, *, by_id: bool = False) -> bool:
         """A finished task named only now, when the creation counter is already explained in full:
         it was counted unobserved before (a server whose list order changes can name it later).
-        Counting it again would count it twice: it is recorded, not counted."""
+        Counting it again would count it twice: it is recorded, not counted.
+
+        A row of a total listing is judged against that total, which includes it. A task fetched
+        by id (``by_id``: a Task Run's target names it) may be newer than the last total: it was
+        counted unobserved only if it was created before the last total that ``settle`` explained
+        in full (with the clock margin, so that doubt counts it rather than drops it).
+        """
         ledger = self.racks.get(rack_id)
         if ledger is None or not ledger.counting or ledger.last_total is None or task.created is None:
             return False
+        if ledger.unobserved <= 0:
+            return False  # nothing was counted unobserved: it cannot be one of them
         assert ledger.baselined_at is not None and ledger.baseline_total is not None
-        if task.created.timestamp() < ledger.baselined_at - CLOCK_MARGIN_S:
+        created = task.created.timestamp()
+        if created < ledger.baselined_at - CLOCK_MARGIN_S:
             return False
         if ledger.seen_new + ledger.unobserved < ledger.last_total - ledger.baseline_total:
+            return False
+        if by_id and (
+            ledger.explained_through is None or created >= ledger.explained_through - CLOCK_MARGIN_S
+        ):
             return False
         finished = task.finished.timestamp() if task.finished else ledger.baselined_at
         self.terminal[task.id] = finished
@@ -533,7 +555,7 @@ class Store:
             if task.id not in self.pending and task.id not in self.recovered:
                 if task.is_terminal and self._history(rack_id, task, now):
                     return False
-                if task.is_terminal and not with_report and not in_baseline and self._absorbed(rack_id, task):
+                if task.is_terminal and not in_baseline and self._absorbed(rack_id, task, by_id=with_report):
                     return False
                 if not in_baseline:
                     self._first_sighting(rack_id, task)

@@ -359,6 +359,46 @@ def test_a_task_named_after_it_was_counted_unobserved_is_not_counted_twice(store
     assert store.totals.tasks == {} and store.totals.unobserved == {SITE: 1}
 
 
+def test_a_run_target_fetched_by_id_after_it_was_counted_unobserved_is_not_counted_twice(
+    store: Store,
+) -> None:
+    # A Task Run's target names a child task created and finished between two polls: the rack's
+    # counter counted it unobserved, then the final fetch (by id, with its report) arrives.
+    baselined(store, total=0)
+    store.observe_total(RACK, 1, T0 + 30)
+    assert store.settle(RACK) == 1
+    child = done_task(7, "Failed", finished=T0 + 20, created=T0 + 10)
+    assert store.observe(SITE, RACK, child, T0 + 40) is False
+    assert store.absorbed == 1 and store.is_known_terminal(tid(7))
+    assert store.totals.tasks == {} and store.totals.unobserved == {SITE: 1}
+
+
+def test_a_task_fetched_by_id_newer_than_the_explained_count_is_counted_by_name(store: Store) -> None:
+    # The counter is explained in full, but by a total read before this task existed: it was not
+    # among the unobserved ones, so dropping it would lose a finish (and its failure page).
+    baselined(store, total=0)
+    store.observe_total(RACK, 1, T0 + 30)
+    assert store.settle(RACK) == 1
+    newer = done_task(8, "Failed", finished=T0 + 45, created=T0 + 35)
+    store.observe(SITE, RACK, newer, T0 + 50)
+    assert store.absorbed == 0
+    assert store.totals.tasks == {(SITE, "Failed", "power_on"): 1}
+    # Within the clock margin of the read, doubt counts it rather than drops it.
+    edge = done_task(9, "Succeeded", finished=T0 + 31, created=T0 + 29)
+    store.observe(SITE, RACK, edge, T0 + 50)
+    assert store.absorbed == 0 and store.totals.tasks[(SITE, "Succeeded", "power_on")] == 1
+
+
+def test_a_task_fetched_by_id_while_nothing_was_counted_unobserved_is_counted(store: Store) -> None:
+    baselined(store, total=0)
+    store.observe(SITE, RACK, task(1, created=T0 + 5), T0 + 6)  # seen: explains the count
+    store.observe_total(RACK, 1, T0 + 30)
+    assert store.settle(RACK) == 0
+    child = done_task(7, "Succeeded", finished=T0 + 20, created=T0 + 10)
+    store.observe(SITE, RACK, child, T0 + 40)
+    assert store.absorbed == 0 and store.totals.tasks == {(SITE, "Succeeded", "power_on"): 1}
+
+
 def test_a_task_named_with_the_count_it_explains_is_counted_by_name(store: Store) -> None:
     baselined(store, total=0)
     store.observe_total(RACK, 1)  # the same response names it: not yet counted unobserved
