@@ -49,7 +49,7 @@ from exporter.models import ComponentType, Rack, Site, Task, Tray
 from exporter.ratelimit import Priority, TokenBucket
 from exporter.runs import RunsView, RunTracker
 from exporter.sharding import Shard
-from exporter.state import Store
+from exporter.state import CLOCK_MARGIN_S, Store
 
 log = logging.getLogger(__name__)
 
@@ -601,7 +601,9 @@ class Poller:
             raise
         self.store.begin_baseline(rack_id, entry.site_id, totals.server_date or self.clock())
         if totals.total is not None:
-            self.store.observe_total(rack_id, totals.total, totals.server_date or self.clock())
+            self.store.observe_total(
+                rack_id, totals.total, totals.server_date or self.clock(), local=self.clock()
+            )
         fetch = self._apply_active(rack_id, entry, listing, in_baseline=True)
         self._apply_rows(rack_id, entry, totals.items, in_baseline=True)
         await self._fetch_now(fetch, deadline)
@@ -644,7 +646,7 @@ class Poller:
         """
         listing = await self._total_listing(rack_id, entry, deadline)
         moved = listing.total is not None and self.store.observe_total(
-            rack_id, listing.total, listing.server_date or self.clock()
+            rack_id, listing.total, listing.server_date or self.clock(), local=self.clock()
         )
         self.stats.totals_moved += moved
         return moved, listing.items
@@ -717,6 +719,15 @@ class Poller:
             queued += self._queue_final(task_id, entry.site_id, rack_id)
         return queued
 
+    def _settle_hold(self, site_id: str) -> float:
+        """How old a counter reading must be before it is settled. On a site that serves Task
+        Runs, a short child task the rack's lists never showed is named by its run's target: the
+        reading waits until the runs job has named it and a final fetch has counted it by name,
+        so it is not counted unobserved first (see Store.settle). Elsewhere: at once."""
+        if not self.runs.supported.get(site_id):
+            return 0.0
+        return self.intervals.task_runs + self.intervals.final_fetch + CLOCK_MARGIN_S
+
     async def _settle(self, rack_id: str, entry: RackEntry, unseen: int, deadline: float) -> None:
         """After a counter read and the active list that followed it (``unseen`` active tasks it
         did not show), count the tasks nobody named; a paging server is asked to name them."""
@@ -728,7 +739,7 @@ class Poller:
                 return
             if not await self._name_by_listing(rack_id, entry, deadline):
                 return
-        added = self.store.settle(rack_id, unseen)
+        added = self.store.settle(rack_id, unseen, hold=self._settle_hold(entry.site_id), now=self.clock())
         if added:
             log.info("tasks created and finished between polls", extra={"rack_id": rack_id, "count": added})
 
@@ -750,7 +761,9 @@ class Poller:
         self.stats.full_listings += 1
         if listing.total is not None:
             # The rows are judged against their count.
-            self.store.observe_total(rack_id, listing.total, listing.server_date or self.clock())
+            self.store.observe_total(
+                rack_id, listing.total, listing.server_date or self.clock(), local=self.clock()
+            )
         self._apply_rows(rack_id, entry, listing.items, in_baseline=False)
         await self._fetch_now(
             [t for t in self.final_fetches if self.final_fetches[t].rack_id == rack_id], deadline

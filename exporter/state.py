@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, KeysView
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -128,6 +129,22 @@ class RackLedger:
     unobserved: int = 0
     total_read_at: float | None = None
     explained_through: float | None = None
+    # Recent totals (local time read, NICo's time, total), newest last, for a deferred settle,
+    # and the creation times of the new tasks first seen meanwhile (which totals include them).
+    readings: deque[tuple[float, float | None, int]] = field(default_factory=lambda: deque(maxlen=32))
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+
+    def seen_since(self, at: float) -> int:
+        """New tasks seen that were created at or after ``at`` (NICo's time)."""
+        return sum(1 for created in self.recent if created >= at)
+
+    def prune(self) -> None:
+        """Forget creation times older than any reading kept (no settle can ask about them)."""
+        oldest = self.readings[0][1] if self.readings else None
+        if oldest is None:
+            return
+        while self.recent and self.recent[0] < oldest - CLOCK_MARGIN_S - 1:
+            self.recent.popleft()
 
     @property
     def counting(self) -> bool:
@@ -417,9 +434,11 @@ class Store:
             self._batch.racks[rack_id] = ledger.row()
         return ledger
 
-    def observe_total(self, rack_id: str, total: int, at: float | None = None) -> bool:
-        """Record a rack's all-tasks ``total`` (read at NICo's time ``at``); True when it moved
-        since the last reading.
+    def observe_total(
+        self, rack_id: str, total: int, at: float | None = None, *, local: float | None = None
+    ) -> bool:
+        """Record a rack's all-tasks ``total`` (read at NICo's time ``at``, our ``local`` time);
+        True when it moved since the last reading.
 
         The first reading after the baseline is the baseline count. The total only grows (NICo
         never deletes a task); one that shrinks means the server's database changed under us,
@@ -437,12 +456,16 @@ class Store:
                 extra={"rack_id": rack_id, "total": total, "previous": ledger.last_total},
             )
             ledger.baseline_total, ledger.seen_new, ledger.unobserved = total, 0, 0
+            ledger.readings.clear()
         ledger.last_total = total
         ledger.total_read_at = at
+        if local is not None:
+            ledger.readings.append((local, at, total))
+            ledger.prune()
         self._batch.racks[rack_id] = ledger.row()
         return moved
 
-    def settle(self, rack_id: str, unseen_active: int = 0) -> int:
+    def settle(self, rack_id: str, unseen_active: int = 0, *, hold: float = 0.0, now: float = 0.0) -> int:
         """Count the rack's tasks that were created since the baseline and never seen.
 
         Call it right after an active listing that followed the latest ``observe_total``:
@@ -450,13 +473,30 @@ class Store:
         listing was incomplete (``unseen_active`` rows it did not show, subtracted as if each
         were new). The estimate can only be low, never high, and the counter only grows, so
         each such task is counted once. Returns how many were counted now.
+
+        ``hold``: judge the newest total read at least ``hold`` seconds before ``now`` (local
+        time), not the latest, so that a task someone else can still name by id (a Task Run's
+        target) gets that time to be named and counted by name. Every sighting since is
+        subtracted all the same, so the estimate stays low, and a later settle counts the rest.
         """
         ledger = self.racks.get(rack_id)
         if ledger is None or not ledger.counting or ledger.last_total is None:
             return 0
         assert ledger.baseline_total is not None
-        created = ledger.last_total - ledger.baseline_total
-        unnamed = created - ledger.seen_new - max(0, unseen_active)
+        total, read_at = ledger.last_total, ledger.total_read_at
+        if hold > 0:
+            old = [r for r in ledger.readings if r[0] <= now - hold]
+            if not old:
+                return 0
+            _, read_at, total = old[-1]
+            while ledger.readings[0] is not old[-1]:
+                ledger.readings.popleft()
+            ledger.prune()
+        created = total - ledger.baseline_total
+        # Sightings of tasks created clearly after the read are not in its total; those in doubt
+        # (the Date header's second, the clock margin) count as in it: the estimate stays low.
+        after = 0 if read_at is None else ledger.seen_since(read_at + 1 + CLOCK_MARGIN_S)
+        unnamed = created - (ledger.seen_new - after) - max(0, unseen_active)
         added = max(0, unnamed - ledger.unobserved)
         if added:
             ledger.unobserved = unnamed
@@ -464,8 +504,12 @@ class Store:
             self.totals.unobserved[site] = self.totals.unobserved.get(site, 0) + added
             self._batch.racks[rack_id] = ledger.row()
             self._batch.unobserved[site] = self.totals.unobserved[site]
-        if unseen_active <= 0 and ledger.seen_new + ledger.unobserved >= created:
-            ledger.explained_through = ledger.total_read_at
+        # Explained in full: every task the total counts and nobody saw has been counted, judged
+        # by the sightings clearly older than the read only (those may not be in it).
+        if read_at is not None and unseen_active <= 0:
+            before = ledger.seen_new - ledger.seen_since(read_at - CLOCK_MARGIN_S)
+            if before + ledger.unobserved >= created:
+                ledger.explained_through = read_at - CLOCK_MARGIN_S
         return added
 
     def unexplained(self, rack_id: str) -> int:
@@ -484,6 +528,7 @@ class Store:
             return
         if task.created.timestamp() >= ledger.baselined_at - CLOCK_MARGIN_S:
             ledger.seen_new += 1
+            ledger.recent.append(task.created.timestamp())
             self._batch.racks[rack_id] = ledger.row()
 
     def _absorbed(self, rack_id: str, task: Task, *, by_id: bool = False) -> bool:

@@ -399,6 +399,34 @@ def test_a_task_fetched_by_id_while_nothing_was_counted_unobserved_is_counted(st
     assert store.absorbed == 0 and store.totals.tasks == {(SITE, "Succeeded", "power_on"): 1}
 
 
+def test_a_held_settle_judges_an_older_total_and_subtracts_every_sighting_since(store: Store) -> None:
+    baselined(store, total=0)
+    store.observe_total(RACK, 2, T0 + 30, local=T0 + 30)  # two created, neither seen yet
+    assert store.settle(RACK, hold=20, now=T0 + 35) == 0  # no reading is 20 s old yet
+    store.observe(SITE, RACK, done_task(5, finished=T0 + 28, created=T0 + 25), T0 + 40)  # named by id
+    store.observe_total(RACK, 3, T0 + 50, local=T0 + 50)  # one more created, at T0 + 45
+    assert store.settle(RACK, hold=20, now=T0 + 52) == 1  # judged at T0 + 30: 2 created, 1 named
+    assert store.totals.unobserved == {SITE: 1}
+    # The newer one is named in time and is not counted; a sighting of a task created after the
+    # judged reading is not subtracted from it (it is not in that total).
+    store.observe(SITE, RACK, done_task(6, finished=T0 + 47, created=T0 + 45), T0 + 55)
+    assert store.settle(RACK, hold=20, now=T0 + 60) == 0
+    assert store.settle(RACK, hold=20, now=T0 + 71) == 0  # judged at T0 + 50: 3 created, 2 named
+    assert store.totals.unobserved == {SITE: 1}
+    assert store.totals.tasks == {(SITE, "Succeeded", "power_on"): 2}
+
+
+def test_sightings_after_the_judged_read_do_not_hide_an_unnamed_task(store: Store) -> None:
+    baselined(store, total=0)
+    store.observe_total(RACK, 1, T0 + 30, local=T0 + 30)  # one created (never seen)
+    # Two tasks created after that read are seen before the settle judges it.
+    store.observe(SITE, RACK, task(2, created=T0 + 40), T0 + 41)
+    store.observe(SITE, RACK, task(3, created=T0 + 42), T0 + 43)
+    store.observe_total(RACK, 3, T0 + 45, local=T0 + 45)
+    assert store.settle(RACK, hold=10, now=T0 + 50) == 1  # the unseen one at T0 + 30 is counted
+    assert store.totals.unobserved == {SITE: 1}
+
+
 def test_a_task_named_with_the_count_it_explains_is_counted_by_name(store: Store) -> None:
     baselined(store, total=0)
     store.observe_total(RACK, 1)  # the same response names it: not yet counted unobserved
