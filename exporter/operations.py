@@ -115,6 +115,33 @@ DEFAULT_LAYOUTS: dict[Operation, tuple[tuple[ComponentType, ...], ...]] = {
     Operation.FIRMWARE_UPDATE: ((_C,), (_S,)),
     Operation.BRING_UP: ((_P,), (_C,), (_C,), (_S,), (_S,), (_C,)),
 }
+# Flow's operation codes (rest-api/flow/internal/task/common/operation_codes.go:13-42), as an
+# Operation Rule names them, and the operations whose tasks run such a rule: leak detection
+# force-powers-off through the force_power_off rule.
+RULE_OPERATIONS: dict[str, tuple[Operation, ...]] = {
+    "power_on": (Operation.POWER_ON,),
+    "force_power_on": (Operation.FORCE_POWER_ON,),
+    "power_off": (Operation.POWER_OFF,),
+    "force_power_off": (Operation.FORCE_POWER_OFF, Operation.LEAK_DETECTION),
+    "restart": (Operation.POWER_CYCLE,),
+    "force_restart": (Operation.FORCE_POWER_CYCLE,),
+    "warm_reset": (Operation.WARM_RESET,),
+    "cold_reset": (Operation.COLD_RESET,),
+    "upgrade": (Operation.FIRMWARE_UPDATE,),
+    "downgrade": (Operation.FIRMWARE_UPDATE,),
+    "rollback": (Operation.FIRMWARE_UPDATE,),
+    "bring_up": (Operation.BRING_UP,),
+    "ingest": (Operation.BRING_UP,),
+}
+
+
+def builtin_layout(operation: Operation) -> tuple[tuple[ComponentType, ...], ...] | None:
+    """The stages of Flow's built-in rule for ``operation`` (None: none known)."""
+    if operation is Operation.LEAK_DETECTION:
+        operation = Operation.FORCE_POWER_OFF
+    return DEFAULT_LAYOUTS.get(operation)
+
+
 _BY_LAYOUT: dict[tuple[frozenset[ComponentType], ...], Operation] = {
     tuple(frozenset(stage) for stage in layout): op for op, layout in DEFAULT_LAYOUTS.items()
 } | {(frozenset({_C, _S}),): Operation.BRING_UP}  # ingest: one stage, Compute and NVSwitch

@@ -601,9 +601,7 @@ class Poller:
             raise
         self.store.begin_baseline(rack_id, entry.site_id, totals.server_date or self.clock())
         if totals.total is not None:
-            self.store.observe_total(
-                rack_id, totals.total, totals.server_date or self.clock(), local=self.clock()
-            )
+            self.store.observe_total(rack_id, totals.total, totals.server_date, local=self.monotonic())
         fetch = self._apply_active(rack_id, entry, listing, in_baseline=True)
         self._apply_rows(rack_id, entry, totals.items, in_baseline=True)
         await self._fetch_now(fetch, deadline)
@@ -646,7 +644,7 @@ class Poller:
         """
         listing = await self._total_listing(rack_id, entry, deadline)
         moved = listing.total is not None and self.store.observe_total(
-            rack_id, listing.total, listing.server_date or self.clock(), local=self.clock()
+            rack_id, listing.total, listing.server_date, local=self.monotonic()
         )
         self.stats.totals_moved += moved
         return moved, listing.items
@@ -724,7 +722,7 @@ class Poller:
         Runs, a short child task the rack's lists never showed is named by its run's target: the
         reading waits until the runs job has named it and a final fetch has counted it by name,
         so it is not counted unobserved first (see Store.settle). Elsewhere: at once."""
-        if not self.runs.supported.get(site_id):
+        if self.runs.supported.get(site_id) is False:  # unknown until the first round: hold
             return 0.0
         return self.intervals.task_runs + self.intervals.final_fetch + CLOCK_MARGIN_S
 
@@ -739,7 +737,9 @@ class Poller:
                 return
             if not await self._name_by_listing(rack_id, entry, deadline):
                 return
-        added = self.store.settle(rack_id, unseen, hold=self._settle_hold(entry.site_id), now=self.clock())
+        added = self.store.settle(
+            rack_id, unseen, hold=self._settle_hold(entry.site_id), now=self.monotonic()
+        )
         if added:
             log.info("tasks created and finished between polls", extra={"rack_id": rack_id, "count": added})
 
@@ -760,10 +760,9 @@ class Poller:
             return False
         self.stats.full_listings += 1
         if listing.total is not None:
-            # The rows are judged against their count.
-            self.store.observe_total(
-                rack_id, listing.total, listing.server_date or self.clock(), local=self.clock()
-            )
+            # The rows are judged against their count. Its time is unknown: the Date is the first
+            # page's, the total the last one's (tasks created meanwhile are in it).
+            self.store.observe_total(rack_id, listing.total, None, local=self.monotonic())
         self._apply_rows(rack_id, entry, listing.items, in_baseline=False)
         await self._fetch_now(
             [t for t in self.final_fetches if self.final_fetches[t].rack_id == rack_id], deadline

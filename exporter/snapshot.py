@@ -51,7 +51,7 @@ from exporter.metrics import (
     task_series,
 )
 from exporter.models import RUN_TERMINAL_STATUSES, TERMINAL_STATUSES, TargetStatus
-from exporter.operations import Operation
+from exporter.operations import RULE_OPERATIONS, Operation, builtin_layout
 from exporter.outbox import SenderStats
 from exporter.runs import Layout, RunsView, task_layout
 
@@ -63,6 +63,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
+
+# Flow's built-in rules' stage layouts per operation, as task_layout() gives a report's.
+_BUILTIN_LAYOUTS: dict[Operation, Layout] = {
+    operation: tuple((n, tuple(sorted(stage))) for n, stage in enumerate(layout, start=1))
+    for operation in Operation
+    if (layout := builtin_layout(operation)) is not None
+}
 
 
 class PollerSource(Protocol):
@@ -271,7 +278,7 @@ class Publisher:
         self._tray_types_version = -1
         self._memo = _Memo()
         self._run_of: dict[str, str] = {}
-        self._rule_names: dict[tuple[str, Layout], str] = {}
+        self._rule_names: dict[tuple[str, Operation, Layout], str] = {}
         self._per_task_blocks: dict[str, Block] = {}
 
     # -- per-task and per-rack lines ------------------------------------------------------------
@@ -279,17 +286,22 @@ class Publisher:
     def _labels(self, record: TaskRecord) -> tuple[str, str]:
         """The run that created the task, and the custom rule its report's layout matches."""
         layout = task_layout(record.task)
-        rule = self._rule_names.get((record.site_id, layout), "") if layout is not None else ""
+        rule = self._rule_names.get((record.site_id, record.operation, layout), "") if layout else ""
         return self._run_of.get(record.id, ""), rule
 
     def _learn_runs(self, view: RunsView) -> set[str]:
         """Take the runs' targets and the sites' rules; the tasks whose labels may have moved."""
         run_of = {t.task_id: run.id for _, run, targets in view.runs for t in targets if t.task_id}
-        names: dict[tuple[str, Layout], list[str]] = {}
+        names: dict[tuple[str, Operation, Layout], list[str]] = {}
         for site_id, rule in view.rules:
-            if not rule.is_default:
-                names.setdefault((site_id, rule.layout()), []).append(rule.name)
-        # A layout two custom rules share names neither (it would be a guess).
+            # Every listed rule is an operator's (Flow's built-in rules are code, not rows), the
+            # site's default or not. One with its operation's built-in layout cannot be told
+            # apart from the built-in rule by a task's report, so it names nothing.
+            layout = rule.layout()
+            for operation in RULE_OPERATIONS.get(rule.operation_code, ()):
+                if layout != _BUILTIN_LAYOUTS.get(operation):
+                    names.setdefault((site_id, operation, layout), []).append(rule.name)
+        # A layout two custom rules of one operation share names neither (it would be a guess).
         rule_names = {key: found[0] for key, found in names.items() if len(found) == 1}
         moved = {t for t in run_of.keys() ^ self._run_of.keys()} | {
             t for t in run_of.keys() & self._run_of.keys() if run_of[t] != self._run_of[t]

@@ -431,6 +431,7 @@ class Store:
             # process died first): start it again now. A total read later would count tasks
             # created in between as part of the baseline, and they would never be counted.
             ledger.baselined_at, ledger.seen_new, ledger.unobserved = server_time, 0, 0
+            ledger.recent.clear()
             self._batch.racks[rack_id] = ledger.row()
         return ledger
 
@@ -457,6 +458,7 @@ class Store:
             )
             ledger.baseline_total, ledger.seen_new, ledger.unobserved = total, 0, 0
             ledger.readings.clear()
+            ledger.recent.clear()
         ledger.last_total = total
         ledger.total_read_at = at
         if local is not None:
@@ -536,10 +538,11 @@ class Store:
         it was counted unobserved before (a server whose list order changes can name it later).
         Counting it again would count it twice: it is recorded, not counted.
 
-        A row of a total listing is judged against that total, which includes it. A task fetched
-        by id (``by_id``: a Task Run's target names it) may be newer than the last total: it was
-        counted unobserved only if it was created before the last total that ``settle`` explained
-        in full (with the clock margin, so that doubt counts it rather than drops it).
+        A row of a total listing is judged against that total, which includes it, or against
+        ``explained_through``. A task fetched by id (``by_id``: a Task Run's target names it) may
+        be newer than any total: it was counted unobserved only if it was created before
+        ``explained_through`` (a reading explained in full, less the clock margin) and clearly
+        after the baseline. Doubt counts a task rather than drops it.
         """
         ledger = self.racks.get(rack_id)
         if ledger is None or not ledger.counting or ledger.last_total is None or task.created is None:
@@ -548,14 +551,20 @@ class Store:
             return False  # nothing was counted unobserved: it cannot be one of them
         assert ledger.baselined_at is not None and ledger.baseline_total is not None
         created = task.created.timestamp()
-        if created < ledger.baselined_at - CLOCK_MARGIN_S:
-            return False
-        if ledger.seen_new + ledger.unobserved < ledger.last_total - ledger.baseline_total:
-            return False
-        if by_id and (
-            ledger.explained_through is None or created >= ledger.explained_through - CLOCK_MARGIN_S
-        ):
-            return False
+        if by_id:
+            # Clearly after the baseline (one around it may be in the baseline count, never
+            # counted), and clearly before a reading whose count was explained in full.
+            if created < ledger.baselined_at + 1 + CLOCK_MARGIN_S:
+                return False
+            if ledger.explained_through is None or created >= ledger.explained_through:
+                return False
+        else:
+            if created < ledger.baselined_at - CLOCK_MARGIN_S:
+                return False
+            explained_now = ledger.seen_new + ledger.unobserved >= ledger.last_total - ledger.baseline_total
+            explained_then = ledger.explained_through is not None and created < ledger.explained_through
+            if not (explained_now or explained_then):
+                return False
         finished = task.finished.timestamp() if task.finished else ledger.baselined_at
         self.terminal[task.id] = finished
         self._batch.terminal[task.id] = (rack_id, finished)

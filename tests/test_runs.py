@@ -191,30 +191,42 @@ def test_the_run_families_say_what_the_run_says(status: str) -> None:
 
 def test_a_run_task_carries_its_run_and_a_custom_layout_its_rule_name() -> None:
     world = World()
-    # Task 30 ran the custom rule's layout (switches, then compute); task 31 the default one.
+    # Task 30 ran a custom rule's layout (switches, then compute); task 31 Flow's built-in
+    # firmware layout (compute, then switches), which a listed rule of the same layout cannot be
+    # told apart from; task 32 a custom rule the operator made the site's default (Flow's rules
+    # in the database are all operators', default or not: resolver.go, postgres.go).
     custom = report(
         stage(1, "running", step("NVSwitch", "running", T0)), stage(2, "pending", step("Compute"))
     )
-    default = report(stage(1, "running", step("Compute", "running", T0)))
+    builtin = report(
+        stage(1, "running", step("Compute", "running", T0)), stage(2, "pending", step("NVSwitch"))
+    )
+    compute_only = report(stage(1, "running", step("Compute", "running", T0)))
     world.observe(task(30, "Running", description="FirmwareUpgrade", rep=custom), T0 + 10)
-    world.observe(task(31, "Running", description="FirmwareUpgrade", rep=default), T0 + 10)
+    world.observe(task(31, "Running", description="FirmwareUpgrade", rep=builtin), T0 + 10)
+    world.observe(task(32, "Running", description="FirmwareUpgrade", rep=compute_only), T0 + 10)
     run = TaskRun.parse(run_data(4, "Running"))
     world.poller.runs.records[run.id] = RunRecord(
         SITE, run, (TaskRunTarget.parse(target_data(1, 4, task=30)),)
     )
     world.poller.runs.rules[SITE] = (
-        OperationRule.parse(rule_data(1, "fw-default", (1, "Compute"), default=True)),
+        OperationRule.parse(rule_data(1, "fw-compute-only", (1, "Compute"), default=True)),
         OperationRule.parse(rule_data(2, "fw-switches-first", (1, "NVSwitch"), (2, "Compute"))),
+        OperationRule.parse(rule_data(3, "Default Firmware", (1, "Compute"), (2, "NVSwitch"))),
     )
     publisher = world.publisher()
     first = Scrape(publisher.publish())
     info = {s["task_id"]: (s["run_id"], s["rule_name"]) for s, _ in first.samples("nico_task_info")}
-    assert info == {tid(30): (run_id(4), "fw-switches-first"), tid(31): ("", "")}
+    assert info == {
+        tid(30): (run_id(4), "fw-switches-first"),
+        tid(31): ("", ""),
+        tid(32): ("", "fw-compute-only"),
+    }
     # The run's target list no longer names task 30 (the run left /metrics): the label goes.
     world.poller.runs.records.clear()
     again = Scrape(publisher.publish())
     after = {s["task_id"]: s["run_id"] for s, _ in again.samples("nico_task_info")}
-    assert after == {tid(30): "", tid(31): ""}
+    assert after == {tid(30): "", tid(31): "", tid(32): ""}
 
 
 def test_a_final_run_is_one_trace_and_its_tasks_link_to_their_phase() -> None:

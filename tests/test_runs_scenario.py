@@ -155,3 +155,42 @@ async def test_a_v2_server_switches_the_feature_off_after_one_probe() -> None:
     assert len(asked) == 1, asked
     assert h.poller.view().runs.supported == ((sim.sites()[0].id, False),)
     await h.close()
+
+
+async def test_tasks_under_an_operators_rules_carry_the_rule_name_the_simulator_ran() -> None:
+    # Ground truth: the rule the simulator's Flow resolved for each submission (its layout). The
+    # exporter only sees reports and GET /task/rule, and must name the same rule.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporter.exposition import Format
+    from exporter.metrics import ClientMetrics, TaskMetrics
+    from exporter.simulator.operations import Operation
+    from exporter.snapshot import Publisher
+
+    sim, clock = simulation(ScenarioConfig.quiet(sites=1, racks_per_site=3), task_runs=True)
+    site = sim.sites()[0]
+    racks = [r.id for r in sim.racks(site.id)]
+    sim.add_operation_rule(site.id, Operation.FIRMWARE_UPDATE, name="switches-first", is_default=True,
+                           layout=[["NVSwitch"], ["Compute"]])  # fmt: skip
+    sim.add_operation_rule(site.id, Operation.POWER_ON, name="compute-first", rack_ids=[racks[1]],
+                           layout=[["Compute"], ["NVSwitch"], ["PowerShelf"]])  # fmt: skip
+    h = Harness(
+        sim, clock, intervals=Intervals(active=ACTIVE, tray_attribution=600, reconcile=120, discovery=300)
+    )
+    await h.run(30.0)
+    ids = {
+        sim.create_task(site.id, racks[0], "firmware_update", stage_seconds=600): "switches-first",
+        sim.create_task(site.id, racks[1], "power_on", stage_seconds=600): "compute-first",
+        sim.create_task(site.id, racks[2], "power_on", stage_seconds=600): "",  # Flow's built-in rule
+    }
+    await h.run(45.0)
+    publisher = Publisher(h.store, h.poller, TaskMetrics(), ClientMetrics(), clock=h.now)
+    text = publisher.publish().render(Format.TEXT, names=["nico_task_info"]).decode()
+    names = {
+        s.labels["task_id"]: s.labels["rule_name"]
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "nico_task_info"
+    }
+    assert names == ids
+    await h.close()

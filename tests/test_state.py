@@ -427,6 +427,39 @@ def test_sightings_after_the_judged_read_do_not_hide_an_unnamed_task(store: Stor
     assert store.totals.unobserved == {SITE: 1}
 
 
+def test_a_child_named_late_is_absorbed_although_newer_tasks_wait_to_be_settled(store: Store) -> None:
+    # X is counted unobserved from a held reading; Y, created since, is not settled yet. The runs
+    # job then names X: it was counted, so it is recorded, not counted again.
+    baselined(store, total=0)
+    store.observe_total(RACK, 1, T0 + 10, local=T0 + 10)
+    store.observe_total(RACK, 1, T0 + 20, local=T0 + 20)
+    assert store.settle(RACK, hold=19, now=T0 + 30) == 1  # judged at T0 + 10: X
+    store.observe_total(RACK, 2, T0 + 40, local=T0 + 40)  # Y created at T0 + 35
+    x = done_task(7, "Failed", finished=T0 + 6, created=T0 + 5)
+    assert store.observe(SITE, RACK, x, T0 + 41) is False
+    assert store.absorbed == 1 and store.totals.tasks == {}
+
+
+def test_a_task_fetched_by_id_from_around_the_baseline_is_counted(store: Store) -> None:
+    # Created within the baseline's second (or between its active list and its total): it may be
+    # in the baseline count, so it was never counted unobserved; a late name counts it.
+    baselined(store, total=0)
+    store.observe_total(RACK, 1, T0 + 30, local=T0 + 30)
+    assert store.settle(RACK) == 1
+    near = done_task(8, "Failed", finished=T0 + 2, created=T0 + 0.5)
+    store.observe(SITE, RACK, near, T0 + 40)
+    assert store.absorbed == 0 and store.totals.tasks == {(SITE, "Failed", "power_on"): 1}
+
+
+def test_a_shrunk_total_forgets_the_sightings_of_the_old_count(store: Store) -> None:
+    baselined(store, total=10)
+    store.observe(SITE, RACK, task(1, created=T0 + 5), T0 + 6)
+    store.observe_total(RACK, 4, T0 + 20, local=T0 + 20)  # a restored database
+    assert not store.racks[RACK].recent and store.racks[RACK].seen_new == 0
+    store.observe_total(RACK, 5, T0 + 30, local=T0 + 30)
+    assert store.settle(RACK) == 1
+
+
 def test_a_task_named_with_the_count_it_explains_is_counted_by_name(store: Store) -> None:
     baselined(store, total=0)
     store.observe_total(RACK, 1)  # the same response names it: not yet counted unobserved

@@ -220,6 +220,38 @@ async def sim_plan_task_run(request: Request) -> Response:
     return nico_response(200, {"runId": str(request.path_params["id"])})
 
 
+async def sim_create_rule(request: Request) -> Response:
+    """``POST /_sim/rules {siteId, operation, name, layout?, isDefault?, rackIds?}``: a custom
+    operation rule (NICo main only). ``layout`` is its stages, each a list of component types
+    (``[["PowerShelf"], ["Compute", "NVSwitch"]]``); the site's submissions run it once it is the
+    default or their rack is associated with it, as Flow's resolver picks rules."""
+    sim: Simulation = request.app.state.sim
+    body = await read_json_object(request)
+    if body is None:
+        return _control_error(400, "body must be a JSON object")
+    try:
+        layout = body.get("layout")
+        if layout is not None and not (
+            isinstance(layout, list) and layout and all(isinstance(stage, list) and stage for stage in layout)
+        ):
+            raise ValueError("layout must be a non-empty list of non-empty lists of component types")
+        rule_id = sim.add_operation_rule(
+            str(body["siteId"]),
+            Operation(body["operation"]),
+            name=str(body["name"]),
+            layout=layout,
+            is_default=bool(body.get("isDefault", False)),
+            rack_ids=[str(r) for r in body.get("rackIds", [])],
+        )
+    except KeyError as exc:
+        return _control_error(400, f"missing field {exc.args[0]}")
+    except SimulationError as exc:
+        return _control_error(409, str(exc))
+    except (ValueError, TypeError) as exc:
+        return _control_error(400, str(exc))
+    return nico_response(201, {"ruleId": rule_id})
+
+
 async def sim_revoke_tokens(request: Request) -> Response:
     sim: Simulation = request.app.state.sim
     sim.tokens.revoke_all()
@@ -240,4 +272,5 @@ def control_routes() -> list[BaseRoute]:
         Route("/_sim/auth/revoke", sim_revoke_tokens, methods=["POST"]),
         Route("/_sim/task-runs", sim_create_task_run, methods=["POST"]),
         Route("/_sim/task-runs/{id}/children", sim_plan_task_run, methods=["PUT"]),
+        Route("/_sim/rules", sim_create_rule, methods=["POST"]),
     ]

@@ -71,10 +71,18 @@ class Report:
     version: int = 1
 
 
-def initial_report(operation: Operation, totals: dict[ComponentType, int]) -> Report:
-    """``report.NewInitial``: every stage ``pending``, steps without targets ``skipped``."""
+Layout = tuple[tuple[ComponentType, ...], ...]
+
+
+def initial_report(
+    operation: Operation, totals: dict[ComponentType, int], layout: Layout | None = None
+) -> Report:
+    """``report.NewInitial``: every stage ``pending``, steps without targets ``skipped``.
+
+    ``layout``: the stages of the rule the task runs (None: the operation's built-in default).
+    """
     stages: list[Stage] = []
-    for number, types in enumerate(OPERATIONS[operation].stages, start=1):
+    for number, types in enumerate(layout or OPERATIONS[operation].stages, start=1):
         steps = [
             Step(
                 kind, totals.get(kind, 0), ReportStatus.PENDING if totals.get(kind) else ReportStatus.SKIPPED

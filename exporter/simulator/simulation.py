@@ -460,6 +460,36 @@ class Simulation:
         )
         return run.id
 
+    def add_operation_rule(
+        self,
+        site_id: str,
+        operation: Operation,
+        *,
+        name: str,
+        layout: Sequence[Sequence[ComponentType | str]] | None = None,
+        is_default: bool = False,
+        rack_ids: Sequence[str] = (),
+    ) -> str:
+        """A custom operation rule, as an operator creates it (``POST /task/rule``); its id.
+
+        ``is_default``: it becomes the operation's default (the previous default stops being
+        one); ``rack_ids``: racks associated with it. The site's submissions run the rule Flow's
+        resolver picks from then on. Needs ``task_runs`` (rules are NICo main's).
+        """
+        self.advance()
+        if self.runs is None:
+            raise SimulationError("operation rules need task_runs (a NICo main server)")
+        if self.site(site_id) is None:
+            raise SimulationError(f"unknown site {site_id}")
+        racks = {rack.id for rack in self.racks(site_id)}
+        if unknown := [r for r in rack_ids if r not in racks]:
+            raise SimulationError(f"racks not in site {site_id}: {', '.join(unknown)}")
+        stages = None if layout is None else [[ComponentType(kind) for kind in stage] for stage in layout]
+        rule = self.runs.add_rule(site_id, operation, name=name, layout=stages, is_default=is_default)
+        for rack_id in rack_ids:
+            self.runs.associate(site_id, rack_id, rule.id)
+        return rule.id
+
     def plan_run_children(self, run_id: str, child: ChildPlan) -> None:
         """Change how a run's not-yet-submitted child tasks will end (a gate needs failures)."""
         self.advance()

@@ -32,6 +32,7 @@ from typing import Any
 
 from exporter.models import ComponentType, TaskStatus, format_timestamp
 from exporter.simulator.operations import OPERATIONS, Operation, TaskType
+from exporter.simulator.report import Layout
 from exporter.simulator.world import CancelRefused, Outcome, Rejected, World
 
 # manager/dispatcher/config.go:9-11: defaultPollInterval, defaultFetchBatch, defaultClaimLease.
@@ -513,7 +514,7 @@ class OperationRule:
     name: str
     description: str
     operation: Operation
-    layout: tuple[tuple[ComponentType, ...], ...]
+    layout: Layout
     is_default: bool
     created: datetime
 
@@ -567,6 +568,8 @@ class RunManager:
         self.rng = rng
         self.runs: dict[str, TaskRun] = {}
         self.rules: dict[str, list[OperationRule]] = {}  # site id -> rules, in creation order
+        self.rack_rules: dict[tuple[str, Operation], str] = {}  # (rack id, operation) -> rule id
+        world.layout_of = self.layout_for
         self.on_submit: Callable[[TaskRun, RunTarget], None] | None = None
         first = world.now + timedelta(seconds=rng.uniform(0, POLL_INTERVAL_S))
         world.schedule(first, self._poll)
@@ -594,7 +597,41 @@ class RunManager:
             created=created or self.world.now,
         )
         self.rules.setdefault(site_id, []).append(rule)
+        if is_default:
+            self.set_default(site_id, rule.id)
         return rule
+
+    def set_default(self, site_id: str, rule_id: str) -> None:
+        """``SetRuleAsDefault`` (``task/store/postgres.go:399-446``): the rule becomes its
+        operation's default, and the one that was is not any more."""
+        rule = self.rule(site_id, rule_id)
+        if rule is None:
+            raise RunError("NotFound", "operation rule not found")
+        for other in self.rules.get(site_id, ()):
+            if other.operation is rule.operation:
+                other.is_default = other is rule
+
+    def associate(self, site_id: str, rack_id: str, rule_id: str) -> None:
+        """A rack-rule association: the rack runs ``rule_id`` for its operation, default or not."""
+        rule = self.rule(site_id, rule_id)
+        if rule is None:
+            raise RunError("NotFound", "operation rule not found")
+        self.rack_rules[(rack_id, rule.operation)] = rule.id
+
+    def resolve(self, site_id: str, rack_id: str, operation: Operation) -> OperationRule | None:
+        """Flow's ``Resolver.ResolveRule`` without an explicit rule id
+        (``task/operationrules/resolver.go:44-110``, ``task/store/postgres.go:465-500``): the
+        rack's associated rule, else the operation's default rule; None: the hard-coded default."""
+        associated = self.rack_rules.get((rack_id, operation))
+        if associated is not None and (rule := self.rule(site_id, associated)) is not None:
+            return rule
+        return next(
+            (r for r in self.rules.get(site_id, ()) if r.operation is operation and r.is_default), None
+        )
+
+    def layout_for(self, site_id: str, rack_id: str, operation: Operation) -> Layout | None:
+        rule = self.resolve(site_id, rack_id, operation)
+        return rule.layout if rule is not None else None
 
     def add_default_rules(self, site_id: str, created: datetime) -> None:
         """One default rule per REST-triggered operation, with the layout the simulator runs."""

@@ -41,7 +41,7 @@ from functools import partial
 from exporter.models import ComponentType, ReportStatus, TaskStatus
 from exporter.simulator.inventory import Rack, Site, Tray, make_tray, nvl72_layout
 from exporter.simulator.operations import OPERATIONS, Operation, TaskType
-from exporter.simulator.report import Report, Stage, failure_message, initial_report, truncate_error
+from exporter.simulator.report import Layout, Report, Stage, failure_message, initial_report, truncate_error
 
 # flow/internal/task/message/message.go and the literal messages beside it.
 MSG_WAITING = "Queued: waiting for rack to become available"
@@ -123,6 +123,8 @@ class Task:
     totals: dict[ComponentType, int] = field(default_factory=dict)
     # Who submitted it: "rest", "leak_detection", "schedule:<name>", "history".
     source: str = "rest"
+    # The stages of the operation rule it runs (None: the operation's built-in default rule).
+    layout: Layout | None = None
 
     @property
     def task_type(self) -> TaskType:
@@ -205,6 +207,9 @@ class World:
         self.now = start
         self.admit_delay_s = admit_delay_s
         self.first_stage_delay_s = first_stage_delay_s
+        # Which operation rule a submission runs (site, rack, operation -> its stages; None: the
+        # built-in default). Flow's resolver; the Task Run manager answers it on NICo main.
+        self.layout_of: Callable[[str, str, Operation], Layout | None] = lambda _s, _r, _o: None
         self._stage_sampler = stage_sampler or (lambda _op: rng.uniform(5.0, 60.0))
         self._stage_factor: Callable[[Task, Stage, datetime], float] = lambda _task, _stage, _at: 1.0
         self.sites: dict[str, Site] = {}
@@ -358,7 +363,10 @@ class World:
         for tray_id in targets:
             kind = self.trays[tray_id].type
             totals[kind] = totals.get(kind, 0) + 1
-        working = [stage.number for stage in initial_report(operation, totals).stages if stage.has_work]
+        layout = self.layout_of(site_id, rack_id, operation)
+        working = [
+            stage.number for stage in initial_report(operation, totals, layout).stages if stage.has_work
+        ]
         planned_stage = self._planned_stage(outcome, fail_stage, working)
         task = Task(
             id="",
@@ -370,10 +378,11 @@ class World:
             created=self.now,
             outcome=outcome,
             fail_stage=planned_stage,
-            error=self._error(operation, outcome, planned_stage, targets, error),
+            error=self._error(operation, outcome, planned_stage, targets, error, layout),
             stage_seconds=self._durations(operation, working, stage_seconds),
             totals=totals,
             source=source,
+            layout=layout,
         )
         blocking = any(conflicts(task, self.tasks[other], self) for other in self._holding.get(rack_id, ()))
         queue = self._waiting.setdefault(rack_id, [])
@@ -482,16 +491,19 @@ class World:
         stage: int | None,
         targets: tuple[str, ...],
         error: str | None,
+        layout: Layout | None = None,
     ) -> str | None:
         """The failing child workflow's error: the caller's, or a realistic one naming a tray."""
         if outcome is not Outcome.FAIL or stage is None:
             return None
         if error is not None:
             return error
-        return pick_error(self.rng, operation, self._failing_component(operation, stage, targets))
+        return pick_error(self.rng, operation, self._failing_component(operation, stage, targets, layout))
 
-    def _failing_component(self, operation: Operation, stage: int, targets: tuple[str, ...]) -> str:
-        kinds = OPERATIONS[operation].stages[stage - 1]
+    def _failing_component(
+        self, operation: Operation, stage: int, targets: tuple[str, ...], layout: Layout | None = None
+    ) -> str:
+        kinds = (layout or OPERATIONS[operation].stages)[stage - 1]
         candidates = [self.trays[tray_id] for tray_id in targets if self.trays[tray_id].type in kinds]
         return self.rng.choice(candidates).component_id
 
@@ -543,7 +555,7 @@ class World:
         task = self.tasks.get(task_id)
         if task is None or task.status is not TaskStatus.PENDING:
             return  # cancelled before the workflow got to it
-        task.report = initial_report(task.operation, task.totals)
+        task.report = initial_report(task.operation, task.totals, task.layout)
         task.status = TaskStatus.RUNNING
         task.message = MSG_RUNNING
         task.started = at

@@ -368,6 +368,45 @@ async def test_rules_list_and_get(m: World) -> None:
     )
 
 
+async def test_submissions_run_the_rule_flows_resolver_picks(m: World) -> None:
+    """Rack association, then the operation's default rule (``resolver.go:44-110``,
+    ``postgres.go:465-500``); a new default unsets the old one (``postgres.go:399-446``)."""
+
+    def layout_of(data: dict[str, Any]) -> list[list[str]]:
+        return [
+            sorted({step["componentType"] for step in stage["steps"]}) for stage in data["report"]["stages"]
+        ]
+
+    async def firmware_on(rack_id: str) -> list[list[str]]:
+        created = await m.http.post("/_sim/tasks", json={"siteId": m.site_id, "rackId": rack_id,
+                                                          "operation": "firmware_update"})  # fmt: skip
+        assert created.status_code == 201, created.text
+        m.advance(1.5)  # Running, with its report
+        return layout_of(await m.task(created.json()["taskId"]))
+
+    assert await firmware_on(m.rack_id) == [["Compute"], ["NVSwitch"]]  # the listed default
+    made = await m.http.post("/_sim/rules", json={"siteId": m.site_id, "operation": "firmware_update",
+                                                   "name": "switches-first", "isDefault": True,
+                                                   "layout": [["NVSwitch"], ["Compute"]]})  # fmt: skip
+    assert made.status_code == 201, made.text
+    rules = (await m.get("/task/rule", siteId=m.site_id, operationType="FirmwareControl")).json()
+    assert [(r["name"], r["isDefault"]) for r in rules] == [
+        ("switches-first", True),
+        ("Default Firmware Upgrade", False),
+    ]
+    assert await firmware_on(m.rack2_id) == [["NVSwitch"], ["Compute"]]
+    racks = m.sim.racks(m.site_id)
+    pinned = await m.http.post("/_sim/rules", json={"siteId": m.site_id, "operation": "firmware_update",
+                                                     "name": "compute-only", "layout": [["Compute"]],
+                                                     "rackIds": [racks[2].id]})  # fmt: skip
+    assert pinned.status_code == 201, pinned.text
+    assert await firmware_on(racks[2].id) == [["Compute"]]  # its association wins over the default
+    assert await firmware_on(racks[3].id) == [["NVSwitch"], ["Compute"]]
+    bad = await m.http.post("/_sim/rules", json={"siteId": m.site_id, "operation": "firmware_update",
+                                                  "name": "x", "layout": [["Nope"]]})  # fmt: skip
+    assert bad.status_code == 400
+
+
 # --- the preset ----------------------------------------------------------------------------------
 
 
