@@ -65,8 +65,11 @@ class Window:
     window: int = DEFAULT_WINDOW
     current: DDSketch = field(default_factory=_sketch)
     previous: DDSketch | None = None
+    # Quantiles asked since the last sample (a merge per ask cost 60 us a running task).
+    _quantiles: dict[float, float | None] = field(default_factory=dict, compare=False, repr=False)
 
     def add(self, value: float) -> None:
+        self._quantiles.clear()
         self.current.add(max(value, 0.0))
         if self.current.count >= self.window:
             self.previous, self.current = self.current, _sketch()
@@ -76,6 +79,11 @@ class Window:
         return int(self.current.count + (self.previous.count if self.previous is not None else 0))
 
     def quantile(self, q: float) -> float | None:
+        if q not in self._quantiles:
+            self._quantiles[q] = self._merged_quantile(q)
+        return self._quantiles[q]
+
+    def _merged_quantile(self, q: float) -> float | None:
         merged = _sketch()
         merged.merge(self.current)
         if self.previous is not None:
