@@ -16,6 +16,7 @@ from exporter.persistence import SqlitePersistence
 from exporter.poller import Intervals
 from exporter.simulator import ScenarioConfig
 from tests.pollharness import Harness, simulation
+from tests.scrape import Scrape
 
 ACTIVE = 15.0
 FILLED_BY_S = 2400.0  # 8 racks x 21 tasks x 10 s = 1,680 s of filling, then the exporter starts
@@ -160,9 +161,6 @@ async def test_a_v2_server_switches_the_feature_off_after_one_probe() -> None:
 async def test_tasks_under_an_operators_rules_carry_the_rule_name_the_simulator_ran() -> None:
     # Ground truth: the rule the simulator's Flow resolved for each submission (its layout). The
     # exporter only sees reports and GET /task/rule, and must name the same rule.
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from exporter.exposition import Format
     from exporter.metrics import ClientMetrics, TaskMetrics
     from exporter.simulator.operations import Operation
     from exporter.snapshot import Publisher
@@ -185,12 +183,9 @@ async def test_tasks_under_an_operators_rules_carry_the_rule_name_the_simulator_
     }
     await h.run(45.0)
     publisher = Publisher(h.store, h.poller, TaskMetrics(), ClientMetrics(), clock=h.now)
-    text = publisher.publish().render(Format.TEXT, names=["nico_task_info"]).decode()
     names = {
-        s.labels["task_id"]: s.labels["rule_name"]
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "nico_task_info"
+        labels["task_id"]: labels["rule_name"]
+        for labels, _ in Scrape(publisher.publish()).samples("nico_task_info")
     }
     assert names == ids
     await h.close()

@@ -14,7 +14,6 @@ import random
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.client import NicoClient
 from exporter.exposition import Format
@@ -25,6 +24,7 @@ from exporter.snapshot import Publisher
 from exporter.state import Store
 from tests.builders import T0, iso
 from tests.builders import wire_task as task
+from tests.scrape import Scrape
 
 SITES = ("11111111-1111-4111-8111-111111111111", "44444444-4444-4444-8444-444444444444")
 RACKS = [f"22222222-2222-4222-8222-{n:012x}" for n in range(6)]
@@ -189,12 +189,8 @@ def test_a_published_snapshot_never_changes() -> None:
 
 
 def _finished_series(publisher: Publisher, family: str) -> dict[tuple[tuple[str, str], ...], float]:
-    text = publisher.publish().render(Format.TEXT, names=[family]).decode()
     return {
-        tuple(sorted(s.labels.items())): s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == family
+        tuple(sorted(labels.items())): value for labels, value in Scrape(publisher.publish()).samples(family)
     }
 
 
