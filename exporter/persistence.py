@@ -30,13 +30,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS racks (
     rack_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, baselined_at REAL, baseline_total INTEGER,
-    last_total INTEGER, seen_new INTEGER NOT NULL DEFAULT 0, unobserved INTEGER NOT NULL DEFAULT 0
+    last_total INTEGER, seen_new INTEGER NOT NULL DEFAULT 0, unobserved INTEGER NOT NULL DEFAULT 0,
+    explained_through REAL
 );
 CREATE TABLE IF NOT EXISTS unobserved (site_id TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS terminal (task_id TEXT PRIMARY KEY, rack_id TEXT NOT NULL, finished_at REAL NOT NULL);
@@ -72,12 +73,17 @@ CREATE TABLE IF NOT EXISTS span_outbox (
 TrackedRow = tuple[str, str, frozenset[str] | None]
 # site_id, rack_id, trays, first_seen, finished_seen_at, the task as JSON (its API form)
 FinishedRow = tuple[str, str, frozenset[str] | None, float, float, str]
-# site_id, baselined_at, baseline_total, last_total, seen_new, unobserved
-RackRow = tuple[str, float | None, int | None, int | None, int, int]
+# site_id, baselined_at, baseline_total, last_total, seen_new, unobserved, explained_through
+RackRow = tuple[str, float | None, int | None, int | None, int, int, float | None]
 
 # Schema 1 kept a different rack row (a listing's expected count): its ledgers start afresh.
 _MIGRATE_FROM_1 = """
 DROP TABLE racks;
+"""
+# Schema 2 did not keep the time through which a rack's counter was explained in full: such
+# ledgers know none, as after a restart of that version.
+_MIGRATE_FROM_2 = """
+ALTER TABLE racks ADD COLUMN explained_through REAL;
 """
 
 
@@ -227,6 +233,9 @@ class SqlitePersistence:
                 )
                 conn.executescript(_MIGRATE_FROM_1)
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            elif row is not None and int(row[0]) == 2:
+                conn.executescript(_MIGRATE_FROM_2)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             elif row is not None and int(row[0]) != SCHEMA_VERSION:
                 conn.close()
                 raise sqlite3.DatabaseError(f"schema version {row[0]}, this exporter writes {SCHEMA_VERSION}")
@@ -247,9 +256,10 @@ class SqlitePersistence:
         c = self._conn
         state = LoadedState()
         state.racks = {
-            r: (s, b, bt, lt, int(n), int(u))
-            for r, s, b, bt, lt, n, u in c.execute(
-                "SELECT rack_id, site_id, baselined_at, baseline_total, last_total, seen_new, unobserved FROM racks"
+            r: (s, b, bt, lt, int(n), int(u), e)
+            for r, s, b, bt, lt, n, u, e in c.execute(
+                "SELECT rack_id, site_id, baselined_at, baseline_total, last_total, seen_new, unobserved,"
+                " explained_through FROM racks"
             )
         }
         state.unobserved = {s: int(n) for s, n in c.execute("SELECT site_id, count FROM unobserved")}
@@ -326,7 +336,7 @@ class SqlitePersistence:
         )
         c.executemany(
             "INSERT OR REPLACE INTO racks (rack_id, site_id, baselined_at, baseline_total, last_total,"
-            " seen_new, unobserved) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " seen_new, unobserved, explained_through) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(r, *row) for r, row in b.racks.items()],
         )
         c.executemany(

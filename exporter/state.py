@@ -116,9 +116,11 @@ class RackLedger:
     ``baseline_total``: its all-tasks total read right after that listing (None: not yet).
     ``last_total``: the all-tasks total last read. ``seen_new``: tasks first seen on the rack
     that were created after the baseline. ``unobserved``: tasks counted as unobserved so far.
-    Not persisted: ``total_read_at``, NICo's time of the last total; ``explained_through``, that
-    time at the last ``settle`` that left the counter explained in full (every task created
-    before it was seen or counted unobserved).
+    ``explained_through``: NICo's time of the newest total a ``settle`` found explained in full
+    (every task created before it was seen or counted unobserved), less the clock margin; kept
+    across restarts, so a task named by id after one is still told apart from a newer task.
+    Not persisted: ``total_read_at``, NICo's time of the last total, and the recent readings and
+    sightings a deferred settle uses (after a restart the estimate only starts lower).
     """
 
     site_id: str
@@ -150,6 +152,19 @@ class RackLedger:
     def counting(self) -> bool:
         return self.baselined_at is not None and self.baseline_total is not None
 
+    @classmethod
+    def from_row(cls, row: RackRow) -> RackLedger:
+        site_id, baselined_at, baseline_total, last_total, seen_new, unobserved, explained = row
+        return cls(
+            site_id,
+            baselined_at,
+            baseline_total,
+            last_total,
+            seen_new,
+            unobserved,
+            explained_through=explained,
+        )
+
     def row(self) -> RackRow:
         return (
             self.site_id,
@@ -158,6 +173,7 @@ class RackLedger:
             self.last_total,
             self.seen_new,
             self.unobserved,
+            self.explained_through,
         )
 
 
@@ -218,7 +234,7 @@ class Store:
         self.touched: set[str] = set()
         loaded = self.persistence.load()
         self.racks: dict[str, RackLedger] = {
-            rack_id: RackLedger(*row) for rack_id, row in loaded.racks.items()
+            rack_id: RackLedger.from_row(row) for rack_id, row in loaded.racks.items()
         }
         self.terminal: dict[str, float] = dict(loaded.terminal)
         # Delivered transition keys, by task: a task's keys are forgotten with the task. A tuple of
@@ -431,6 +447,7 @@ class Store:
             # process died first): start it again now. A total read later would count tasks
             # created in between as part of the baseline, and they would never be counted.
             ledger.baselined_at, ledger.seen_new, ledger.unobserved = server_time, 0, 0
+            ledger.explained_through = None
             ledger.recent.clear()
             self._batch.racks[rack_id] = ledger.row()
         return ledger
@@ -457,6 +474,7 @@ class Store:
                 extra={"rack_id": rack_id, "total": total, "previous": ledger.last_total},
             )
             ledger.baseline_total, ledger.seen_new, ledger.unobserved = total, 0, 0
+            ledger.explained_through = None
             ledger.readings.clear()
             ledger.recent.clear()
         ledger.last_total = total
@@ -510,8 +528,9 @@ class Store:
         # by the sightings clearly older than the read only (those may not be in it).
         if read_at is not None and unseen_active <= 0:
             before = ledger.seen_new - ledger.seen_since(read_at - CLOCK_MARGIN_S)
-            if before + ledger.unobserved >= created:
+            if before + ledger.unobserved >= created and ledger.explained_through != read_at - CLOCK_MARGIN_S:
                 ledger.explained_through = read_at - CLOCK_MARGIN_S
+                self._batch.racks[rack_id] = ledger.row()
         return added
 
     def unexplained(self, rack_id: str) -> int:

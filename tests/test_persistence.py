@@ -35,7 +35,7 @@ def full_batch() -> StateBatch:
     return StateBatch(
         delivered=[("t1/appeared", "t1"), ("t1/finished", "t1"), ("t2/appeared", "t2")],
         terminal={"t1": (RACK, 1000.5)},
-        racks={RACK: (SITE, 900.0, 40, 47, 5, 2), "rack-2": (SITE, None, None, None, 0, 0)},
+        racks={RACK: (SITE, 900.0, 40, 47, 5, 2, 880.0), "rack-2": (SITE, None, None, None, 0, 0, None)},
         totals={(SITE, "Failed", "power_on"): 3},
         unobserved={SITE: 2},
         tray_failures={(SITE, RACK, "tray-a", "Compute"): 2},
@@ -57,7 +57,10 @@ def test_every_field_survives_a_reopen(db: SqlitePersistence, path: Path) -> Non
     loaded = reopened(path)
     assert sorted(loaded.delivered) == [("t1/appeared", "t1"), ("t1/finished", "t1"), ("t2/appeared", "t2")]
     assert loaded.terminal == {"t1": 1000.5}
-    assert loaded.racks == {RACK: (SITE, 900.0, 40, 47, 5, 2), "rack-2": (SITE, None, None, None, 0, 0)}
+    assert loaded.racks == {
+        RACK: (SITE, 900.0, 40, 47, 5, 2, 880.0),
+        "rack-2": (SITE, None, None, None, 0, 0, None),
+    }
     assert loaded.totals == {(SITE, "Failed", "power_on"): 3}
     assert loaded.unobserved == {SITE: 2}
     assert loaded.tray_failures == {(SITE, RACK, "tray-a", "Compute"): 2}
@@ -70,13 +73,13 @@ def test_later_writes_replace_counts_and_add_keys(db: SqlitePersistence) -> None
         StateBatch(
             delivered=[("t1/appeared", "t1"), ("t4/appeared", "t4")],
             totals={(SITE, "Failed", "power_on"): 4},
-            racks={RACK: (SITE, 900.0, 40, 48, 6, 2)},
+            racks={RACK: (SITE, 900.0, 40, 48, 6, 2, 890.0)},
             unobserved={SITE: 3},
         )
     )
     loaded = db.load()
     assert loaded.totals == {(SITE, "Failed", "power_on"): 4}
-    assert loaded.racks[RACK] == (SITE, 900.0, 40, 48, 6, 2)
+    assert loaded.racks[RACK] == (SITE, 900.0, 40, 48, 6, 2, 890.0)
     assert loaded.unobserved == {SITE: 3}
     assert len(loaded.delivered) == 4
 
@@ -117,6 +120,28 @@ def test_a_schema_1_file_is_migrated_and_its_ledgers_start_again(path: Path) -> 
     conn.close()
     loaded = reopened(path)
     assert loaded.racks == {} and loaded.totals == {("s1", "Succeeded", "power_on"): 12}
+
+
+def test_a_schema_2_file_keeps_its_ledgers_without_an_explained_time(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '2');
+        CREATE TABLE racks (rack_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, baselined_at REAL,
+            baseline_total INTEGER, last_total INTEGER, seen_new INTEGER NOT NULL DEFAULT 0,
+            unobserved INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO racks VALUES ('r1', 's1', 900.0, 7, 9, 1, 1);
+        """
+    )
+    conn.commit()
+    conn.close()
+    assert reopened(path).racks == {"r1": ("s1", 900.0, 7, 9, 1, 1, None)}
+    again = SqlitePersistence(path)
+    again.write(StateBatch(racks={"r1": ("s1", 900.0, 7, 9, 1, 1, 950.0)}))
+    again.close()
+    assert reopened(path).racks["r1"][-1] == 950.0
 
 
 def test_empty_batch_is_empty() -> None:

@@ -644,6 +644,27 @@ def test_unobserved_totals_and_ledgers_survive_a_restart(db: Path) -> None:
     p2.close()
 
 
+def test_a_run_target_counted_unobserved_before_a_restart_is_not_counted_again_after_it(db: Path) -> None:
+    # The time through which the counter was explained in full survives the restart: without it,
+    # a child named by id after the restart could not be told from a task newer than the count.
+    first, p1 = open_store(db)
+    first.begin_baseline(RACK, SITE, T0)
+    first.observe_total(RACK, 0)
+    first.observe_total(RACK, 1, T0 + 30)
+    assert first.settle(RACK) == 1
+    first.commit()
+    p1.close()
+    second, p2 = open_store(db)
+    child = done_task(7, "Failed", finished=T0 + 20, created=T0 + 10)
+    assert second.observe(SITE, RACK, child, T0 + 40) is False
+    assert second.absorbed == 1 and second.totals.tasks == {} and second.totals.unobserved == {SITE: 1}
+    # A task newer than that time is still counted by name.
+    newer = done_task(8, "Failed", finished=T0 + 45, created=T0 + 35)
+    second.observe(SITE, RACK, newer, T0 + 50)
+    assert second.totals.tasks == {(SITE, "Failed", "power_on"): 1}
+    p2.close()
+
+
 def test_delivered_keys_of_tasks_finished_before_a_restart_are_forgotten(db: Path) -> None:
     first, p1 = open_store(db, finished_ttl=60, terminal_retention=1000)
     first.observe(SITE, RACK, done_task(1, finished=T0), T0)
