@@ -151,7 +151,7 @@ def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -
     parser.add_argument(
         "--task-runs",
         action="store_true",
-        help="serve NICo main's Task Runs and Task Rules (/task/run, /task/rule); v2.0 has neither",
+        help="serve NICo main's Task Runs (/task/run); v2.0 has none (both serve /task/rule)",
     )
     parser.add_argument(
         "--scenario",

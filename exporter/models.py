@@ -551,10 +551,16 @@ class TaskRunTarget(_Payload):
     created: Timestamp = None
     updated: Timestamp = None
 
-    @field_validator("task_id", "rack_id", "run_id", mode="before")
+    @field_validator("task_id", mode="before")
+    @classmethod
+    def _task_id(cls, value: Any) -> Any:
+        return None if value in (None, "") else canonical_uuid(value)
+
+    @field_validator("rack_id", "run_id", mode="before")
     @classmethod
     def _ids(cls, value: Any) -> Any:
-        return None if value in (None, "") else canonical_uuid(value)
+        # Go writes "" for an id Flow left unset (model/taskrun.go:352-357): keep the target.
+        return "" if value in (None, "") else canonical_uuid(value)
 
 
 @pydantic_dataclass(frozen=True, slots=True, kw_only=True, config=_PAYLOAD_CONFIG)

@@ -1,10 +1,12 @@
-"""Task Runs and Operation Rules: phased rollouts over many racks (NICo ``main``; v2.0 has none).
+"""Task Runs (phased rollouts over many racks: NICo ``main``; v2.0 has none) and Operation Rules
+(v2.0 and main; 1.6 has none).
 
 Owned by the poller's thread, like the poller itself. Per site, each active interval:
 
 1. ``GET /task/run`` (paged: these lists accept pageNumber and pageSize) names the site's runs.
    A server without Task Runs (v2.0) refuses it: ``GET /task/run`` matches ``GET /task/{id}``,
-   whose handler answers 400 "Invalid Task ID specified in URL" (the other run routes are the
+   whose handler answers 400 "Unknown query parameter specified in request" to our paging keys
+   (or "Invalid Task ID specified in URL" without them; the other run routes are the
    router 404, :class:`~exporter.errors.RouteMissing`, accepted too). The feature switches itself
    off for that site, says so once in the log and in
    ``nico_exporter_task_runs_supported``, and asks again only every ``probe_interval``.
@@ -19,9 +21,11 @@ A run that became final is counted once (``nico_task_runs_finished_total``, thro
 and its state file); one that was final before the site's first listing is history. Final runs
 stay on ``/metrics`` for ``ttl`` seconds after they were seen final, then leave.
 
-Operation Rules (``GET /task/rule``) are read at each discovery: their stage layouts name the
-custom rule a task ran (``ruleId`` is null on v2.0 tasks; the publisher matches each task's
-report layout against them, :func:`task_layout`).
+Operation Rules (``GET /task/rule``) are read at each discovery, whether or not the site serves
+Task Runs (release/v2.0 rest-api/api/pkg/api/routes.go:945-970 has the rule routes and no run
+route): their stage layouts name the custom rule a task ran (``ruleId`` is null on v2.0 tasks;
+the publisher matches each task's report layout against them, :func:`task_layout`). A server
+without rules (1.6) refuses the call as it refuses ``GET /task/run``, and the site keeps none.
 """
 
 from __future__ import annotations
@@ -183,9 +187,8 @@ class RunTracker:
             del self.records[run_id]
 
     async def read_rules(self, site_id: str, deadline: float | None = None) -> None:
-        """The site's Operation Rules (at discovery); a server without them keeps none."""
-        if self.supported.get(site_id) is False:
-            return
+        """The site's Operation Rules (at discovery, also on a site without Task Runs); a server
+        without them keeps none."""
         try:
             listing = await self.client.list_operation_rules(site_id, deadline=deadline)
         except (RouteMissing, BadRequest) as exc:
@@ -219,7 +222,7 @@ class RunTracker:
         )
 
 
-# NICo v2.0 has no /task/run or /task/rule: GET on them matches GET /task/{id}, whose handler
+# NICo v2.0 has no /task/run (and 1.6 no /task/rule): GET on them matches GET /task/{id}, whose handler
 # first refuses the query keys it does not know (our paging: release/v2.0
 # rest-api/api/pkg/api/handler/task.go:74-76, model APIGetTaskRequest takes siteId only), then the
 # id (task.go:111-114); the other methods and deeper paths are the router 404.

@@ -4,8 +4,11 @@ The fake below is an independent yardstick (not our simulator): routes and keys 
 ``rest-api/api/pkg/api/handler/taskrun.go`` (NICo main) — ``GET /task/run`` and
 ``/task/run/{id}/target`` page (``pagination.PageRequest``), ``GET /task/run/{id}`` takes
 ``siteId`` and ``includeStats`` — and a v2.0 server that has none of them answers every such path
-with the router's 404 body (``middleware/notfound.go``). Assumption shared with the client,
-checked against the Go code: the router 404 message is "The requested path could not be found".
+with the router's 404 body (``middleware/notfound.go``). Both serve ``GET /task/rule`` (paged;
+release/v2.0 ``routes.go:945-970``, ``handler/taskrule.go:363``); ``rules=None`` is a 1.6 server,
+where that GET falls to ``GET /task/{id}`` and its unknown-key 400. Assumption shared with the
+client, checked against the Go code: the router 404 message is "The requested path could not be
+found".
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Nico:
 
     def __init__(self, *, v2: bool = False) -> None:
         self.v2 = v2
+        self.rules: list[dict[str, Any]] | None = []
         self.runs: dict[str, dict[str, Any]] = {}
         self.targets: dict[str, list[dict[str, Any]]] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
@@ -57,6 +61,10 @@ class Nico:
         path = request.url.path.removeprefix("/v2/org/acme/nico")
         params = request.url.params
         self.calls[path] += 1
+        if path == "/task/rule":
+            if self.rules is None:
+                return nico_error(400, "Unknown query parameter specified in request: pageNumber")
+            return page(self.rules, total=len(self.rules), size=int(params.get("pageSize", 20)))
         if path.startswith("/task/run"):
             if self.v2:
                 return nico_error(404, ROUTER_404)
@@ -98,6 +106,26 @@ async def test_a_server_without_task_runs_switches_the_feature_off_after_one_pro
     clock[0] += tracker.probe_interval
     await tracker.poll_site(SITE)
     assert nico.calls["/task/run"] == 2
+
+
+async def test_rules_are_read_on_a_server_without_task_runs_and_kept_out_on_one_without_rules() -> None:
+    nico = Nico(v2=True)
+    nico.rules = [rule_data(1, "switches-first", (1, "NVSwitch"), (2, "Compute"), default=True)]
+    tracker, _ = _tracker(nico, Store(), [T0])
+    await tracker.poll_site(SITE)
+    assert tracker.view().supported == ((SITE, False),)
+    await tracker.read_rules(SITE)
+    assert [rule.name for _, rule in tracker.view().rules] == ["switches-first"]
+    nico.rules = None  # a server without rules (1.6): nothing named, nothing logged as an error
+    await tracker.read_rules(SITE)
+    assert tracker.view().rules == ()
+
+
+def test_a_target_whose_ids_flow_left_unset_is_kept() -> None:
+    # Go writes "" for a runId or rackId Flow left unset (model/taskrun.go:352-357).
+    data = {**target_data(1, status="Pending"), "runId": "", "rackId": ""}
+    target = TaskRunTarget.parse(data)
+    assert (target.run_id, target.rack_id, target.task_id) == ("", "", None)
 
 
 async def test_runs_are_counted_once_and_history_not_at_all(tmp_path: Path) -> None:

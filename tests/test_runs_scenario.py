@@ -11,6 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from exporter.models import TaskRunStatus
 from exporter.persistence import SqlitePersistence
 from exporter.poller import Intervals
@@ -158,24 +160,29 @@ async def test_a_v2_server_switches_the_feature_off_after_one_probe() -> None:
     await h.close()
 
 
-async def test_tasks_under_an_operators_rules_carry_the_rule_name_the_simulator_ran() -> None:
+@pytest.mark.parametrize("task_runs", [False, True], ids=["v2.0", "main"])
+async def test_tasks_under_an_operators_rules_carry_the_rule_name_the_simulator_ran(task_runs: bool) -> None:
     # Ground truth: the rule the simulator's Flow resolved for each submission (its layout). The
-    # exporter only sees reports and GET /task/rule, and must name the same rule.
+    # exporter only sees reports and GET /task/rule, and must name the same rule. v2.0 serves the
+    # rules without Task Runs (release/v2.0 routes.go:945-970): the runs feature being off there
+    # must not keep the rules out.
     from exporter.metrics import ClientMetrics, TaskMetrics
     from exporter.simulator.operations import Operation
     from exporter.snapshot import Publisher
 
-    sim, clock = simulation(ScenarioConfig.quiet(sites=1, racks_per_site=3), task_runs=True)
+    sim, clock = simulation(ScenarioConfig.quiet(sites=1, racks_per_site=3), task_runs=task_runs)
     site = sim.sites()[0]
     racks = [r.id for r in sim.racks(site.id)]
     sim.add_operation_rule(site.id, Operation.FIRMWARE_UPDATE, name="switches-first", is_default=True,
                            layout=[["NVSwitch"], ["Compute"]])  # fmt: skip
-    sim.add_operation_rule(site.id, Operation.POWER_ON, name="compute-first", rack_ids=[racks[1]],
-                           layout=[["Compute"], ["NVSwitch"], ["PowerShelf"]])  # fmt: skip
     h = Harness(
         sim, clock, intervals=Intervals(active=ACTIVE, tray_attribution=600, reconcile=120, discovery=300)
     )
     await h.run(30.0)
+    # A rule made after the first discovery (and after the runs probe): the next discovery reads it.
+    sim.add_operation_rule(site.id, Operation.POWER_ON, name="compute-first", rack_ids=[racks[1]],
+                           layout=[["Compute"], ["NVSwitch"], ["PowerShelf"]])  # fmt: skip
+    await h.run(300.0)
     ids = {
         sim.create_task(site.id, racks[0], "firmware_update", stage_seconds=600): "switches-first",
         sim.create_task(site.id, racks[1], "power_on", stage_seconds=600): "compute-first",

@@ -97,8 +97,8 @@ class Fleet:
     parse_errors: tuple[tuple[str, str], ...] = (("/rack/{id}/task", "unknown_status"),)
     shed_jobs: tuple[str, ...] = ("discovery",)
     per_task_stages: bool = False
-    # Task Runs being polled (all of them with stats), target statuses per run, failed targets,
-    # and Operation Rules per site: none on NICo v2.0.
+    # Task Runs being polled (all of them with stats), target statuses per run, failed targets
+    # (none on NICo v2.0), and Operation Rules per site (none until an operator creates them).
     task_runs: int = 0
     run_target_statuses: int = 0
     failed_run_targets: int = 0

@@ -302,11 +302,16 @@ def _api_routes(sim: Simulation) -> list[BaseRoute]:
         api("/tray/{id}/power", "Tray", "UpdatePowerState", h.tray_power, "PATCH"),
         api("/tray/{id}/firmware", "Tray", "UpdateFirmware", h.tray_firmware, "PATCH"),
     ]
-    if sim.config.task_runs:
-        # NICo main only (routes.go main :1033-1098); static segments win over /task/{id} in Echo.
+    # Static segments win over /task/{id} in Echo, so these come before it.
+    if sim.config.operation_rules:
+        # v2.0 and main (release/v2.0 routes.go:945-970, main :1031-1057); not 1.6.
         routes += [
             api("/task/rule", "TaskRule", "GetAllTaskRules", tr.list_rules),
             api("/task/rule/{id}", "TaskRule", "GetTaskRule", tr.get_rule),
+        ]
+    if sim.config.task_runs:
+        # NICo main only (routes.go main :1060-1098).
+        routes += [
             api("/task/run", "Run", "CreateTaskRun", tr.create_run, "POST"),
             api("/task/run", "Run", "GetAllTaskRuns", tr.list_runs),
             api("/task/run/{id}", "Run", "GetTaskRun", tr.get_run),

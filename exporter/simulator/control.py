@@ -222,7 +222,7 @@ async def sim_plan_task_run(request: Request) -> Response:
 
 async def sim_create_rule(request: Request) -> Response:
     """``POST /_sim/rules {siteId, operation, name, layout?, isDefault?, rackIds?}``: a custom
-    operation rule (NICo main only). ``layout`` is its stages, each a list of component types
+    operation rule (NICo v2.0 and main). ``layout`` is its stages, each a list of component types
     (``[["PowerShelf"], ["Compute", "NVSwitch"]]``); the site's submissions run it once it is the
     default or their rack is associated with it, as Flow's resolver picks rules."""
     sim: Simulation = request.app.state.sim

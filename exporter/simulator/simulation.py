@@ -64,8 +64,9 @@ class SimulatorConfig:
         rate_limit / rate_limit_rate / rate_limit_burst / rate_limit_expires_s: Echo's
             per-IP limiter (disabled by default, as in NICo).
         site_down_delay_s: real seconds a down site's calls hang before their 500.
-        task_runs: serve NICo ``main``'s Task Runs and Task Rules (``/task/run...``,
-            ``/task/rule...``) with Flow's operation-run dispatcher; v2.0 (the default) has neither.
+        task_runs: serve NICo ``main``'s Task Runs (``/task/run...``) with Flow's operation-run
+            dispatcher; v2.0 (the default) has none. Operation Rules (``/task/rule...``) are
+            served by v2.0 and main alike (``operation_rules``), not by 1.6.
     """
 
     org: str = "acme"
@@ -98,6 +99,13 @@ class SimulatorConfig:
             raise ValueError("nico_version must be 2.0 or 1.6")
         if self.scenario.rollouts and not self.task_runs:
             raise ValueError("scenario rollouts need task_runs (a NICo main server)")
+
+    @property
+    def operation_rules(self) -> bool:
+        """Whether the server has Operation Rules (``/task/rule``, and Flow resolving a rule per
+        submission): v2.0 and main (release/v2.0 rest-api/api/pkg/api/routes.go:945-970); not 1.6,
+        whose routes have no ``/task/rule``."""
+        return self.nico_version != "1.6" or self.task_runs
 
     @property
     def reports(self) -> bool:
@@ -216,9 +224,9 @@ class Simulation:
         # Sites were registered well before the simulated history begins.
         registered = start - history - timedelta(days=90)
         self.scenario.populate(config.org, registered)
-        # Flow's operation runs and rules (NICo main only): None on a v2.0 server.
+        # Flow's operation rules (v2.0 and main) and runs (main only): None on a 1.6 server.
         self.runs: RunManager | None = None
-        if config.task_runs or config.scenario.rollouts:
+        if config.operation_rules:
             self.runs = RunManager(self.world, random.Random(config.scenario.seed + 3))
             for site in self.world.sites.values():
                 if site.flow:
@@ -435,7 +443,7 @@ class Simulation:
         child tasks end (not NICo configuration). Needs ``task_runs``.
         """
         self.advance()
-        if self.runs is None:
+        if self.runs is None or not self.config.task_runs:
             raise SimulationError("task runs need task_runs (a NICo main server)")
         if self.site(site_id) is None:
             raise SimulationError(f"unknown site {site_id}")
@@ -474,11 +482,11 @@ class Simulation:
 
         ``is_default``: it becomes the operation's default (the previous default stops being
         one); ``rack_ids``: racks associated with it. The site's submissions run the rule Flow's
-        resolver picks from then on. Needs ``task_runs`` (rules are NICo main's).
+        resolver picks from then on. Needs a server with rules (v2.0 or main, not 1.6).
         """
         self.advance()
         if self.runs is None:
-            raise SimulationError("operation rules need task_runs (a NICo main server)")
+            raise SimulationError("operation rules need a NICo 2.0 server (1.6 has none)")
         if self.site(site_id) is None:
             raise SimulationError(f"unknown site {site_id}")
         racks = {rack.id for rack in self.racks(site_id)}

@@ -253,5 +253,5 @@ def test_cli_presets(preset: str, slowdowns: int) -> None:
     args = build_parser().parse_args(["simulate", "--scenario", preset, "--seed", "3"])
     sim = _simulation(args)
     assert sim.config.scenario == ScenarioConfig.slow_nvswitch(seed=3, factor=5.0 if slowdowns else 1.0)
-    assert sim.runs is None  # a v2.0 server: the preset needs no Task Runs
+    assert not sim.config.task_runs  # a v2.0 server: the preset needs no Task Runs
     assert len(sim.truth_json()["slowdowns"]) == slowdowns

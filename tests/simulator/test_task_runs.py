@@ -82,19 +82,41 @@ def new_run(w: World, **kwargs: Any) -> str:
 # --- v2.0 has none of it -------------------------------------------------------------------------
 
 
-async def test_v2_0_has_no_task_run_or_rule_routes(w: World) -> None:
-    # routes.go main :1033-1098 only; on release/v2.0 the paths fall to the router or /task/{id}.
+async def test_v2_0_has_no_task_run_routes_but_serves_its_rules(w: World) -> None:
+    # Run routes: routes.go main :1060-1098 only; on release/v2.0 the paths fall to the router or
+    # /task/{id}. Rule routes: release/v2.0 routes.go:945-970 as on main.
     response = await post(w, "/task/run", {"siteId": w.site_id})
     assert (response.status_code, response.json()) == (404, nico("The requested path could not be found"))
     response = await w.get(f"/task/run/{MISSING}", siteId=w.site_id)
     assert response.status_code == 404
     response = await post(w, f"/task/run/{MISSING}/pause", {"siteId": w.site_id})
     assert response.status_code == 404
-    # GET /task/run and /task/rule match GET /task/{id} (release/v2.0 handler/task.go:111-114).
-    for path in ("/task/run", "/task/rule"):
-        response = await w.get(path, siteId=w.site_id)
-        assert (response.status_code, response.json()) == (400, nico("Invalid Task ID specified in URL"))
+    # GET /task/run matches GET /task/{id} (release/v2.0 handler/task.go:74-76, :111-114).
+    response = await w.get("/task/run", siteId=w.site_id)
+    assert (response.status_code, response.json()) == (400, nico("Invalid Task ID specified in URL"))
+    response = await w.get("/task/run", siteId=w.site_id, pageSize=20)
+    assert (response.status_code, response.json()) == (
+        400,
+        nico("Unknown query parameter specified in request: pageSize"),
+    )
     assert w.sim.truth_json()["taskRuns"] == []
+    rules = await w.get("/task/rule", siteId=w.site_id, pageSize=20)
+    assert rules.status_code == 200 and {r["operationCode"] for r in rules.json()} >= {"upgrade"}
+    made = await w.http.post("/_sim/rules", json={"siteId": w.site_id, "operation": "firmware_update",
+                                                   "name": "switches-first", "isDefault": True,
+                                                   "layout": [["NVSwitch"], ["Compute"]]})  # fmt: skip
+    assert made.status_code == 201, made.text
+    names = {r["name"] for r in (await w.get("/task/rule", siteId=w.site_id)).json()}
+    assert "switches-first" in names
+
+
+async def test_nico_16_has_no_rule_routes() -> None:
+    # NVIDIA/infra-controller-rest v1.6.0 api/pkg/api/routes.go has no /task/rule: the GET matches
+    # /task/{id}, whose handler refuses the paging key first.
+    async for w in make_world(config(nico_version="1.6")):
+        response = await w.get("/task/rule", siteId=w.site_id, pageSize=20)
+        assert response.status_code == 400 and "Unknown query parameter" in response.json()["message"]
+        assert w.sim.runs is None
 
 
 # --- create --------------------------------------------------------------------------------------
