@@ -183,30 +183,57 @@ async def healthz(request: Request) -> Response:
 
 
 async def auth_login(request: Request) -> Response:
-    """``POST /auth/login {clientId, clientSecret}``: Keycloak client-credentials grant."""
+    """``POST /auth/login {clientId, clientSecret}``: Keycloak client-credentials grant, with the
+    checks and messages of ``release/v2.0`` ``rest-api/auth/pkg/api/handler/keycloak.go:60-97``
+    (validation: ``auth/pkg/api/model/keycloak.go`` ``APILoginRequest.Validate``)."""
     sim: Simulation = request.app.state.sim
     body = await read_json_object(request)
-    if body is None:
-        return nico_error(400, "Failed to parse request data")
-    client_id, secret = body.get("clientId"), body.get("clientSecret")
-    if not isinstance(client_id, str) or not isinstance(secret, str) or not client_id:
-        # Choice: message when neither client credentials nor an auth-code login were sent.
-        return nico_error(400, "clientId and clientSecret are required")
+    fields = ("email", "redirectUri", "clientId", "clientSecret")
+    if body is None or any(not isinstance(body.get(k), (str, type(None))) for k in fields):
+        # Echo's Bind into *string fields refuses any other JSON type.
+        return nico_error(400, "Failed to parse request data, potentially invalid structure")
+    if (errors := _login_errors(body)) is not None:
+        return nico_error(400, "Failed to validate request data", errors)
     if not sim.tokens.service_accounts_enabled:
         return nico_error(401, "Service accounts are not enabled")
-    issued = sim.tokens.login(client_id, secret)
+    issued = sim.tokens.login(str(body["clientId"]), str(body["clientSecret"]))
     if issued is None:
-        # Choice: the wording of Keycloak's rejected grant as NICo relays it.
-        return nico_error(401, "Invalid client credentials")
+        return nico_error(401, "Failed to authenticate using client credentials")
     return nico_response(200, issued.as_json())
 
 
+def _login_errors(body: dict[str, Any]) -> dict[str, str] | None:
+    """``APILoginRequest.Validate``'s ozzo errors for a client-credentials login (the auth-code
+    flow, by ``email``, is not modelled: a body with ``email`` and no ``clientId`` is refused as
+    its missing ``redirectUri``)."""
+    client_id, secret, email = body.get("clientId"), body.get("clientSecret"), body.get("email")
+    if email is not None and client_id is not None:
+        return {"__all__": "email and clientId cannot be specified together"}
+    errors: dict[str, str] = {}
+    if email is None and client_id in (None, ""):
+        errors["clientId"] = "clientId must be specified if email is not specified"
+        errors["email"] = "email must be specified if clientId is not specified"
+    if client_id is not None and secret in (None, ""):
+        errors["clientSecret"] = "clientSecret must be specified if clientId is specified"
+    if email is not None and client_id is None:
+        errors["redirectUri"] = "redirectUri must be specified if email is specified"
+    return errors or None
+
+
 async def auth_refresh(request: Request) -> Response:
-    """``POST /auth/refresh {refreshToken}``: new tokens, or 401 "Invalid or expired refresh token"."""
+    """``POST /auth/refresh {refreshToken}``: new tokens, or 401 "Invalid or expired refresh token"
+    (``keycloak.go:284-311``: an unreadable body is 400 "Invalid request format", a missing token
+    400 "Failed to validate request data")."""
     sim: Simulation = request.app.state.sim
     body = await read_json_object(request)
-    token = body.get("refreshToken") if body is not None else None
-    issued = sim.tokens.refresh(token) if isinstance(token, str) else None
+    if body is None or not isinstance(body.get("refreshToken", ""), str):
+        return nico_error(400, "Invalid request format")
+    token = body.get("refreshToken", "")
+    if not token:
+        return nico_error(
+            400, "Failed to validate request data", {"refreshToken": "refreshToken is required"}
+        )
+    issued = sim.tokens.refresh(str(token))
     if issued is None:
         return nico_error(401, "Invalid or expired refresh token")
     return nico_response(200, issued.as_json())

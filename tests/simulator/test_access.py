@@ -40,8 +40,8 @@ async def test_login_refresh_and_real_time_expiry() -> None:
     ticks = FakeMonotonic()
     async for w in make_world(config(token_ttl_s=60.0, refresh_ttl_s=120.0), monotonic=ticks):
         bad = await w.http.post("/auth/login", json={"clientId": "nico-exporter", "clientSecret": "wrong"})
-        assert bad.status_code == 401
-        assert bad.json()["source"] == "nico"
+        # release/v2.0 rest-api/auth/pkg/api/handler/keycloak.go:88
+        assert (bad.status_code, bad.json()) == (401, nico("Failed to authenticate using client credentials"))
 
         login = await w.http.post(
             "/auth/login", json={"clientId": "nico-exporter", "clientSecret": "sim-secret"}
@@ -70,6 +70,33 @@ async def test_login_refresh_and_real_time_expiry() -> None:
         ticks.value += 121
         stale = await w.http.post("/auth/refresh", json={"refreshToken": tokens["refreshToken"]})
         assert stale.json() == nico("Invalid or expired refresh token")
+
+
+async def test_login_and_refresh_refuse_bad_bodies_as_keycloak_go_does() -> None:
+    # keycloak.go:62-73 (login: Bind, then APILoginRequest.Validate, model/keycloak.go) and
+    # :287-299 (refresh: Bind "Invalid request format", then Validate).
+    async for w in make_world(config()):
+        garbled = await w.http.post("/auth/login", content=b"{not json")
+        assert garbled.json() == nico("Failed to parse request data, potentially invalid structure")
+        number = await w.http.post("/auth/login", json={"clientId": 7, "clientSecret": "x"})
+        assert number.json() == nico("Failed to parse request data, potentially invalid structure")
+        no_secret = await w.http.post("/auth/login", json={"clientId": "nico-exporter"})
+        assert (no_secret.status_code, no_secret.json()) == (
+            400,
+            nico(
+                "Failed to validate request data",
+                {"clientSecret": "clientSecret must be specified if clientId is specified"},
+            ),
+        )
+        empty = (await w.http.post("/auth/login", json={})).json()
+        assert empty["message"] == "Failed to validate request data"
+        assert set(empty["data"]) == {"clientId", "email"}
+        refresh = await w.http.post("/auth/refresh", content=b"[]")
+        assert (refresh.status_code, refresh.json()) == (400, nico("Invalid request format"))
+        missing = await w.http.post("/auth/refresh", json={})
+        assert missing.json() == nico(
+            "Failed to validate request data", {"refreshToken": "refreshToken is required"}
+        )
 
 
 async def test_auth_can_be_disabled() -> None:
