@@ -2,7 +2,7 @@
 
 Logs in with the configured credentials, lists the org's sites, and for each says whether Flow is
 on (only Flow sites have racks, trays and tasks), how many racks it has, and how its task lists
-answer: paged as the OpenAPI spec says, or (NICo v2.0) the first 20 rows with an exact total and
+answer: paged as the OpenAPI spec says, or (NICo v2.0 and main) the first 20 rows with an exact total and
 no paging parameters, with or without reports. A new user learns before the first run whether
 credentials, role and network are right, and how much of each rack's history a list can show.
 """
@@ -76,7 +76,7 @@ async def probe(client: NicoClient, *, site_ids: Sequence[str] = ()) -> ProbeRep
 
 def render(report: ProbeReport, out: TextIO) -> None:
     if report.task_list_paging is False:
-        lists = "each task list is its first 20 rows, no paging (NICo v2.0)"
+        lists = "each task list is its first 20 rows, no paging (NICo v2.0 and later)"
     elif report.task_list_paging:
         lists = "task lists page (as the OpenAPI spec says)"
     else:

@@ -36,7 +36,7 @@ def _online(tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str], **kw: 
     [
         (
             {},
-            "server: each task list is its first 20 rows, no paging (NICo v2.0), with stage and step reports",
+            "server: each task list is its first 20 rows, no paging (NICo v2.0 and later), with stage and step reports",
         ),
         (
             {"task_list_paging": True},
