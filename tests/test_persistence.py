@@ -99,44 +99,45 @@ def test_untracked_wins_over_tracked_in_the_same_batch(db: SqlitePersistence) ->
     assert db.load().tracked == {}
 
 
-def test_a_schema_1_file_is_migrated_and_its_ledgers_start_again(path: Path) -> None:
-    import sqlite3
-
+def older_file(path: Path, version: int, tables: str) -> None:
+    """A state file as an older exporter wrote it: its schema version and ``tables`` (SQL)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path)
-    conn.executescript(
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
+    conn.executescript(tables)
+    conn.commit()
+    conn.close()
+
+
+def test_a_schema_1_file_is_migrated_and_its_ledgers_start_again(path: Path) -> None:
+    older_file(
+        path,
+        1,
         """
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        INSERT INTO meta VALUES ('schema_version', '1');
         CREATE TABLE racks (rack_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, baselined_at REAL,
             known_count INTEGER NOT NULL);
         INSERT INTO racks VALUES ('r1', 's1', 900.0, 7);
         CREATE TABLE totals (site_id TEXT NOT NULL, status TEXT NOT NULL, operation TEXT NOT NULL,
             count INTEGER NOT NULL, PRIMARY KEY (site_id, status, operation));
         INSERT INTO totals VALUES ('s1', 'Succeeded', 'power_on', 12);
-        """
+        """,
     )
-    conn.commit()
-    conn.close()
     loaded = reopened(path)
     assert loaded.racks == {} and loaded.totals == {("s1", "Succeeded", "power_on"): 12}
 
 
 def test_a_schema_2_file_keeps_its_ledgers_without_an_explained_time(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path)
-    conn.executescript(
+    older_file(
+        path,
+        2,
         """
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        INSERT INTO meta VALUES ('schema_version', '2');
         CREATE TABLE racks (rack_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, baselined_at REAL,
             baseline_total INTEGER, last_total INTEGER, seen_new INTEGER NOT NULL DEFAULT 0,
             unobserved INTEGER NOT NULL DEFAULT 0);
         INSERT INTO racks VALUES ('r1', 's1', 900.0, 7, 9, 1, 1);
-        """
+        """,
     )
-    conn.commit()
-    conn.close()
     assert reopened(path).racks == {"r1": ("s1", 900.0, 7, 9, 1, 1, None)}
     again = SqlitePersistence(path)
     again.write(StateBatch(racks={"r1": ("s1", 900.0, 7, 9, 1, 1, 950.0)}))
