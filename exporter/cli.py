@@ -48,6 +48,15 @@ def _ranges(value: str) -> dict[str, tuple[float, float]]:
         raise argparse.ArgumentTypeError(f"want FAMILY=MIN:MAX,... not {value!r}") from None
 
 
+def _site_fault(value: str) -> tuple[int, dict[str, Any]]:
+    from exporter.simulator.fleet import parse_site_fault
+
+    try:
+        return parse_site_fault(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _int_range(value: str) -> tuple[int, int]:
     low, sep, high = value.partition(":")
     try:
@@ -85,6 +94,13 @@ def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -
     parser.add_argument("--seed", type=int, default=7, help="seed of every random choice (default 7)")
     parser.add_argument("--sites", type=int, default=2, help="Flow-enabled sites (default 2)")
     parser.add_argument("--racks", type=int, default=8, help="GB200 NVL72 racks per site (default 8)")
+    parser.add_argument(
+        "--site-racks",
+        type=_site_racks,
+        default={},
+        metavar="N,N,...",
+        help="racks of each Flow site in turn, where it differs from --racks (e.g. 100,10,10)",
+    )
     parser.add_argument("--non-flow-sites", type=int, default=1, help="extra sites without Flow (default 1)")
     parser.add_argument(
         "--speed",
@@ -133,6 +149,25 @@ def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -
     parser.add_argument("--client-id", default="nico-exporter", help="client id accepted by POST /auth/login")
     parser.add_argument("--client-secret", default="sim-secret", help="its secret")
     parser.add_argument("--no-auth", action="store_true", help="accept requests without a token")
+    parser.add_argument(
+        "--no-service-accounts",
+        action="store_true",
+        help='POST /auth/login by clientId answers 401 "Service accounts are not enabled"',
+    )
+    parser.add_argument(
+        "--no-keycloak", action="store_true", help="no /auth routes (a server without Keycloak: 404)"
+    )
+    parser.add_argument(
+        "--site-fault",
+        type=_site_fault,
+        action="append",
+        default=[],
+        metavar="INDEX:KEY=VALUE,...",
+        help="fleet faults of the INDEX-th (0-based) Flow site, repeatable, e.g. 1:silent=true,"
+        "siteStatus=Error or 2:clockSkewSeconds=8 (keys: silent, workflowTimeoutSeconds, siteStatus, "
+        "offlineAfterSeconds, agentLacks, flowLacks, clockSkewSeconds, unorderedInventory, emptyCancel; "
+        "list items joined by +, e.g. agentLacks=runs+rules)",
+    )
     parser.add_argument(
         "--rate-limit",
         type=float,
@@ -341,8 +376,19 @@ def _traffic_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _site_racks(text: str) -> dict[int, int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want rack counts like 100,10,10, got {text!r}") from None
+    if any(n < 0 for n in counts):
+        raise argparse.ArgumentTypeError("rack counts must not be negative")
+    return dict(enumerate(counts))
+
+
 def _simulation(args: argparse.Namespace) -> Simulation:
     from exporter.simulator import FaultConfig, ScenarioConfig, Simulation, SimulatorConfig
+    from exporter.simulator.fleet import NO_FAULTS, SiteFaults
 
     if args.scenario == "rollout-gate-trip":
         scenario = ScenarioConfig.rollout_gate_trip(racks_per_site=args.racks, seed=args.seed)
@@ -367,8 +413,14 @@ def _simulation(args: argparse.Namespace) -> Simulation:
             history_hours=args.history_hours,
             history_tasks_per_rack=args.history_tasks_per_rack,
             horizon_hours=args.horizon_hours,
+            site_racks=args.site_racks,
             **_traffic_overrides(args),
         )
+    site_faults: dict[int, SiteFaults] = {}
+    for index, changes in args.site_fault:
+        if index >= scenario.sites:
+            raise SystemExit(f"--site-fault: there is no Flow site {index} (Flow sites: {scenario.sites})")
+        site_faults[index] = site_faults.get(index, NO_FAULTS).updated(changes)
     config = SimulatorConfig(
         org=args.org,
         scenario=scenario,
@@ -386,6 +438,9 @@ def _simulation(args: argparse.Namespace) -> Simulation:
         list_order=args.list_order,
         legacy_routes_only=args.legacy_routes_only,
         leak_queue_timeout_s=args.leak_queue_timeout,
+        site_faults=site_faults,
+        keycloak=not args.no_keycloak,
+        service_accounts=not args.no_service_accounts,
     )
     for token in config.tokens:
         logs.register_secret(token)

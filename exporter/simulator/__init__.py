@@ -20,6 +20,7 @@ from __future__ import annotations
 from exporter.simulator.asgi import create_app
 from exporter.simulator.clock import AcceleratedClock, Clock, ManualClock
 from exporter.simulator.faults import FaultConfig
+from exporter.simulator.fleet import SiteFaults
 from exporter.simulator.operations import Operation
 from exporter.simulator.scenario import ScenarioConfig
 from exporter.simulator.server import quiet_simulated_resets, simulator_server
@@ -43,6 +44,7 @@ __all__ = [
     "Simulation",
     "SimulationError",
     "SimulatorConfig",
+    "SiteFaults",
     "TaskTruth",
     "create_app",
     "quiet_simulated_resets",

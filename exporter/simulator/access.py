@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -54,20 +55,21 @@ class TokenStore:
         refresh_ttl_s: float,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        service_accounts: bool = True,
     ) -> None:
-        self._static = frozenset(static_tokens)
+        self._static = set(static_tokens)
         self._credentials = dict(client_credentials)
+        # keycloak.serviceAccount (api/internal/config/config.go:127, :253); no credentials at
+        # all is the same as disabled, as before.
+        self.service_accounts_enabled = service_accounts and bool(self._credentials)
         self._org = org
         self.token_ttl_s = token_ttl_s
         self.refresh_ttl_s = refresh_ttl_s
         self._monotonic = monotonic
         self._wall = wall
         self._access: dict[str, float] = {}  # token -> monotonic expiry
+        self._access_client: dict[str, str] = {}  # token -> the client it was issued to
         self._refresh: dict[str, tuple[float, str]] = {}  # token -> (monotonic expiry, client id)
-
-    @property
-    def service_accounts_enabled(self) -> bool:
-        return bool(self._credentials)
 
     def valid(self, token: str) -> bool:
         """True for a static token or an issued one that has not expired."""
@@ -78,6 +80,7 @@ class TokenStore:
             return False
         if self._monotonic() >= expiry:
             del self._access[token]
+            self._access_client.pop(token, None)
             return False
         return True
 
@@ -102,7 +105,29 @@ class TokenStore:
     def revoke_all(self) -> None:
         """Forget every issued token (static ones stay): simulates a Keycloak key rotation."""
         self._access.clear()
+        self._access_client.clear()
         self._refresh.clear()
+
+    def revoke_client(self, client_id: str) -> bool:
+        """Delete a client from Keycloak: its credentials and every token issued to it go (its next
+        login is 401 "Failed to authenticate using client credentials"). False if unknown."""
+        known = client_id in self._credentials or client_id in self._access_client.values()
+        self._credentials.pop(client_id, None)
+        for token in [t for t, owner in self._access_client.items() if owner == client_id]:
+            self._access.pop(token, None)
+            del self._access_client[token]
+        for token in [t for t, (_expiry, owner) in self._refresh.items() if owner == client_id]:
+            del self._refresh[token]
+        return known
+
+    def revoke_token(self, token: str) -> bool:
+        """Invalidate one token, static or issued (then 401 "Invalid authorization token in
+        request"). False if the store does not know it."""
+        known = token in self._static or token in self._access
+        self._static.discard(token)
+        self._access.pop(token, None)
+        self._access_client.pop(token, None)
+        return known
 
     def _issue(self, client_id: str) -> IssuedTokens:
         now = self._monotonic()
@@ -122,8 +147,44 @@ class TokenStore:
         access = f"{header}.{payload}.{_b64(secrets.token_bytes(32))}"
         refresh = secrets.token_urlsafe(32)
         self._access[access] = now + self.token_ttl_s
+        self._access_client[access] = client_id
         self._refresh[refresh] = (now + self.refresh_ttl_s, client_id)
         return IssuedTokens(access, refresh, math.ceil(self.token_ttl_s))
+
+
+@dataclass
+class AccessSwitches:
+    """Server-side auth settings a deployment can lack, switched at runtime (``PUT /_sim/auth``).
+
+    Attributes:
+        keycloak: the ``/auth`` routes are registered (``api/internal/server/server.go:273-284``
+            registers them only with a Keycloak config; without, they are Echo's 404).
+        provider_admin: the caller holds ``PROVIDER_ADMIN`` in the org (else the Flow handlers'
+            403 "User does not have Provider Admin role with org").
+        infrastructure_provider: the org has an Infrastructure Provider (else their 400 "Failed to
+            retrieve Infrastructure Provider for org").
+    """
+
+    keycloak: bool = True
+    provider_admin: bool = True
+    infrastructure_provider: bool = True
+
+
+# The JSON keys of PUT /_sim/auth: key -> AccessSwitches field (serviceAccounts is the TokenStore's).
+AUTH_KEYS = {
+    "keycloak": "keycloak",
+    "providerAdmin": "provider_admin",
+    "infrastructureProvider": "infrastructure_provider",
+}
+
+
+def auth_json(switches: AccessSwitches, tokens: TokenStore) -> dict[str, Any]:
+    return {
+        "keycloak": switches.keycloak,
+        "serviceAccounts": tokens.service_accounts_enabled,
+        "providerAdmin": switches.provider_admin,
+        "infrastructureProvider": switches.infrastructure_provider,
+    }
 
 
 class RateLimiter:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Awaitable, Callable
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -187,6 +189,8 @@ async def auth_login(request: Request) -> Response:
     checks and messages of ``release/v2.0`` ``rest-api/auth/pkg/api/handler/keycloak.go:60-97``
     (validation: ``auth/pkg/api/model/keycloak.go`` ``APILoginRequest.Validate``)."""
     sim: Simulation = request.app.state.sim
+    if not sim.access.keycloak:
+        return nico_error(404, PATH_NOT_FOUND)  # server.go:273-284: no Keycloak, no /auth routes
     body = await read_json_object(request)
     fields = ("email", "redirectUri", "clientId", "clientSecret")
     if body is None or any(not isinstance(body.get(k), (str, type(None))) for k in fields):
@@ -225,6 +229,8 @@ async def auth_refresh(request: Request) -> Response:
     (``keycloak.go:284-311``: an unreadable body is 400 "Invalid request format", a missing token
     400 "Failed to validate request data")."""
     sim: Simulation = request.app.state.sim
+    if not sim.access.keycloak:
+        return nico_error(404, PATH_NOT_FOUND)
     body = await read_json_object(request)
     if body is None or not isinstance(body.get("refreshToken", ""), str):
         return nico_error(400, "Invalid request format")
@@ -275,7 +281,8 @@ class RateLimitMiddleware:
 
 
 class StatsMiddleware:
-    """Counts every request by (method, route template, status) into ``sim.stats``; adds ``Date``."""
+    """Counts every request by (method, route template, status) into ``sim.stats``, and every
+    ``/v2`` request by the ``siteId`` it names (query, or JSON body); adds ``Date``."""
 
     def __init__(self, app: ASGIApp, sim: Simulation) -> None:
         self.app = app
@@ -285,6 +292,8 @@ class StatsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if str(scope.get("path", "")).startswith("/v2/"):
+            receive = await self._count_site(scope, receive)
         status = 500
 
         async def counting_send(message: Message) -> None:
@@ -304,6 +313,44 @@ class StatsMiddleware:
             template = getattr(route, "path", None) or "<unmatched>"
             self.sim.stats.record(str(scope.get("method", "")), str(template), status)
 
+    async def _count_site(self, scope: Scope, receive: Receive) -> Receive:
+        """Count the request for the site it names: the first ``siteId`` of the query (as Echo
+        binds it), else the body's. The body is read here and replayed to the app."""
+        query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
+        site_id: Any = query.get("siteId", [None])[0]
+        if scope.get("method") in ("GET", "HEAD", "DELETE"):
+            if site_id:
+                self.sim.stats.record_site(str(site_id))
+            return receive
+        chunks: list[bytes] = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+        body = b"".join(chunks)
+        if not site_id:
+            try:
+                parsed = json.loads(body) if body else None
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict) and isinstance(parsed.get("siteId"), str):
+                site_id = parsed["siteId"]
+        if site_id:
+            self.sim.stats.record_site(str(site_id))
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
+
 
 def _api_routes(sim: Simulation) -> list[BaseRoute]:
     def api(path: str, resource: str, workflow: str, handler: Handler, method: str = "GET") -> Route:
@@ -321,13 +368,13 @@ def _api_routes(sim: Simulation) -> list[BaseRoute]:
         api("/rack/{id}", "Rack", "GetRack", h.get_rack),
         api("/rack/{id}/task", "Task", "GetTasks", h.rack_tasks),
         api("/rack/{id}/power", "Rack", "UpdatePowerState", h.rack_power, "PATCH"),
-        api("/rack/{id}/firmware", "Rack", "UpdateFirmware", h.rack_firmware, "PATCH"),
+        api("/rack/{id}/firmware", "Rack", "UpgradeFirmware", h.rack_firmware, "PATCH"),
         api("/rack/{id}/bringup", "Rack", "BringUpRack", h.rack_bringup, "POST"),
         api("/tray", "Tray", "GetTrays", h.list_trays),
         api("/tray/{id}", "Tray", "GetTray", h.get_tray),
         api("/tray/{id}/task", "Task", "GetTasks", h.tray_tasks),
         api("/tray/{id}/power", "Tray", "UpdatePowerState", h.tray_power, "PATCH"),
-        api("/tray/{id}/firmware", "Tray", "UpdateFirmware", h.tray_firmware, "PATCH"),
+        api("/tray/{id}/firmware", "Tray", "UpgradeFirmware", h.tray_firmware, "PATCH"),
     ]
     # Static segments win over /task/{id} in Echo, so these come before it.
     if sim.config.operation_rules:

@@ -1,4 +1,5 @@
-"""The control API under ``/_sim`` (no auth): ground truth, task injection, faults, outages, stats.
+"""The control API under ``/_sim`` (no auth): ground truth, task injection, faults, fleet faults,
+outages, auth switches, stats.
 
 Lets tests, the demo and benchmarks drive a simulator they only reach over a socket. It is no
 part of NICo: its error bodies are ``{"error": ...}``, never NICo-shaped.
@@ -10,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from exporter.simulator.access import AUTH_KEYS, auth_json
 from exporter.simulator.clock import ManualClock
 from exporter.simulator.operations import Operation
 from exporter.simulator.responses import nico_response, read_json_object
@@ -252,9 +254,68 @@ async def sim_create_rule(request: Request) -> Response:
     return nico_response(201, {"ruleId": rule_id})
 
 
-async def sim_revoke_tokens(request: Request) -> Response:
+async def sim_site_faults(request: Request) -> Response:
+    """``GET /_sim/sites/{id}/faults``, or ``PUT`` a partial set of fleet faults (camelCase keys:
+    ``silent``, ``workflowTimeoutSeconds``, ``siteStatus``, ``offlineAfterSeconds``,
+    ``agentLacks``, ``flowLacks``, ``clockSkewSeconds``, ``unorderedInventory``, ``emptyCancel``);
+    answers the site's faults in force. An unknown key or a wrong type is 400, a site the
+    simulation does not have 404."""
     sim: Simulation = request.app.state.sim
-    sim.tokens.revoke_all()
+    site_id = str(request.path_params["id"])
+    if site_id not in sim.world.sites:
+        return _control_error(404, f"unknown site {site_id}")
+    if request.method == "PUT":
+        body = await read_json_object(request)
+        if body is None:
+            return _control_error(400, "body must be a JSON object")
+        try:
+            sim.set_site_faults(site_id, body)
+        except ValueError as exc:
+            return _control_error(400, str(exc))
+    return nico_response(200, sim.faults_of(site_id).as_json(sim.config.workflow_timeout_s))
+
+
+async def sim_auth(request: Request) -> Response:
+    """``GET /_sim/auth``, or ``PUT`` a partial set of booleans: ``keycloak`` (the ``/auth`` routes
+    exist), ``serviceAccounts`` (login by clientId is enabled), ``providerAdmin`` (the caller has
+    the role), ``infrastructureProvider`` (the org has one)."""
+    sim: Simulation = request.app.state.sim
+    if request.method == "PUT":
+        body = await read_json_object(request)
+        if body is None:
+            return _control_error(400, "body must be a JSON object")
+        for key, value in body.items():
+            if key not in AUTH_KEYS and key != "serviceAccounts":
+                return _control_error(400, f"unknown auth key {key!r}")
+            if not isinstance(value, bool):
+                return _control_error(400, f"{key} must be a boolean")
+        for key, value in body.items():
+            if key == "serviceAccounts":
+                sim.tokens.service_accounts_enabled = value
+            else:
+                setattr(sim.access, AUTH_KEYS[key], value)
+    return nico_response(200, auth_json(sim.access, sim.tokens))
+
+
+async def sim_revoke_tokens(request: Request) -> Response:
+    """``POST /_sim/auth/revoke``: without a body, forget every issued token (a Keycloak key
+    rotation); ``{"clientId"}`` deletes that client (credentials and tokens); ``{"token"}``
+    invalidates one token, static or issued."""
+    sim: Simulation = request.app.state.sim
+    body = await read_json_object(request)
+    if body is None:
+        return _control_error(400, "body must be a JSON object")
+    if not body:
+        sim.tokens.revoke_all()
+        return nico_response(200, {"revoked": True})
+    if set(body) not in ({"clientId"}, {"token"}) or not all(isinstance(v, str) for v in body.values()):
+        return _control_error(400, 'body must be {"clientId": "<id>"} or {"token": "<token>"}')
+    if "clientId" in body:
+        if not sim.tokens.revoke_client(body["clientId"]):
+            return _control_error(404, f"unknown client {body['clientId']}")
+        return nico_response(200, {"revoked": True, "clientId": body["clientId"]})
+    if not sim.tokens.revoke_token(body["token"]):
+        return _control_error(404, "unknown token")
     return nico_response(200, {"revoked": True})
 
 
@@ -266,9 +327,11 @@ def control_routes() -> list[BaseRoute]:
         Route("/_sim/tasks/{id}/cancel", sim_cancel_task, methods=["POST"]),
         Route("/_sim/tasks/{id}", sim_forget_task, methods=["DELETE"]),
         Route("/_sim/faults", sim_faults, methods=["GET", "PUT"]),
+        Route("/_sim/sites/{id}/faults", sim_site_faults, methods=["GET", "PUT"]),
         Route("/_sim/sites/{id}/{action}", sim_site, methods=["POST"]),
         Route("/_sim/stats", sim_stats, methods=["GET", "DELETE"]),
         Route("/_sim/clock", sim_clock, methods=["POST"]),
+        Route("/_sim/auth", sim_auth, methods=["GET", "PUT"]),
         Route("/_sim/auth/revoke", sim_revoke_tokens, methods=["POST"]),
         Route("/_sim/task-runs", sim_create_task_run, methods=["POST"]),
         Route("/_sim/task-runs/{id}/children", sim_plan_task_run, methods=["PUT"]),

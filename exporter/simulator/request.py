@@ -9,6 +9,7 @@ exact message; the handlers call them in the Go order (docs/simulator.md cites f
 from __future__ import annotations
 
 import json
+import random
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -192,7 +193,21 @@ def page_request(ctx: Ctx, allowed_order: frozenset[str] | None) -> Page:
     return Page(number or 1, size or DEFAULT_PAGE_SIZE, order_by)
 
 
-def sort_page(items: list[Any], order_by: str | None, keys: dict[str, Callable[[Any], Any]]) -> list[Any]:
+def sort_page(
+    items: list[Any],
+    order_by: str | None,
+    keys: dict[str, Callable[[Any], Any]],
+    *,
+    shuffle: random.Random | None = None,
+) -> list[Any]:
+    """Order a list by ``orderBy`` (``FIELD_ASC|DESC``), ties in their current order.
+
+    ``shuffle``: the rows have no defined order (a query without ``ORDER BY``): shuffled first,
+    so without ``orderBy`` the order is new at every request and with it ties come in any order.
+    """
+    if shuffle is not None:
+        items = list(items)
+        shuffle.shuffle(items)
     if order_by is None:
         return items
     field_name, direction = order_by.rsplit("_", 1)

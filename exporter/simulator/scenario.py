@@ -143,6 +143,8 @@ class ScenarioConfig:
         seed: seeds every random choice (ids, arrivals, outcomes, durations).
         sites: number of Flow-enabled sites.
         racks_per_site: GB200 NVL72 racks per site (35 trays each).
+        site_racks: racks of each Flow site by its index, where it differs from ``racks_per_site``
+            (a fleet of one big site and small ones).
         non_flow_sites: extra sites without Flow (their task/rack/tray calls answer 412).
         arrivals_per_rack_per_hour: mean task submission rate per rack (Poisson); 0 = none.
             ``leak_detection``'s share of the mix is the rate of leaks, not of submissions.
@@ -164,6 +166,7 @@ class ScenarioConfig:
     seed: int = 1
     sites: int = 2
     racks_per_site: int = 8
+    site_racks: dict[int, int] = field(default_factory=dict)
     non_flow_sites: int = 0
     arrivals_per_rack_per_hour: float = 2.0
     operation_mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
@@ -184,6 +187,8 @@ class ScenarioConfig:
             Operation(name)  # raises ValueError on an unknown operation
         for family in self.stage_seconds:
             Family(family)
+        if any(n < 0 for n in self.site_racks.values()):
+            raise ValueError("site_racks: rack counts must not be negative")
         if self.sites < 0 or self.racks_per_site < 0 or self.non_flow_sites < 0:
             raise ValueError("counts must not be negative")
         if not 0.0 <= self.failure_rate <= 1.0 or not 0.0 <= self.cancel_rate <= 1.0:
@@ -322,11 +327,11 @@ class Scenario:
                 created=created + timedelta(days=index, seconds=self.rng.uniform(0, 3600)),
                 city=_CITIES[index % len(_CITIES)],
             )
-            self._add_racks(site)
+            self._add_racks(site, self.config.site_racks.get(index, self.config.racks_per_site))
 
-    def _add_racks(self, site: Site) -> None:
+    def _add_racks(self, site: Site, count: int) -> None:
         letter = site.name.removeprefix("site-")
-        for index in range(self.config.racks_per_site):
+        for index in range(count):
             row, column = divmod(index, 16)
             self.world.add_rack(
                 site,

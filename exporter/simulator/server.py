@@ -39,5 +39,8 @@ def simulator_server(sim: Simulation, host: str = "127.0.0.1", port: int = 8080)
         access_log=False,
         lifespan="off",
         date_header=False,
+        # A silent site's calls are held for the Temporal timeout (50 s): a stop must not wait
+        # for them to be answered.
+        timeout_graceful_shutdown=1,
     )
     return uvicorn.Server(config)

@@ -10,16 +10,26 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal
 
 from exporter.models import ComponentType, format_timestamp
-from exporter.simulator.access import RateLimiter, TokenStore
+from exporter.simulator.access import AccessSwitches, RateLimiter, TokenStore
 from exporter.simulator.clock import AcceleratedClock, Clock
 from exporter.simulator.faults import FaultConfig, FaultInjector
+from exporter.simulator.fleet import (
+    NO_FAULTS,
+    WORKFLOW_CONTEXT_TIMEOUT_S,
+    SiteFaults,
+    SiteHealth,
+    SiteStatusView,
+    StatusEntry,
+    current_status,
+    status_message,
+)
 from exporter.simulator.inventory import Rack, Site, Tray
 from exporter.simulator.operations import Operation, describe, schedule_description
 from exporter.simulator.scenario import RolloutConfig, Scenario, ScenarioConfig
@@ -67,6 +77,13 @@ class SimulatorConfig:
         task_runs: serve NICo ``main``'s Task Runs (``/task/run...``) with Flow's operation-run
             dispatcher; v2.0 (the default) has none. Operation Rules (``/task/rule...``) are
             served by v2.0 and main alike (``operation_rules``), not by 1.6.
+        workflow_timeout_s: real seconds a handler waits for a workflow no agent picks up
+            (``WorkflowContextTimeout``, 50 s); per site ``SiteFaults.workflow_timeout_s``.
+        site_faults: fleet faults at start, keyed by the 0-based index among Flow sites
+            (changeable at runtime, ``PUT /_sim/sites/{id}/faults``).
+        keycloak: the ``/auth`` routes exist (without Keycloak they are Echo's 404).
+        service_accounts: ``POST /auth/login`` by clientId is enabled (else 401 "Service
+            accounts are not enabled").
     """
 
     org: str = "acme"
@@ -93,10 +110,21 @@ class SimulatorConfig:
     rate_limit_expires_s: float = 180.0
     site_down_delay_s: float = 0.0
     task_runs: bool = False
+    workflow_timeout_s: float = WORKFLOW_CONTEXT_TIMEOUT_S
+    site_faults: dict[int, SiteFaults] = field(default_factory=dict)
+    keycloak: bool = True
+    service_accounts: bool = True
 
     def __post_init__(self) -> None:
         if self.nico_version not in ("2.0", "1.6"):
             raise ValueError("nico_version must be 2.0 or 1.6")
+        if not self.workflow_timeout_s >= 0:
+            raise ValueError("workflow_timeout_s must not be negative")
+        for index in self.site_faults:
+            if not isinstance(index, int) or not 0 <= index < self.scenario.sites:
+                raise ValueError(
+                    f"site_faults: no Flow site {index!r} (keys are 0-based among {self.scenario.sites})"
+                )
         if self.scenario.rollouts and not self.task_runs:
             raise ValueError("scenario rollouts need task_runs (a NICo main server)")
 
@@ -167,13 +195,18 @@ class TaskTruth:
 
 
 class RequestStats:
-    """Requests served, by (method, route template, status): the API calls a client made."""
+    """Requests served, by (method, route template, status): the API calls a client made; and
+    ``/v2`` requests by the ``siteId`` they named (query or body), whatever their status."""
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, str, int]] = Counter()
+        self.sites: Counter[str] = Counter()
 
     def record(self, method: str, route: str, status: int) -> None:
         self.counts[(method, route, status)] += 1
+
+    def record_site(self, site_id: str) -> None:
+        self.sites[site_id] += 1
 
     def total(self, *, prefix: str = "/v2") -> int:
         """Requests whose route starts with ``prefix`` (default: the NICo API proper)."""
@@ -181,13 +214,14 @@ class RequestStats:
 
     def reset(self) -> None:
         self.counts.clear()
+        self.sites.clear()
 
     def as_json(self) -> dict[str, Any]:
         rows = [
             {"method": method, "route": route, "status": status, "count": count}
             for (method, route, status), count in sorted(self.counts.items())
         ]
-        return {"total": self.total(), "requests": rows}
+        return {"total": self.total(), "requests": rows, "sites": dict(sorted(self.sites.items()))}
 
 
 class Simulation:
@@ -248,7 +282,9 @@ class Simulation:
             token_ttl_s=config.token_ttl_s,
             refresh_ttl_s=config.refresh_ttl_s,
             monotonic=monotonic,
+            service_accounts=config.service_accounts,
         )
+        self.access = AccessSwitches(keycloak=config.keycloak)
         self.limiter = RateLimiter(
             rate=config.rate_limit_rate,
             burst=config.rate_limit_burst,
@@ -256,7 +292,17 @@ class Simulation:
             monotonic=monotonic,
         )
         self.shuffle_rng = random.Random(config.scenario.seed + 2)
+        # Row order of rack and tray lists of a site with ``unordered_inventory``.
+        self.inventory_rng = random.Random(config.scenario.seed + 4)
         self.stats = RequestStats()
+        # Fleet faults (docs/simulator.md, "Fleet faults"): per site id; none means no fault.
+        self.site_faults: dict[str, SiteFaults] = {}
+        self.site_health: dict[str, SiteHealth] = {}
+        flow_ids = self.flow_site_ids()
+        for index, faults in sorted(config.site_faults.items()):
+            if index >= len(flow_ids):
+                raise ValueError(f"site_faults: no Flow site {index} (there are {len(flow_ids)})")
+            self._apply_site_faults(flow_ids[index], faults)
         self.advance()
 
     # --- time ----------------------------------------------------------------------------------
@@ -310,6 +356,70 @@ class Simulation:
         if site is None:
             raise SimulationError(f"unknown site {site_id}")
         return site
+
+    # --- fleet faults ----------------------------------------------------------------------------
+
+    def faults_of(self, site_id: str) -> SiteFaults:
+        """The site's fleet faults (``NO_FAULTS`` when none was set)."""
+        return self.site_faults.get(site_id, NO_FAULTS)
+
+    def set_site_faults(self, site_id: str, changes: Mapping[str, Any]) -> SiteFaults:
+        """Apply partial fleet faults (camelCase JSON keys) to a site; returns them.
+
+        Raises :class:`SimulationError` for an unknown site, ``ValueError`` for a bad key or value.
+        """
+        self._site(site_id)
+        faults = self.faults_of(site_id).updated(changes)
+        self.advance()
+        self._apply_site_faults(site_id, faults)
+        return faults
+
+    def _apply_site_faults(self, site_id: str, faults: SiteFaults) -> None:
+        """Install ``faults`` and write the status rows the change causes, as NICo would: the
+        monitor's Error row when it had turned the site Error, then the new status's row."""
+        now = self.now()
+        old = self.faults_of(site_id)
+        health = self.site_health.setdefault(site_id, SiteHealth())
+        before, live = current_status(old, health, now)
+        if faults.silent and not old.silent:
+            health.silent_since = now
+        elif not faults.silent:
+            health.silent_since = None
+        after, _ = current_status(faults, health, now)
+        if after != before:
+            if live is not None:
+                health.history.append(live)
+            health.history.append(StatusEntry(after, status_message(after, faults), now))
+        if faults == NO_FAULTS:
+            self.site_faults.pop(site_id, None)
+        else:
+            self.site_faults[site_id] = faults
+        if self.runs is not None:
+            # A v2.0 Flow has no operation-run dispatcher (release/v2.0 flow/internal/operationrun
+            # has no manager/dispatcher): its runs are created and never move.
+            if "runs" in faults.flow_lacks:
+                self.runs.undispatched_sites.add(site_id)
+            else:
+                self.runs.undispatched_sites.discard(site_id)
+
+    def site_status(self, site: Site) -> SiteStatusView:
+        """The site row as ``GET /site`` renders it: status, isOnline (``status == Registered``,
+        model/site.go:270; a site taken ``down`` is offline too, as before) and the status rows
+        written since the start, newest first."""
+        health = self.site_health.get(site.id) or SiteHealth()
+        status, live = current_status(self.faults_of(site.id), health, self.now())
+        history = [*([live] if live is not None else []), *reversed(health.history)]
+        updated = max((entry.at for entry in history), default=None)
+        return SiteStatusView(
+            status=status,
+            is_online=status == "Registered" and not site.down,
+            history=tuple(history),
+            updated=updated,
+        )
+
+    def workflow_timeout_s(self, site_id: str) -> float:
+        """Real seconds a call to this site's workflow hangs when no agent picks it up."""
+        return self.faults_of(site_id).timeout_s(self.config.workflow_timeout_s)
 
     def configure_faults(self, changes: dict[str, Any]) -> FaultConfig:
         """Apply partial fault settings (``FaultConfig`` field names); returns the new config."""
@@ -553,6 +663,10 @@ class Simulation:
                     "flow": site.flow,
                     "down": site.down,
                     "gone": site.gone,
+                    # Fleet faults: the truth keeps true time; the skew says how the site renders.
+                    "status": self.site_status(site).status,
+                    "clockSkewSeconds": self.faults_of(site.id).clock_skew_s,
+                    "faults": self.faults_of(site.id).as_json(self.config.workflow_timeout_s),
                     "racks": [{"id": rack.id, "name": rack.name} for rack in self.racks(site.id)],
                 }
                 for site in self.sites(include_gone=True)

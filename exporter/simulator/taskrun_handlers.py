@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import timedelta
 from typing import Any
 
-from exporter.simulator.handlers import check_org, flow_site
+from exporter.simulator.handlers import check_provider, flow_site, reach_flow
 from exporter.simulator.inventory import Site
 from exporter.simulator.request import (
     PARSE_FAILED,
@@ -81,6 +82,33 @@ def flow_failure(action: str, exc: RunError, resource: str = "Run") -> ApiError:
     )
 
 
+# release/v2.0 flow/internal/service/server_impl_operation_run.go:18, returned by every run RPC but
+# create (:63-103); v2.0's flow.proto has no AdvanceOperationRunPhase (main adds it at :94), so
+# grpc-go answers its own Unimplemented for that method.
+RUNS_UNIMPLEMENTED = "operation run API is not implemented"
+ADVANCE_UNKNOWN = "unknown method AdvanceOperationRunPhase for service v1.Flow"
+
+
+async def reach_runs(ctx: Ctx, site: Site, action: str) -> None:
+    """Run the site's run workflow: a silent agent or one without the run workflows hangs
+    (:func:`reach_flow`); a Flow without the run API (``flowLacks: runs``) answers gRPC
+    Unimplemented, which the agent wraps as ``NICoUnimplemented`` and REST maps to 501
+    (``site-workflow/pkg/error/error.go:74-96``, ``common.go`` main ``:1280-1299``)."""
+    await reach_flow(ctx, site)
+    if action != "creation" and "runs" in ctx.sim.faults_of(site.id).flow_lacks:
+        desc = ADVANCE_UNKNOWN if action == "advance" else RUNS_UNIMPLEMENTED
+        raise ApiError(
+            501,
+            f"Failed to execute Run {action} workflow on Site: rpc error: code = Unimplemented "
+            f"desc = {desc} (type: Error, retryable: true)",
+        )
+
+
+def _skew(ctx: Ctx, site: Site) -> timedelta:
+    """How far the site's clocks run ahead: its database and Flow stamp runs, targets, rules."""
+    return ctx.sim.faults_of(site.id).skew
+
+
 def _path_id(ctx: Ctx, message: str) -> str:
     parsed = parse_uuid(ctx.path("id"))
     if parsed is None:
@@ -108,7 +136,7 @@ async def _site_listing(
             errors[field] = f"{key} must be one of [{' '.join(allowed)}]"
     if errors:
         raise ApiError(400, ozzo(errors))
-    check_org(ctx)
+    check_provider(ctx)
     site = await flow_site(ctx, site_raw)
     return site, values, page_request(ctx, None)
 
@@ -118,6 +146,7 @@ async def list_runs(ctx: Ctx) -> Result:
     site, values, page = await _site_listing(
         ctx, {"status": ("Status", _RUN_STATUSES), "operationType": ("OperationType", _OP_TYPES)}
     )
+    await reach_runs(ctx, site, "list")
     status, op_type = values["status"], values["operationType"]
     runs = manager(ctx).site_runs(site.id)
     if status:
@@ -125,7 +154,7 @@ async def list_runs(ctx: Ctx) -> Result:
     if op_type == "PowerControl":
         runs = []
     items, header = page.apply(runs)
-    return Result([run.as_json() for run in items], pagination=header)
+    return Result([run.as_json(skew=_skew(ctx, site)) for run in items], pagination=header)
 
 
 async def get_run(ctx: Ctx) -> Result:
@@ -136,13 +165,14 @@ async def get_run(ctx: Ctx) -> Result:
     site_raw = ctx.query("siteId")
     if not site_raw:
         raise ApiError(400, ozzo({"SiteID": "siteId query parameter is required"}))
-    check_org(ctx)
+    check_provider(ctx)
     site = await flow_site(ctx, site_raw)
+    await reach_runs(ctx, site, "retrieval")
     try:
         run = manager(ctx).get(site.id, run_id)
     except RunError as exc:
         raise flow_failure("retrieval", exc) from None
-    return Result(run.as_json(stats=include))
+    return Result(run.as_json(stats=include, skew=_skew(ctx, site)))
 
 
 async def list_targets(ctx: Ctx) -> Result:
@@ -151,6 +181,7 @@ async def list_targets(ctx: Ctx) -> Result:
     site, values, page = await _site_listing(
         ctx, {"status": ("Status", _TARGET_STATUSES), "phaseScope": ("PhaseScope", _PHASE_SCOPES)}
     )
+    await reach_runs(ctx, site, "targets")
     status, scope = values["status"], values["phaseScope"]
     run = manager(ctx).runs.get(run_id)
     targets = []
@@ -170,7 +201,7 @@ async def list_targets(ctx: Ctx) -> Result:
             key=lambda t: (t.phase_index, t.sequence_index),
         )
     items, header = page.apply(targets)
-    return Result([t.as_json() for t in items], pagination=header)
+    return Result([t.as_json(_skew(ctx, site)) for t in items], pagination=header)
 
 
 # --- create --------------------------------------------------------------------------------------
@@ -275,8 +306,9 @@ async def create_run(ctx: Ctx) -> Result:
     if errors:
         raise ApiError(400, ozzo(errors))
     assert firmware is not None
-    check_org(ctx)
+    check_provider(ctx)
     site = await flow_site(ctx, site_raw)
+    await reach_runs(ctx, site, "creation")
 
     def invalid(message: str) -> ApiError:
         return flow_failure("creation", RunError("InvalidArgument", message))
@@ -435,8 +467,9 @@ async def _lifecycle(ctx: Ctx, action: str) -> Result:
     expected = _typed(body, "expectedPhaseIndex", int, None) if action == "advance" else None
     if not site_raw:
         raise ApiError(400, ozzo({"siteId": "siteId is required"}))
-    check_org(ctx)
+    check_provider(ctx)
     site = await flow_site(ctx, site_raw)
+    await reach_runs(ctx, site, action)
     runs = manager(ctx)
     try:
         if action == "pause":
@@ -449,7 +482,7 @@ async def _lifecycle(ctx: Ctx, action: str) -> Result:
             run = runs.cancel(site.id, run_id, reason)
     except RunError as exc:
         raise flow_failure(action, exc) from None
-    return Result(run.as_json(), status=202)
+    return Result(run.as_json(skew=_skew(ctx, site)), status=202)
 
 
 async def pause_run(ctx: Ctx) -> Result:
@@ -474,8 +507,9 @@ async def cancel_run(ctx: Ctx) -> Result:
 async def list_rules(ctx: Ctx) -> Result:
     """``GET /task/rule`` (``taskrule.go:356-442``): newest first, paged."""
     site, values, page = await _site_listing(ctx, {"operationType": ("OperationType", _OP_TYPES)})
+    await reach_flow(ctx, site)
     op_type = values["operationType"]
-    rules = [rule.as_json() for rule in manager(ctx).site_rules(site.id)]
+    rules = [rule.as_json(_skew(ctx, site)) for rule in manager(ctx).site_rules(site.id)]
     if op_type:
         rules = [rule for rule in rules if rule["operationType"] == op_type]
     items, header = page.apply(rules)
@@ -489,13 +523,14 @@ async def get_rule(ctx: Ctx) -> Result:
     site_raw = ctx.query("siteId")
     if not site_raw:
         raise ApiError(400, ozzo({"SiteID": "siteId query parameter is required"}))
-    check_org(ctx)
+    check_provider(ctx)
     site = await flow_site(ctx, site_raw)
+    await reach_flow(ctx, site)
     rule = manager(ctx).rule(site.id, rule_id)
     if rule is None:
         # task/store/postgres.go:456-457
         raise flow_failure("retrieval", RunError("NotFound", "operation rule not found"), resource="Rule")
-    return Result(rule.as_json())
+    return Result(rule.as_json(_skew(ctx, site)))
 
 
 __all__ = [

@@ -45,6 +45,8 @@ MAX_CANDIDATE_TARGETS = 100
 DEFAULT_RETRY_TIMEOUT_S = 3600.0
 DEFAULT_INITIAL_RETRY_DELAY_S = 30.0
 DEFAULT_MAX_RETRY_DELAY_S = 300.0
+# No clock skew: how the truth renders (a site's skew shifts what its REST calls render).
+_NO_SKEW = timedelta(0)
 
 
 class RunStatus(StrEnum):
@@ -252,8 +254,8 @@ class RunTarget:
     attempts: int = 0
     last_delay_s: int = 0
 
-    def as_json(self) -> dict[str, Any]:
-        """``APITaskRunTarget`` (``model/taskrun.go:332-343``)."""
+    def as_json(self, skew: timedelta = _NO_SKEW) -> dict[str, Any]:
+        """``APITaskRunTarget`` (``model/taskrun.go:332-343``); ``skew``: the site's clock."""
         return {
             "id": self.id,
             "runId": self.run_id,
@@ -263,8 +265,8 @@ class RunTarget:
             "taskId": self.task_id,
             "status": self.status.value,
             "message": self.message,
-            "created": format_timestamp(self.created, fraction=True),
-            "updated": format_timestamp(self.updated, fraction=True),
+            "created": format_timestamp(self.created + skew, fraction=True),
+            "updated": format_timestamp(self.updated + skew, fraction=True),
         }
 
     def _clear_retry(self) -> None:
@@ -316,8 +318,9 @@ class TaskRun:
     def phase_targets(self, phase: int) -> list[RunTarget]:
         return [t for t in self.targets if t.phase_index == phase]
 
-    def as_json(self, *, stats: bool = False) -> dict[str, Any]:
-        """``APITaskRun`` (``model/taskrun.go:204-222``); ``stats`` only on request."""
+    def as_json(self, *, stats: bool = False, skew: timedelta = _NO_SKEW) -> dict[str, Any]:
+        """``APITaskRun`` (``model/taskrun.go:204-222``); ``stats`` only on request; ``skew``: the
+        site's clock (its database and Flow write every timestamp)."""
         out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
@@ -328,10 +331,12 @@ class TaskRun:
             "statusReason": self.reason.value,
             "statusMessage": self.message,
             "totalPhases": self.options.phase_plan.api_total if self.options.phase_plan else 0,
-            "created": format_timestamp(self.created, fraction=True),
-            "updated": format_timestamp(self.updated, fraction=True),
-            "started": None if self.started is None else format_timestamp(self.started, fraction=True),
-            "finished": None if self.finished is None else format_timestamp(self.finished, fraction=True),
+            "created": format_timestamp(self.created + skew, fraction=True),
+            "updated": format_timestamp(self.updated + skew, fraction=True),
+            "started": None if self.started is None else format_timestamp(self.started + skew, fraction=True),
+            "finished": None
+            if self.finished is None
+            else format_timestamp(self.finished + skew, fraction=True),
         }
         if stats:
             out["stats"] = progress_stats(self)
@@ -518,8 +523,8 @@ class OperationRule:
     is_default: bool
     created: datetime
 
-    def as_json(self) -> dict[str, Any]:
-        """``APITaskRule`` (``api/pkg/api/model/taskrule.go:100-110``)."""
+    def as_json(self, skew: timedelta = _NO_SKEW) -> dict[str, Any]:
+        """``APITaskRule`` (``api/pkg/api/model/taskrule.go:100-110``); ``skew``: the site's clock."""
         spec = OPERATIONS[self.operation]
         steps = [
             {
@@ -541,7 +546,7 @@ class OperationRule:
             for number, kinds in enumerate(self.layout, start=1)
             for kind in kinds
         ]
-        stamp = format_timestamp(self.created, fraction=True)
+        stamp = format_timestamp(self.created + skew, fraction=True)
         return {
             "id": self.id,
             "name": self.name,
@@ -571,6 +576,8 @@ class RunManager:
         self.rack_rules: dict[tuple[str, Operation], str] = {}  # (rack id, operation) -> rule id
         world.layout_of = self.layout_for
         self.on_submit: Callable[[TaskRun, RunTarget], None] | None = None
+        # Sites whose Flow has no run dispatcher (a v2.0 Flow, fleet fault ``flowLacks``).
+        self.undispatched_sites: set[str] = set()
         first = world.now + timedelta(seconds=rng.uniform(0, POLL_INTERVAL_S))
         world.schedule(first, self._poll)
 
@@ -728,7 +735,12 @@ class RunManager:
     def _poll(self, at: datetime) -> None:
         """``DispatchOnce`` (``dispatcher.go:79-97``): runnable runs, oldest update first, 10 a poll."""
         runnable = sorted(
-            (r for r in self.runs.values() if r.status in (RunStatus.PENDING, RunStatus.RUNNING)),
+            (
+                r
+                for r in self.runs.values()
+                if r.status in (RunStatus.PENDING, RunStatus.RUNNING)
+                and r.site_id not in self.undispatched_sites
+            ),
             key=lambda r: (r.updated, r.id),
         )[:FETCH_BATCH]
         for run in runnable:

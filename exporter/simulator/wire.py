@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from exporter.models import ComponentType, format_timestamp
+from exporter.simulator.fleet import SiteStatusView
 from exporter.simulator.inventory import Rack, Site, Tray
 from exporter.simulator.report import Report, Stage, Step
 from exporter.simulator.world import Task
@@ -19,6 +20,7 @@ from exporter.simulator.world import Task
 JSONObject = dict[str, Any]
 
 SOURCE = "nico"
+NO_SKEW = timedelta(0)
 
 
 def encode(value: Any) -> bytes:
@@ -59,7 +61,7 @@ def component_type_name(kind: ComponentType, *, nvlswitch_spelling: bool) -> str
     return kind.value
 
 
-def _step(step: Step, nvlswitch_spelling: bool) -> JSONObject:
+def _step(step: Step, nvlswitch_spelling: bool, skew: timedelta) -> JSONObject:
     out: JSONObject = {
         "componentType": component_type_name(step.component_type, nvlswitch_spelling=nvlswitch_spelling),
         "status": step.status.value,
@@ -67,34 +69,35 @@ def _step(step: Step, nvlswitch_spelling: bool) -> JSONObject:
     if step.total:
         out["totalComponents"] = step.total
     if step.started_at is not None:
-        out["startedAt"] = _report_ts(step.started_at)
+        out["startedAt"] = _report_ts(step.started_at + skew)
     if step.finished_at is not None:
-        out["finishedAt"] = _report_ts(step.finished_at)
+        out["finishedAt"] = _report_ts(step.finished_at + skew)
     if step.error:
         out["error"] = step.error
     return out
 
 
-def _stage(stage: Stage, nvlswitch_spelling: bool) -> JSONObject:
+def _stage(stage: Stage, nvlswitch_spelling: bool, skew: timedelta) -> JSONObject:
     out: JSONObject = {
         "number": stage.number,
         "status": stage.status.value,
-        "steps": [_step(step, nvlswitch_spelling) for step in stage.steps],
+        "steps": [_step(step, nvlswitch_spelling, skew) for step in stage.steps],
     }
     if stage.started_at is not None:
-        out["startedAt"] = _report_ts(stage.started_at)
+        out["startedAt"] = _report_ts(stage.started_at + skew)
     if stage.finished_at is not None:
-        out["finishedAt"] = _report_ts(stage.finished_at)
+        out["finishedAt"] = _report_ts(stage.finished_at + skew)
     if stage.error:
         out["error"] = stage.error
     return out
 
 
-def report_json(report: Report, *, nvlswitch_spelling: bool = False) -> JSONObject:
-    """``TaskReportV1``; ``version`` is the integer 1 as the code writes it."""
+def report_json(report: Report, *, nvlswitch_spelling: bool = False, skew: timedelta = NO_SKEW) -> JSONObject:
+    """``TaskReportV1``; ``version`` is the integer 1 as the code writes it. ``skew``: the site's
+    clock (report times are stamped by the site's Temporal workflow)."""
     out: JSONObject = {
         "version": report.version,
-        "stages": [_stage(stage, nvlswitch_spelling) for stage in report.stages],
+        "stages": [_stage(stage, nvlswitch_spelling, skew) for stage in report.stages],
     }
     if report.error:
         out["error"] = report.error
@@ -102,13 +105,19 @@ def report_json(report: Report, *, nvlswitch_spelling: bool = False) -> JSONObje
 
 
 def task_json(
-    task: Task, *, include_report: bool, nvlswitch_spelling: bool = False, with_rule_id: bool = True
+    task: Task,
+    *,
+    include_report: bool,
+    nvlswitch_spelling: bool = False,
+    with_rule_id: bool = True,
+    skew: timedelta = NO_SKEW,
 ) -> JSONObject:
     """``APITask``: no rack, tray, site or operation; ``started``/``finished`` null while unset.
 
     ``ruleId`` is always null on 2.0 (Flow never persists the applied rule); 1.6's
     ``APIRackTask`` has no ``ruleId`` and no ``report`` (``with_rule_id=False``,
-    ``include_report=False``).
+    ``include_report=False``). ``skew``: how far the site's clocks run ahead of true time (its
+    database stamps ``created``, its Flow process the others).
     """
     out: JSONObject = {
         "id": task.id,
@@ -120,24 +129,48 @@ def task_json(
         out["ruleId"] = task.rule_id
     out.update(
         {
-            "started": _ts(task.started),
-            "finished": _ts(task.finished),
-            "created": _ts(task.created),
-            "updated": _ts(task.updated),
+            "started": _ts(None if task.started is None else task.started + skew),
+            "finished": _ts(None if task.finished is None else task.finished + skew),
+            "created": _ts(task.created + skew),
+            "updated": _ts(None if task.updated is None else task.updated + skew),
         }
     )
     if include_report and task.report is not None:
-        out["report"] = report_json(task.report, nvlswitch_spelling=nvlswitch_spelling)
+        out["report"] = report_json(task.report, nvlswitch_spelling=nvlswitch_spelling, skew=skew)
+    return out
+
+
+# Go's zero time.Time as encoding/json writes it.
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def zero_task_json(*, with_rule_id: bool = True) -> JSONObject:
+    """``NewAPITask(nil)``: ``FromProto`` returns at once on a nil task (api/pkg/api/model/task.go:201-204),
+    leaving every field its zero value: empty strings, null pointers, zero times, no report."""
+    out: JSONObject = {"id": "", "status": "", "description": "", "message": ""}
+    if with_rule_id:
+        out["ruleId"] = None
+    out.update({"started": None, "finished": None, "created": ZERO_TIME, "updated": ZERO_TIME})
     return out
 
 
 # --- inventory ---------------------------------------------------------------------------------
 
 
-def site_json(site: Site) -> JSONObject:
-    """``Site`` with the fields a provider admin sees; stats only on request (not modelled)."""
+def site_json(site: Site, view: SiteStatusView | None = None) -> JSONObject:
+    """``Site`` with the fields a provider admin sees; stats only on request (not modelled).
+
+    ``view``: the row's status and the status rows written since the start (fleet faults);
+    without it the site is Registered, online unless taken down.
+    """
     updated = site.updated or site.created
+    if view is not None and view.updated is not None:
+        updated = max(updated, view.updated)
     registered = site.created + timedelta(minutes=7, seconds=13, microseconds=512_331)
+    added = [
+        {"status": entry.status, "message": entry.message, "created": _ts(entry.at), "updated": _ts(entry.at)}
+        for entry in (view.history if view is not None else ())
+    ]
     return {
         "id": site.id,
         "name": site.name,
@@ -153,9 +186,10 @@ def site_json(site: Site) -> JSONObject:
         "serialConsoleIdleTimeout": None,
         "serialConsoleMaxSessionLength": None,
         "isSerialConsoleSSHKeysEnabled": False,
-        "isOnline": not site.down,
-        "status": "Registered",
+        "isOnline": view.is_online if view is not None else not site.down,
+        "status": view.status if view is not None else "Registered",
         "statusHistory": [
+            *added,
             {
                 "status": "Registered",
                 "message": "Site has been successfully paired",
