@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from benchmarks import client_overhead, overrun, paging, polling, render, task_runs, tracing
+from benchmarks import client_overhead, fleet, overrun, paging, polling, render, task_runs, tracing
 from benchmarks._common import print_table, record
 
 # name -> (runner, {key: target text})
@@ -33,6 +33,11 @@ BENCHMARKS: dict[str, tuple[Callable[[], dict[str, float]], dict[str, str]]] = {
                 ("throttled_ratio", "<= 0.005"),
             )
         },
+    ),
+    # healthy-site freshness beside 0, 1 and 3 sites whose agents are silent (NICo holds their calls 50 s)
+    "fleet": (
+        fleet.run,
+        {f"silent_{n}_p99_ratio": "<= 1.2" for n in fleet.SILENT_CASES if n},
     ),
     "tracing": (tracing.run, {"spans_per_s": ""}),
     # learned stuck detection on the slow-nvswitch preset (time scaled x20), against NicoTaskStuck,

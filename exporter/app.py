@@ -35,6 +35,7 @@ from exporter.web import MetricsServer
 log = logging.getLogger("exporter")
 
 SUMMARY_INTERVAL = 60.0
+PROBE_INTERVAL_MIN_S = 15.0
 
 
 @dataclass
@@ -71,10 +72,16 @@ def build(
         monotonic: seconds for the poller's own pacing.
     """
     client_metrics = ClientMetrics()
-    hooks = ClientHooks(on_request=client_metrics.on_request, on_parse_error=client_metrics.on_parse_error)
+    hooks = ClientHooks(
+        on_request=client_metrics.on_request,
+        on_parse_error=client_metrics.on_parse_error,
+        on_failure=client_metrics.on_failure,
+    )
     # One request budget, spent by the client and watched by the poller (it sheds when it is short).
     limiter = TokenBucket(config.api.max_requests_per_second, config.api.burst)
     client = nico_client(config.api, hooks=hooks, transport=transport, limiter=limiter)
+    # A site that stopped answering is probed once per active interval (at least every 15 s).
+    client.breakers.probe_interval = max(config.polling.active_interval, PROBE_INTERVAL_MIN_S)
     # Tracing is off unless an OTLP endpoint is configured (the standard OTEL_* environment).
     tracing = configure_tracing(config.tracing.service_name, environ)
     persistence = open_state(config.state.path)

@@ -17,7 +17,7 @@ from typing import Protocol
 import httpx
 from pydantic import ValidationError
 
-from exporter.errors import AuthError
+from exporter.errors import AuthError, TransportError
 from exporter.models import APIError, LoginResponse
 
 
@@ -29,6 +29,10 @@ class TokenSource(Protocol):
 
     def invalidate(self, token: str | None) -> None:
         """The server answered 401 to ``token``: do not hand it out again without a fresh look."""
+
+    # Optional: ``version() -> object``, something that changes when the credential may have (a
+    # token file's inode, size and mtime); a refused credential whose version changed is tried
+    # again at once (exporter.credentials).
 
 
 class NoToken:
@@ -91,6 +95,14 @@ class TokenFile:
 
     async def token(self, http: httpx.AsyncClient) -> str | None:
         return self._read()
+
+    def version(self) -> object:
+        """The file's signature (inode, size, mtime), or None while it cannot be read."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def invalidate(self, token: str | None) -> None:
         # Forget the signature so the next request reads the file again even if its stat
@@ -161,8 +173,10 @@ class ClientCredentials:
         try:
             resp = await http.post(self._base + path, json=body, timeout=self._timeout)
             status = resp.status_code
+        except httpx.TimeoutException:
+            raise TransportError(f"POST {path} timed out", endpoint=path, kind="timeout") from None
         except httpx.HTTPError as exc:
-            raise AuthError(f"{path} failed: {type(exc).__name__}", endpoint=path) from None
+            raise TransportError(f"POST {path} failed: {type(exc).__name__}", endpoint=path) from None
         finally:
             if self.on_request is not None:
                 self.on_request(path, status, time.perf_counter() - started)

@@ -31,6 +31,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from exporter import __version__
 from exporter.auth import ClientCredentials, NoToken, TokenSource
+from exporter.breaker import Breakers, State
+from exporter.credentials import Credentials
 from exporter.errors import (
     BadPayload,
     BadRequest,
@@ -42,10 +44,12 @@ from exporter.errors import (
     RateLimited,
     RouteMissing,
     ServerError,
+    SiteUnavailable,
     TaskNotCancellable,
     TaskNotOnSite,
     TransportError,
     Unauthorized,
+    blame,
 )
 from exporter.models import (
     APIError,
@@ -65,6 +69,7 @@ from exporter.models import (
     parse_list,
 )
 from exporter.ratelimit import Priority, TokenBucket
+from exporter.slots import SiteSlots
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,8 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGES = 500
 _PAGING_KEYS = ("pageNumber", "pageSize")
 THROTTLED_PAUSE_S = 1.0
+# Capabilities a site may lack: their failures do not open the site's breaker (exporter.breaker).
+OPTIONAL_ENDPOINTS = ("/task/run", "/task/rule")
 _UNKNOWN_PARAM = re.compile(r"^Unknown query parameter specified in request: (\S+)$")
 # The router's 404 bodies: inside /v2 (middleware/notfound.go) and Echo's own.
 _ROUTER_404 = frozenset({"The requested path could not be found", "The requested path was not found"})
@@ -110,12 +117,26 @@ class ParseEvent:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class CallFailure:
+    """A logical call (after its retries) that failed: who failed and why (errors.blame).
+
+    ``site_id`` is "" for calls about no site (the site list, logins).
+    """
+
+    endpoint: str
+    site_id: str
+    side: str
+    cause: str
+
+
 @dataclass
 class ClientHooks:
     """Observers of the client's traffic; each defaults to doing nothing."""
 
     on_request: Callable[[RequestEvent], None] | None = None
     on_parse_error: Callable[[ParseEvent], None] | None = None
+    on_failure: Callable[[CallFailure], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +149,9 @@ class RetryPolicy:
     max_attempts: int = 4
     base_delay_s: float = 0.5
     max_delay_s: float = 8.0
+    # A call that got no answer in time is tried once more at most: a site that does not answer
+    # holds each attempt for the whole timeout.
+    max_timeout_attempts: int = 2
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         ceiling = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
@@ -197,7 +221,8 @@ class NicoClient:
         transport: an httpx transport (``ASGITransport`` for the in-process simulator).
         timeout_s: per-request timeout; NICo itself gives up on a workflow after 50 s.
         max_requests_per_second, burst: the global token bucket (``<= 0`` disables it).
-        max_concurrency: requests in flight at once.
+        max_concurrency: requests in flight at once, shared fairly between sites
+            (:class:`~exporter.slots.SiteSlots`).
         retry: the retry policy for retryable failures.
         hooks: observers for self-metrics.
         api_name, route_version: NICo's ``api.name`` and ``api.route.version`` settings.
@@ -224,6 +249,7 @@ class NicoClient:
         max_pages: int = MAX_PAGES,
         task_cache_size: int = 50_000,
         limiter: TokenBucket | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.org = org
@@ -231,13 +257,18 @@ class NicoClient:
         if isinstance(self.auth, ClientCredentials) and self.auth.on_request is None:
             # Logins and refreshes are API calls too: count them with the rest.
             self.auth.on_request = self._emit_auth
+        # Refused credentials are backed off: calls fail fast meanwhile (exporter.credentials).
+        self.credentials = Credentials(self.auth)
+        # A site that stops answering gets one probe per interval (exporter.breaker).
+        self.breakers = breakers or Breakers()
         self.timeout_s = timeout_s
         # The request budget; shared with whoever else spends it (the poller reads how busy it is).
         self.limiter = limiter or TokenBucket(max_requests_per_second, burst)
         self.retry = retry or RetryPolicy()
         self.hooks = hooks or ClientHooks()
         self._prefix = f"/{route_version}/org/{org}/{api_name}"
-        self._concurrency = asyncio.Semaphore(max(1, max_concurrency))
+        # Connection slots, shared fairly between sites; a site whose breaker is open is owed none.
+        self.slots = SiteSlots(max(1, max_concurrency), exempt=self.breakers.is_open)
         self._rng = rng or random.Random()
         self._legacy_task_routes = False
         self.profile = ServerProfile()
@@ -255,7 +286,9 @@ class NicoClient:
             timeout=timeout_s,
             headers={"User-Agent": f"nico-task-exporter/{__version__}", "Accept": "application/json"},
             limits=httpx.Limits(
-                max_connections=max(1, max_concurrency), max_keepalive_connections=max(1, max_concurrency)
+                # One more for a login or refresh made while every slot is held.
+                max_connections=max(1, max_concurrency) + 1,
+                max_keepalive_connections=max(1, max_concurrency) + 1,
             ),
         )
 
@@ -278,7 +311,7 @@ class NicoClient:
     ) -> Listing[Site]:
         """Every site, by default only those with NICo Flow (the only ones with tasks)."""
         params: dict[str, Any] = {"isFlowEnabled": "true"} if flow_enabled else {}
-        return await self._paged(
+        listing = await self._paged(
             Site,
             "/site",
             "/site",
@@ -287,16 +320,31 @@ class NicoClient:
             deadline=deadline,
             page_retries=DISCOVERY_PAGE_RETRIES,
         )
+        # Every site named is owed its share of the slots before its first call.
+        self.slots.known([site.id for site in listing.items])
+        return listing
 
     async def list_racks(
-        self, site_id: str, *, deadline: float | None = None, priority: int = Priority.DISCOVERY
+        self,
+        site_id: str,
+        *,
+        deadline: float | None = None,
+        priority: int = Priority.DISCOVERY,
+        order_by: str | None = None,
     ) -> Listing[Rack]:
-        """The racks of one site (racks carry no ``siteId``: the caller keeps it)."""
+        """The racks of one site (racks carry no ``siteId``: the caller keeps it).
+
+        ``order_by`` (``NAME_ASC``): without it Flow's pages have no order (release/v2.0
+        rest-api/flow/internal/db/model/rack.go:260-261) and OFFSET paging repeats and skips racks.
+        """
+        params: dict[str, Any] = {"siteId": site_id}
+        if order_by is not None:
+            params["orderBy"] = order_by
         return await self._paged(
             Rack,
             "/rack",
             "/rack",
-            {"siteId": site_id},
+            params,
             priority=priority,
             deadline=deadline,
             page_retries=DISCOVERY_PAGE_RETRIES,
@@ -309,11 +357,18 @@ class NicoClient:
         rack_id: str | None = None,
         deadline: float | None = None,
         priority: int = Priority.DISCOVERY,
+        order_by: str | None = None,
     ) -> Listing[Tray]:
-        """The trays of a site, or of one rack; one paged listing per site covers every rack."""
+        """The trays of a site, or of one rack; one paged listing per site covers every rack.
+
+        ``order_by`` as for racks (component.go:160-161); a rack's trays are filtered and sliced
+        in memory by Flow, so a listing by ``rack_id`` is complete in one page.
+        """
         params: dict[str, Any] = {"siteId": site_id}
         if rack_id is not None:
             params["rackId"] = rack_id
+        if order_by is not None:
+            params["orderBy"] = order_by
         return await self._paged(
             Tray,
             "/tray",
@@ -485,11 +540,20 @@ class NicoClient:
         *,
         deadline: float | None = None,
         priority: int = Priority.FINAL_FETCH,
-    ) -> Task:
-        """Ask NICo to terminate a task (202; idempotent; refused for Succeeded and Failed)."""
+    ) -> Task | None:
+        """Ask NICo to terminate a task (202; idempotent; refused for Succeeded and Failed).
+
+        Returns the task as NICo answered it, or ``None`` when the 202 came with an empty task:
+        Flow cancelled it but could not read it back (release/v2.0
+        rest-api/flow/internal/service/server_impl.go:954-957 answers an empty response, which
+        handler/task.go:357-360 renders as a zero-value task, ``"id": ""``). The cancel went
+        through; it is not a bad payload.
+        """
         resp = await self._task_call(
             "POST", task_id, "/cancel", None, {"siteId": site_id}, priority, deadline
         )
+        if isinstance(resp.body, dict) and resp.body.get("id") == "" and 200 <= resp.status < 300:
+            return None
         return self._one(Task, resp, "/task/{id}/cancel")
 
     async def _task_call(
@@ -542,8 +606,14 @@ class NicoClient:
         status: str | None = None,
         deadline: float | None = None,
         priority: int = Priority.ACTIVE_POLL,
+        stop_after: Callable[[list[TaskRun]], bool] | None = None,
     ) -> Listing[TaskRun]:
         """The runs of a site, newest first (paged: these lists accept pageNumber and pageSize).
+
+        Flow lists runs by ``created_at DESC`` and never deletes one (main
+        rest-api/flow/internal/operationrun/manager/store/store.go:177): ``stop_after`` ends the
+        walk after the first page it accepts (a page of runs the caller already has final), so
+        a site's long history is not walked every round.
 
         Run calls are active polls for the budget (the same priority as rack polls): a lower one
         starves whenever rack polls use the whole budget.
@@ -555,7 +625,13 @@ class NicoClient:
         if status is not None:
             params["status"] = status
         return await self._paged(
-            TaskRun, "/task/run", "/task/run", params, priority=priority, deadline=deadline
+            TaskRun,
+            "/task/run",
+            "/task/run",
+            params,
+            priority=priority,
+            deadline=deadline,
+            stop_after=stop_after,
         )
 
     async def get_task_run(
@@ -632,6 +708,7 @@ class NicoClient:
         page_size: int = MAX_PAGE_SIZE,
         max_pages: int | None = None,
         page_retries: int = 0,
+        stop_after: Callable[[list[M]], bool] | None = None,
     ) -> Listing[M]:
         """Follow ``X-Pagination.total`` page by page, dropping ids repeated across pages.
 
@@ -680,7 +757,7 @@ class NicoClient:
                     return done(False)
             elif raw_count < page_size:
                 return done(True)
-            if page >= limit:
+            if page >= limit or (stop_after is not None and stop_after(fresh)):
                 return done(False)
             if good and not fresh:
                 # A page of nothing but repeats means the server ignores pageNumber; each further
@@ -711,8 +788,11 @@ class NicoClient:
                 pauses = self.page_retry_pauses
                 pause = pauses[min(again, len(pauses) - 1)]
                 late = deadline is not None and time.monotonic() + pause >= deadline
-                # A 429 is not asked again here: the client already paused every caller for it.
-                if not exc.retryable or isinstance(exc, RateLimited) or again == retries or late:
+                # A 429 is not asked again here: the client already paused every caller for it;
+                # nor a page that got no answer in time (its call already tried again): retries
+                # nested in retries would hold a silent site's calls for minutes.
+                silent = isinstance(exc, TransportError) and exc.kind == "timeout"
+                if not exc.retryable or isinstance(exc, RateLimited) or silent or again == retries or late:
                     raise
                 log.info(
                     "asking for a page again",
@@ -867,25 +947,84 @@ class NicoClient:
         deadline: float | None = None,
         retry: bool = True,
     ) -> _Response:
-        """One logical call: rate limit, auth, retries with backoff, error mapping, JSON decode."""
-        attempt = 0
+        """One logical call: credentials, the site's breaker, a slot, the budget, retries with
+        backoff, error mapping, JSON decode.
+
+        The site the call is about (its ``siteId``; "" for none) decides its breaker and its share
+        of the slots. Calls of an optional capability a site may lack (Task Runs, Operation Rules)
+        say nothing about the site when they fail (an agent older than the REST server hangs them
+        while tasks work); their answers do.
+        """
+        site_id = str((params or json_body or {}).get("siteId") or "")
+        optional = endpoint.startswith(OPTIONAL_ENDPOINTS)
+        try:
+            resp = await self._call(
+                method, endpoint, path, params, json_body, priority, deadline, retry, site_id, optional
+            )
+        except BaseException as err:
+            if site_id:
+                self._judge_site(site_id, err, optional)
+            if isinstance(err, NicoError) and self.hooks.on_failure is not None:
+                side, cause = blame(err)
+                self.hooks.on_failure(CallFailure(endpoint, site_id, side, cause))
+            raise
+        if site_id:
+            self._judge_site(site_id, None, optional)
+        return resp
+
+    async def _call(
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        params: dict[str, Any] | None,
+        json_body: dict[str, Any] | None,
+        priority: int,
+        deadline: float | None,
+        retry: bool,
+        site_id: str,
+        optional: bool,
+    ) -> _Response:
+        # Fail fast, before any wait: refused credentials, a site that does not answer.
+        self.credentials.check()
+        admitted = self.breakers.admit(site_id) if site_id else State.CLOSED
+        if admitted is None:
+            raise SiteUnavailable(
+                f"{method} {endpoint}: not sent, the site does not answer ({self.breakers.reason(site_id)})",
+                endpoint=endpoint,
+            )
+        attempt = timeouts = 0
         reauthenticated = False
         while True:
             attempt += 1
             started = time.monotonic()
             try:
-                return await self._attempt(
-                    method, endpoint, path, params, json_body, priority, deadline, attempt
+                resp = await self._attempt(
+                    method, endpoint, path, params, json_body, priority, deadline, attempt, site_id
                 )
-            except Unauthorized:
-                # One fresh look at the credentials (a rotated file, an expired login), then give up.
+            except Unauthorized as err:
+                # One fresh look at the credentials (a rotated file, an expired login), then the
+                # credentials are taken for refused and backed off.
                 if reauthenticated:
+                    self.credentials.refused_by_nico(err.message)
                     raise
                 reauthenticated = True
                 attempt -= 1
                 continue
             except NicoError as err:
+                timed_out = isinstance(err, TransportError) and err.kind == "timeout"
+                if timed_out and site_id and not optional:
+                    # Each attempt that got no answer in time counts: a silent site holds every
+                    # attempt for the whole timeout, so its breaker opens after three of them.
+                    self.breakers.failed(site_id, err.message)
                 if not (retry and err.retryable) or attempt >= self.retry.max_attempts:
+                    raise
+                timeouts += timed_out
+                if timeouts >= self.retry.max_timeout_attempts:
+                    raise
+                # The site's breaker opened meanwhile (other calls found it silent): stop, unless
+                # this call is its probe.
+                if admitted is State.CLOSED and site_id and self.breakers.is_open(site_id):
                     raise
                 pause = self.retry.delay(attempt, self._rng)
                 took = time.monotonic() - started
@@ -903,6 +1042,9 @@ class NicoClient:
                     },
                 )
                 await asyncio.sleep(pause)
+                continue
+            self.credentials.accepted()
+            return resp
 
     async def _attempt(
         self,
@@ -914,26 +1056,78 @@ class NicoClient:
         priority: int,
         deadline: float | None,
         attempt: int,
+        site_id: str = "",
     ) -> _Response:
-        timeout = self.timeout_s
-        if deadline is not None:
-            timeout = min(timeout, deadline - time.monotonic())
-            if timeout <= 0:
-                raise DeadlineExceeded(f"deadline passed before calling {endpoint}", endpoint=endpoint)
+        self.credentials.check()
+        resp, token = await self._exchange(
+            method, endpoint, path, params, json_body, priority, deadline, attempt, site_id
+        )
+        status = resp.status_code
+        if 200 <= status < 300:
             try:
-                await asyncio.wait_for(self.limiter.acquire(priority), timeout)
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"rate-limit budget exhausted before the deadline for {endpoint}", endpoint=endpoint
-                ) from None
-            timeout = deadline - time.monotonic()
+                body = _decode(resp, endpoint)
+            except BadPayload as err:
+                self._parse_error(endpoint, err.reason, err.message)
+                raise
+            return _Response(status, body, resp.headers)
+        if status == 401:
+            self.credentials.invalidate(token)
+        if status == 429:
+            # NICo says nothing about when to come back; its bucket refills at the same rate as
+            # ours, so a second's pause for every caller lets it fill again.
+            self.limiter.penalize(THROTTLED_PAUSE_S)
+        raise _error_for(resp, endpoint, token)
+
+    async def _exchange(
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        params: dict[str, Any] | None,
+        json_body: dict[str, Any] | None,
+        priority: int,
+        deadline: float | None,
+        attempt: int,
+        site_id: str,
+    ) -> tuple[httpx.Response, str | None]:
+        """A connection slot (the site's fair share), then a request token, then the request.
+
+        The slot comes first: a token is spent only when the request can go out, so tokens never
+        pile up behind hung calls to leave in a burst NICo's limiter refuses. Both waits are
+        bounded by ``deadline`` (:class:`DeadlineExceeded`, the exporter's own limit).
+        """
+        try:
+            await self.slots.acquire(site_id, priority, _left(deadline))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no connection slot free before the deadline for {endpoint}",
+                endpoint=endpoint,
+                cause="queue",
+            ) from None
+        try:
+            left = _left(deadline)
+            if left is None:
+                await self.limiter.acquire(priority)
+            else:
+                if left <= 0:
+                    raise DeadlineExceeded(
+                        f"deadline passed before calling {endpoint}", endpoint=endpoint, cause="deadline"
+                    )
+                try:
+                    await asyncio.wait_for(self.limiter.acquire(priority), left)
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"rate-limit budget exhausted before the deadline for {endpoint}",
+                        endpoint=endpoint,
+                        cause="budget",
+                    ) from None
+            left = _left(deadline)
+            timeout = self.timeout_s if left is None else min(self.timeout_s, left)
             if timeout <= 0:
-                raise DeadlineExceeded(f"deadline passed before calling {endpoint}", endpoint=endpoint)
-            timeout = min(timeout, self.timeout_s)
-        else:
-            await self.limiter.acquire(priority)
-        async with self._concurrency:
-            token = await self.auth.token(self._http)
+                raise DeadlineExceeded(
+                    f"deadline passed before calling {endpoint}", endpoint=endpoint, cause="deadline"
+                )
+            token = await self.credentials.token(self._http)
             headers = {"Authorization": f"Bearer {token}"} if token else None
             started = time.perf_counter()
             try:
@@ -948,29 +1142,72 @@ class NicoClient:
             except httpx.TimeoutException:
                 self._emit(endpoint, method, "timeout", started, attempt)
                 raise TransportError(
-                    f"{method} {endpoint} timed out after {timeout:.1f}s", endpoint=endpoint
+                    f"{method} {endpoint} timed out after {timeout:.1f}s", endpoint=endpoint, kind="timeout"
                 ) from None
             except httpx.HTTPError as exc:
                 self._emit(endpoint, method, "connection", started, attempt)
                 raise TransportError(
-                    f"{method} {endpoint} failed: {type(exc).__name__}", endpoint=endpoint
+                    f"{method} {endpoint} failed: {_transport_cause(exc)}", endpoint=endpoint
                 ) from None
             self._emit(endpoint, method, str(resp.status_code), started, attempt)
-        status = resp.status_code
-        if 200 <= status < 300:
-            try:
-                body = _decode(resp, endpoint)
-            except BadPayload as err:
-                self._parse_error(endpoint, err.reason, err.message)
-                raise
-            return _Response(status, body, resp.headers)
-        if status == 401:
-            self.auth.invalidate(token)
-        if status == 429:
-            # NICo says nothing about when to come back; its bucket refills at the same rate as
-            # ours, so a second's pause for every caller lets it fill again.
-            self.limiter.penalize(THROTTLED_PAUSE_S)
-        raise _error_for(resp, endpoint, token)
+            return resp, token
+        finally:
+            self.slots.release(site_id)
+
+    def _judge_site(self, site_id: str, error: BaseException | None, optional: bool) -> None:
+        """What a logical call's outcome says about its site, for the site's breaker: an answer
+        closes it, no answer (a timeout, a connection failure, a 5xx that is not Flow's own
+        answer) counts towards opening it, and the exporter's own limits say nothing. A failed
+        call of an optional capability says nothing either (an old agent hangs only those)."""
+        if error is None or isinstance(error, TaskNotOnSite | TaskNotCancellable | BadPayload):
+            self.breakers.succeeded(site_id)
+        elif isinstance(error, TransportError) and error.kind == "timeout" and not optional:
+            pass  # counted per attempt (_call)
+        elif isinstance(error, TransportError | ServerError):
+            if optional:
+                self.breakers.released(site_id)
+            else:
+                self.breakers.failed(site_id, str(error))
+        elif (
+            isinstance(error, NicoError) and error.status is not None and error.status not in (401, 403, 429)
+        ):
+            self.breakers.succeeded(site_id)  # NICo answered for the site: a 4xx, a 501
+        else:
+            self.breakers.released(site_id)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _transport_cause(exc: httpx.HTTPError) -> str:
+    """What went wrong on the wire, in words (never the URL's credentials: the exception's text
+    names the host at most)."""
+    # The root cause is at the end of the chain (anyio wraps a refused connection in "All
+    # connection attempts failed").
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(c) for c in chain).lower()
+    if any(isinstance(c, ConnectionRefusedError) for c in chain):
+        return "connection refused"
+    if isinstance(exc, httpx.ConnectError):
+        if (
+            "name or service not known" in text
+            or "nodename nor servname" in text
+            or "name resolution" in text
+        ):
+            return "unknown host (DNS)"
+        if "certificate" in text or "ssl" in text or "tls" in text:
+            return "TLS handshake failed"
+        if "refused" in text:
+            return "connection refused"
+        return "cannot connect"
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        return "connection closed by the server"
+    return type(exc).__name__
 
 
 def _http_date(value: str | None) -> float | None:

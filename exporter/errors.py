@@ -29,9 +29,16 @@ class NicoError(Exception):
 
 
 class TransportError(NicoError):
-    """The request never produced a response: connection refused or reset, timeout."""
+    """The request never produced a response: connection refused or reset, timeout.
+
+    ``kind``: ``timeout`` (sent, no answer in time) or ``connection`` (refused, reset, DNS, TLS).
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, endpoint: str = "", kind: str = "connection") -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.kind = kind
 
 
 class Unauthorized(NicoError):
@@ -109,8 +116,59 @@ class BadPayload(NicoError):
 
 
 class DeadlineExceeded(NicoError):
-    """Retries stopped because another attempt would overrun the caller's deadline."""
+    """The caller's deadline ran out inside the exporter, before the call went out.
+
+    ``cause``: ``queue`` (waiting for a connection slot), ``budget`` (waiting for a request token)
+    or ``deadline`` (no time was left). The exporter's own limit, never NICo's failure.
+    """
+
+    def __init__(self, message: str, *, endpoint: str = "", cause: str = "deadline") -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.cause = cause
+
+
+class SiteUnavailable(NicoError):
+    """Not sent: the site's circuit breaker is open (it stopped answering, or NICo's site list
+    says it is offline), so its calls fail at once until a probe gets an answer."""
 
 
 class AuthError(NicoError):
     """Credentials could not be obtained (token file unreadable, login refused)."""
+
+
+class CredentialsRefused(AuthError):
+    """Not sent: the credentials were refused (by NICo or the identity provider) and the next try
+    is not due yet (an exponential back-off, so a bad secret costs a login now and then, not one
+    per call)."""
+
+
+# Who failed: NICo (the site or the REST server did not answer as it should) or the exporter
+# itself (its own budget, queue or deadline, its credentials, a request NICo refuses).
+NICO = "nico"
+EXPORTER = "exporter"
+
+
+def blame(exc: BaseException) -> tuple[str, str]:
+    """(who failed, cause) for a failed call: ``nico`` or ``exporter``, and a short stable cause
+    for the metrics (``nico_exporter_self_failures_total``, ``nico_exporter_site_failures_total``)."""
+    if isinstance(exc, DeadlineExceeded):
+        return EXPORTER, exc.cause
+    if isinstance(exc, AuthError | Unauthorized):
+        return EXPORTER, "credentials"
+    if isinstance(exc, Forbidden):
+        return EXPORTER, "forbidden"
+    if isinstance(exc, BadRequest | FlowDisabled):
+        return EXPORTER, "rejected"
+    if isinstance(exc, RateLimited):
+        return EXPORTER, "throttled"
+    if isinstance(exc, SiteUnavailable):
+        return NICO, "unavailable"
+    if isinstance(exc, TransportError):
+        return NICO, exc.kind
+    if isinstance(exc, BadPayload):
+        return NICO, "bad_payload"
+    if isinstance(exc, NotFound):
+        return NICO, "not_found"
+    if isinstance(exc, NicoError) and exc.status is not None and exc.status >= 500:
+        return NICO, "server_error"
+    return NICO, "error"

@@ -20,7 +20,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from exporter.client import ParseEvent, RequestEvent
+from exporter.client import CallFailure, ParseEvent, RequestEvent
+from exporter.errors import EXPORTER
 from exporter.exposition import Exemplar, FamilySpec, HistogramData, label_text, sample_line
 from exporter.facts import current_stage, failure_context, failure_reason, short_error, trace_id
 from exporter.models import TaskRunStatus, TaskStatus
@@ -255,7 +256,15 @@ FAMILIES: tuple[Family, ...] = (
         "nico_exporter_task_runs_supported",
         "gauge",
         "site_id",
-        "1 if the site's NICo serves Task Runs, 0 if it answered the router 404 (the run metrics are then off).",
+        "1 if the site's NICo serves Task Runs, 0 if it does not (the router 404, a 501 from its "
+        "Flow, or calls its agent hangs): the run metrics are then off, asked again every 10 minutes.",
+    ),
+    _f(
+        "nico_exporter_operation_rules_supported",
+        "gauge",
+        "site_id",
+        "1 if the site answered its Operation Rules, 0 if it answered 501 or hung the calls (an agent "
+        "older than the REST server): rule names are then off, asked again every 10 minutes.",
     ),
     _f("nico_site_info", "gauge", "site_id site_name", "Always 1: a site's name, for joins."),
     _f(
@@ -265,7 +274,54 @@ FAMILIES: tuple[Family, ...] = (
         "nico_site_up",
         "gauge",
         "site_id",
-        "1 if the last poll of the site succeeded (most of its racks answered).",
+        "0 when NICo failed to answer for the site: most of its racks' last polls got no answer, or "
+        "its breaker is open (it stopped answering, or NICo lists it offline). The exporter's own "
+        "failures (budget, credentials, a request refused) never make it 0.",
+    ),
+    _f(
+        "nico_site_online",
+        "gauge",
+        "site_id",
+        "NICo's own view: 1 if its site list says the site is online (status Registered), 0 if not "
+        "(NICo marks a site Error after 15 minutes without inventory from its agent).",
+    ),
+    _f(
+        "nico_site_clock_offset_seconds",
+        "gauge",
+        "site_id",
+        "How far the site's clock (its tasks' created, updated, started, finished) is ahead of the "
+        "REST server's (its Date header), as the exporter applies it when counting (0 while the "
+        "evidence allows none).",
+    ),
+    _f(
+        "nico_exporter_site_breaker_open",
+        "gauge",
+        "site_id",
+        "1 while the site's circuit breaker is open: its calls fail fast and one probe per interval "
+        "asks whether it answers again.",
+    ),
+    _f(
+        "nico_exporter_site_failures_total",
+        "counter",
+        "site_id cause",
+        "Calls NICo failed for a site, after retries: timeout, connection, server_error, "
+        "bad_payload, not_found, unavailable (not sent: the site's breaker was open).",
+    ),
+    _f(
+        "nico_exporter_self_failures_total",
+        "counter",
+        "site_id cause",
+        "Calls that failed inside the exporter, never a NICo outage: queue (no connection slot "
+        "before the call's deadline), budget (no request token before it), deadline, credentials "
+        "(no usable token, or NICo refused it), forbidden (403), rejected (a 400 or 412 NICo gave "
+        "the request), throttled (429). site_id is empty for calls about no site.",
+    ),
+    _f(
+        "nico_exporter_credentials_refused",
+        "gauge",
+        "",
+        "1 while NICo or the identity provider refuses the exporter's credentials: calls fail fast "
+        "until the next attempt (30 s, doubling to 5 min).",
     ),
     _f(
         "nico_exporter_last_successful_poll_timestamp_seconds",
@@ -318,7 +374,13 @@ FAMILIES: tuple[Family, ...] = (
         "before the last process stopped, not yet marked sent).",
     ),
     _f("nico_exporter_build_info", "gauge", "version", "Always 1: the exporter's version."),
-    _f("nico_exporter_ready", "gauge", "", "1 once the first discovery succeeded."),
+    _f(
+        "nico_exporter_ready",
+        "gauge",
+        "",
+        "1 once the site list answered and some site's racks were listed (or every site's first "
+        "discovery ended): a silent site never holds it.",
+    ),
     _f(
         "nico_exporter_tracked_tasks",
         "gauge",
@@ -326,6 +388,20 @@ FAMILIES: tuple[Family, ...] = (
         "Tasks held in memory (active, and finished within the TTL).",
     ),
     _f("nico_exporter_racks", "gauge", "site_id", "Racks this replica polls."),
+    _f(
+        "nico_exporter_racks_not_baselined",
+        "gauge",
+        "site_id",
+        "Racks whose task counter has no baseline yet: tasks they finish are not counted until it "
+        "is set (each rack's first poll sets it; baselines go first when the budget is short).",
+    ),
+    _f(
+        "nico_exporter_rack_polls_waiting",
+        "gauge",
+        "",
+        "Rack polls due but not started: the request budget is spoken for (they go, most overdue "
+        "first, as soon as there is room).",
+    ),
     _f(
         "nico_exporter_racks_baselined",
         "gauge",
@@ -505,6 +581,13 @@ class ClientMetrics:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.durations = HistogramSet(FAMILY["nico_exporter_api_request_duration_seconds"], API_BUCKETS)
         self.parse_errors: Counter[tuple[str, str]] = Counter()
+        # Failed calls by (site, cause): NICo's failures and the exporter's own, apart.
+        self.site_failures: Counter[tuple[str, str]] = Counter()
+        self.self_failures: Counter[tuple[str, str]] = Counter()
+
+    def on_failure(self, event: CallFailure) -> None:
+        target = self.self_failures if event.side == EXPORTER else self.site_failures
+        target[(event.site_id, event.cause)] += 1
 
     def on_request(self, event: RequestEvent) -> None:
         self.requests[(event.endpoint, event.code)] += 1

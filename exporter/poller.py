@@ -1,4 +1,4 @@
-"""The polling jobs: discovery, rack polls, final fetches, tray attribution.
+"""The polling jobs: rack polls, final fetches, tray attribution (and discovery's entry points).
 
 Every NICo call runs a Temporal workflow on the site, so the jobs spend calls carefully and share
 the client's token bucket by priority: final fetch > rack poll > tray attribution > counter
@@ -27,15 +27,18 @@ NICo v2.0's task lists take no paging parameters: each is its first 20 rows, wit
 - tray attribution, once per task while it is active: rack-wide steps need no call; otherwise
   the ``activeOnly=true`` lists of trays of the types its report names, stopping when found. A
   task that ends first settles with what was found.
-- discovery: sites (configured, or every Flow-enabled one), their racks, their trays (one paged
-  ``GET /tray?siteId=`` per site). Racks this shard does not own are ignored; racks that
-  disappear drop their state. It also re-checks whether the server pages task lists.
+- discovery (exporter.discovery): sites, then each site's racks and trays on its own schedule.
+
+Rack polls are admitted, not just started: a poll starts when no rack poll waits for a request
+token, racks without a baseline first, then the most overdue, so a budget too small for the fleet
+makes data older but leaves no rack without its turn. A site whose breaker is open
+(exporter.breaker) gets one poll per probe interval, its probe. Each poll's outcome says who
+failed (exporter.inventory): a site is down only when NICo failed to answer for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -44,12 +47,38 @@ from dataclasses import dataclass, field
 
 from exporter.attribution import Plan, plan
 from exporter.client import Listing, NicoClient
-from exporter.errors import FlowDisabled, NicoError, NotFound, TaskNotOnSite
-from exporter.models import ComponentType, Rack, Site, Task, Tray
+from exporter.discovery import RULES_DEADLINE_S, Discovery
+from exporter.errors import (
+    CredentialsRefused,
+    DeadlineExceeded,
+    NicoError,
+    NotFound,
+    SiteUnavailable,
+    TaskNotOnSite,
+)
+from exporter.inventory import (
+    RUN_POLL_DEADLINE_S,
+    Intervals,
+    RackEntry,
+    SiteHealth,
+)
+from exporter.models import ComponentType, Task
+from exporter.rackpolls import RackPolls
 from exporter.ratelimit import Priority, TokenBucket
 from exporter.runs import RunsView, RunTracker
 from exporter.sharding import Shard
 from exporter.state import CLOCK_MARGIN_S, Store
+
+__all__ = [
+    "RUN_POLL_DEADLINE_S",
+    "Attribution",
+    "FinalFetch",
+    "Intervals",
+    "Poller",
+    "PollerView",
+    "RackEntry",
+    "SiteHealth",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,66 +89,6 @@ FINAL_FETCH_MAX_BACKOFF = 60.0
 NOT_ON_SITE_ATTEMPTS = 3
 
 
-# The least time a round of Task Run calls may take (they wait behind rack polls for the budget).
-RUN_POLL_DEADLINE_S = 10.0
-
-
-@dataclass(frozen=True)
-class Intervals:
-    """How often each job runs, in seconds.
-
-    ``reconcile``: how often a rack with active tasks reads its all-tasks total (an idle rack
-    reads it at every active poll), and the least time between two listings of one rack that
-    name unexplained tasks on a paging server.
-    """
-
-    active: float = 15.0
-    tray_attribution: float = 60.0  # polling.tray_interval: the tray_attribution job
-    reconcile: float = 300.0
-    discovery: float = 300.0
-    final_fetch: float = 2.0
-
-    @property
-    def task_runs(self) -> float:
-        """The task-runs job's interval and the deadline of one round: the active interval, but
-        at least ``RUN_POLL_DEADLINE_S``, so a round waiting behind rack polls for the budget is
-        over before the next one is due (APScheduler would skip that one with a warning)."""
-        return max(self.active, RUN_POLL_DEADLINE_S)
-
-
-@dataclass
-class SiteHealth:
-    """How the last active cycle went for one site (``nico_site_up`` and freshness)."""
-
-    site: Site
-    up: bool = False
-    last_success: float | None = None
-    last_error: str | None = None
-
-
-@dataclass
-class RackEntry:
-    """What the poller keeps for one rack between polls (none of it needs to survive a restart)."""
-
-    site_id: str
-    rack: Rack
-    trays: list[Tray] = field(default_factory=list)
-    last_poll: float | None = None
-    # When the all-tasks total was last read (monotonic seconds).
-    total_read_at: float | None = None
-    # The last active list's total: more than 20 means the list could not show them all.
-    active_total: int = 0
-    # Active tasks the last active list neither showed nor knew: found on the trays' lists.
-    hidden_active: int = 0
-    named_at: float | None = None
-    # The schedule (monotonic seconds): when the next poll is due, the poll running now, and
-    # how the last one ended (an error text, or None).
-    due: float | None = None
-    polling: asyncio.Task[None] | None = None
-    polled: bool = False
-    last_error: str | None = None
-
-
 @dataclass
 class FinalFetch:
     site_id: str
@@ -127,6 +96,8 @@ class FinalFetch:
     attempts: int = 0
     not_before: float = 0.0
     not_on_site: int = 0
+    # A fetch of it is under way (a rack poll's and the job's must not both ask).
+    inflight: bool = False
 
 
 @dataclass
@@ -173,6 +144,12 @@ class SiteView:
     name: str
     up: bool
     last_success: float | None
+    # NICo's own isOnline (None: the site list did not say).
+    online: bool | None = None
+    # The site's breaker is open: its calls fail fast, one probe per interval.
+    breaker_open: bool = False
+    # Its clock's offset from the REST server's, applied to its timestamps (seconds).
+    clock_offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -203,9 +180,13 @@ class PollerView:
     final_fetch_queue: int = 0
     shed: tuple[tuple[str, int], ...] = ()
     runs: RunsView = field(default_factory=RunsView)
+    # Credentials refused (by NICo or the identity provider): calls fail fast meanwhile.
+    credentials_refused: bool = False
+    # Rack polls due but not started: the budget or the site's slots are spoken for.
+    polls_waiting: int = 0
 
 
-class Poller:
+class Poller(RackPolls):
     """Runs the polling jobs against one NICo for the racks this shard owns.
 
     Args:
@@ -248,22 +229,41 @@ class Poller:
         self.attributions: dict[str, Attribution] = {}
         self.stats = PollerStats(budget_rps=self.limiter.rate)
         self.ready = False
-        self.runs = RunTracker(client, store, on_task=self._run_task, ttl=store.finished_ttl, clock=clock)
+        self.runs = RunTracker(
+            client,
+            store,
+            on_task=self._run_task,
+            ttl=store.finished_ttl,
+            clock=clock,
+            site_down=client.breakers.is_open,
+        )
+        self.discovery = Discovery(self)
         self._lags: deque[tuple[float, float]] = deque()
-        self._last_discovery = 0.0
+        # Wakes the rack-poll loop when a poll ends (its slot may go to a rack that waits).
+        self._poll_ended = asyncio.Event()
+        self._waiting = 0
+        self._budget_warned_at = -1e18
         for task_id, site_id, rack_id in store.awaiting_fetch():
             self.final_fetches[task_id] = FinalFetch(site_id, rack_id)
 
     # -- task runs -----------------------------------------------------------------------------
 
+    def shard_owns_site(self, site_id: str) -> bool:
+        """Whether this replica polls the site's runs and reads its rules (one shard per site)."""
+        return self.shard.owns(site_id)
+
     def _run_sites(self) -> list[str]:
         """The sites whose runs this replica polls: a site's runs belong to one shard."""
-        return sorted(site_id for site_id in self.health if self.shard.owns(site_id))
+        return sorted(
+            site_id
+            for site_id, health in self.health.items()
+            if self.shard.owns(site_id) and health.discovered
+        )
 
     def _run_task(self, site_id: str, rack_id: str, task_id: str) -> None:
         """A run target's task the store does not know: fetch it by id (if its rack is ours)."""
         if rack_id in self.racks:
-            self._queue_final(task_id, site_id, rack_id)
+            self.queue_final(task_id, site_id, rack_id)
 
     async def poll_runs(self) -> None:
         """The task-runs job (every ``intervals.task_runs``): each owned site's runs and targets.
@@ -272,8 +272,14 @@ class Poller:
         get at least ``RUN_POLL_DEADLINE_S`` (a short active interval must not starve them).
         """
         deadline = time.monotonic() + self.intervals.task_runs
-        await asyncio.gather(*(self.runs.poll_site(site_id, deadline) for site_id in self._run_sites()))
+        await asyncio.gather(*(self._runs_round(site_id, deadline) for site_id in self._run_sites()))
         self.store.commit()
+
+    async def _runs_round(self, site_id: str, deadline: float) -> None:
+        await self.runs.poll_site(site_id, deadline)
+        # A rule listing that failed at discovery is asked again here, not a discovery later.
+        if self.runs.rules_retry_due(site_id):
+            await self.runs.read_rules(site_id, min(deadline, time.monotonic() + RULES_DEADLINE_S))
 
     def site_name(self, site_id: str) -> str:
         """The site's name from the inventory ('' while unknown)."""
@@ -288,9 +294,20 @@ class Poller:
     def view(self) -> PollerView:
         """The poller's state for the metrics, as an immutable value."""
         stats = self.stats
+        breakers = self.client.breakers
         return PollerView(
             sites=tuple(
-                SiteView(site_id, h.site.name, h.up, h.last_success)
+                SiteView(
+                    site_id,
+                    h.site.name,
+                    # An open breaker (the site stopped answering, or NICo lists it offline) is
+                    # down now, whatever its racks' last polls said.
+                    h.up and not breakers.is_open(site_id),
+                    h.last_success,
+                    online=h.online,
+                    breaker_open=breakers.is_open(site_id),
+                    clock_offset=h.clock.seconds,
+                )
                 for site_id, h in sorted(self.health.items())
             ),
             racks=tuple(
@@ -307,20 +324,22 @@ class Poller:
             final_fetch_queue=len(self.final_fetches),
             shed=tuple(sorted(stats.shed.items())),
             runs=self.runs.view(),
+            credentials_refused=self.client.credentials.refused,
+            polls_waiting=self._waiting,
         )
 
     # -- budget ------------------------------------------------------------------------------------
 
-    def _saturated(self) -> bool:
+    def saturated(self) -> bool:
         """The budget is all spoken for: urgent callers wait, or rack polls run behind schedule."""
         self.stats.last_cycle_seconds = self._lag()
         return self.stats.last_cycle_seconds > 0.9 * self.intervals.active or self.limiter.waiting() > 0
 
-    def _shed(self, job: str) -> None:
+    def shed(self, job: str) -> None:
         self.stats.shed[job] = self.stats.shed.get(job, 0) + 1
         log.info("budget saturated: skipped a run", extra={"job": job})
 
-    def _check_budget(self) -> None:
+    def check_budget(self) -> None:
         iv = self.intervals
         racks, sites = len(self.racks), max(1, len(self.health))
         required = racks / iv.active + racks / iv.reconcile + 3 * sites / iv.discovery
@@ -336,7 +355,9 @@ class Poller:
         # The rack polls alone take racks/budget seconds of the whole budget per cycle.
         shortfall = max(0.0, racks / budget - iv.active)
         self.stats.freshness_shortfall_seconds = shortfall
-        if required > budget:
+        short = required > budget
+        if short and self.monotonic() - self._budget_warned_at >= self.intervals.discovery:
+            self._budget_warned_at = self.monotonic()
             log.warning(
                 "request budget too small for the racks polled: rack data will be older than the "
                 "active interval and low-priority jobs will be shed; raise api.max_requests_per_second "
@@ -350,214 +371,28 @@ class Poller:
                 },
             )
 
-    # -- discovery ---------------------------------------------------------------------------------
+    # -- discovery (exporter.discovery) ----------------------------------------------------------
 
     async def discover(self) -> None:
-        """The discovery job: refresh the inventory."""
-        await self.discover_sites_and_racks()
+        """The discovery job, all at once: the site list and every site's racks and trays."""
+        await self.discovery.discover_all()
 
     async def discover_sites_and_racks(self) -> None:
-        """Refresh sites, racks and trays; drop racks and sites that went away."""
-        if (
-            self.ready
-            and self._saturated()
-            and self.monotonic() - self._last_discovery < 3 * self.intervals.discovery
-        ):
-            self._shed("discovery")
-            return
-        self._last_discovery = self.monotonic()
-        self.client.recheck_task_list_paging()
-        deadline = time.monotonic() + self.intervals.discovery
-        try:
-            listing = await self.client.list_sites(flow_enabled=True, deadline=deadline)
-        except NicoError as exc:
-            log.error("site discovery failed", extra={"endpoint": "/site", "error": str(exc)})
-            return
-        sites = {s.id: s for s in listing.items if s.flow_enabled or not s.capabilities}
-        if self.site_filter:
-            missing = [s for s in self.site_filter if s not in sites]
-            if missing:
-                log.warning("configured sites not found among Flow-enabled sites", extra={"sites": missing})
-            sites = {sid: s for sid, s in sites.items() if sid in self.site_filter}
-        results = await asyncio.gather(*(self._discover_site(site, deadline) for site in sites.values()))
-        seen_racks: set[str] = set()
-        for site, racks in zip(sites.values(), results, strict=True):
-            health = self.health.setdefault(site.id, SiteHealth(site))
-            health.site = site
-            if racks is None:  # this site's discovery failed: keep what we knew
-                seen_racks.update(r for r, e in self.racks.items() if e.site_id == site.id)
-                continue
-            seen_racks.update(racks)
-        for rack_id in set(self.racks) - seen_racks:
-            log.info(
-                "rack left the inventory", extra={"rack_id": rack_id, "site_id": self.racks[rack_id].site_id}
-            )
-            self.store.drop_rack(rack_id)
-            del self.racks[rack_id]
-        # A rack that is not there cannot be asked about its tasks; one that came back (or was
-        # found after a restart) fetches the ones it had running when it went.
-        for task_id in [t for t, f in self.final_fetches.items() if f.rack_id not in self.racks]:
-            del self.final_fetches[task_id]
-        for task_id, site_id, rack_id in self.store.awaiting_fetch():
-            if rack_id in self.racks:
-                self._queue_final(task_id, site_id, rack_id)
-        for site_id in set(self.health) - set(sites):
-            log.info("site left the inventory", extra={"site_id": site_id})
-            del self.health[site_id]
-            self.runs.drop_site(site_id)
-        # Operation Rules name the custom rule a task ran; runs are per site: one shard each.
-        for site_id in self._run_sites():
-            await self.runs.read_rules(site_id, deadline)
-        self.store.commit()
-        self.ready = True
-        self._check_budget()
+        await self.discovery.discover_all()
 
-    async def _discover_site(self, site: Site, deadline: float) -> set[str] | None:
-        try:
-            racks = await self.client.list_racks(site.id, deadline=deadline)
-        except FlowDisabled:
-            log.warning("site has no NICo Flow: skipped", extra={"site_id": site.id})
-            return set()
-        except NicoError as exc:
-            log.error("rack discovery failed", extra={"site_id": site.id, "error": str(exc)})
-            return None
-        try:
-            trays: list[Tray] | None = (await self.client.list_trays(site.id, deadline=deadline)).items
-        except NicoError as exc:
-            # The racks are polled all the same (their tasks need no trays); they keep the trays
-            # they had, and the next discovery tries again.
-            log.error("tray discovery failed", extra={"site_id": site.id, "error": str(exc)})
-            trays = None
-        by_rack: dict[str, list[Tray]] = {}
-        for tray in trays or ():
-            if tray.rack_id is not None:
-                by_rack.setdefault(tray.rack_id, []).append(tray)
-                self.store.learn_tray_type(tray.id, tray.type.value)
-        owned: set[str] = set()
-        for rack in racks.items:
-            if not self.shard.owns(rack.id):
-                continue
-            owned.add(rack.id)
-            entry = self.racks.get(rack.id)
-            if entry is None:
-                entry = self.racks[rack.id] = RackEntry(site.id, rack)
-            entry.rack = rack
-            if trays is not None:
-                entry.trays = sorted(by_rack.get(rack.id, []), key=lambda t: t.id)
-        return owned
+    async def run_discovery(self, stop: asyncio.Event) -> None:
+        """The service's discovery: each site on its own schedule, a failed one retried in
+        seconds, until ``stop`` is set."""
+        await self.discovery.run(stop)
 
-    # -- rack polls --------------------------------------------------------------------------------
-    #
-    # Each rack has its own schedule: it is polled every active interval from its own phase, so
-    # its period holds whatever the other racks cost (a rack whose counter moved takes two calls;
-    # one whose tasks end takes final fetches). The racks' phases are spread over the interval,
-    # which keeps the request rate even instead of a burst per cycle.
+    # -- rack polls (their schedule and admission: exporter.rackpolls) ---------------------------
 
-    async def poll_active(self) -> None:
-        """Poll every owned rack now (the start, and tests); then spread their next polls."""
-        started = self.monotonic()
-        deadline = time.monotonic() + self.intervals.active
-        # Least recently polled first: when the budget is short the racks left over go first.
-        entries = sorted(self.racks.items(), key=lambda item: item[1].last_poll or 0.0)
-        done: list[str] = []
-
-        async def one(rack_id: str, entry: RackEntry) -> None:
-            await self._timed_poll(rack_id, entry, deadline, started)
-            done.append(rack_id)
-
-        await asyncio.gather(*(one(rid, e) for rid, e in entries))
-        # Next polls in the order these ended, evenly over one interval from now.
-        now, step = self.monotonic(), self.intervals.active / max(1, len(done))
-        for index, rack_id in enumerate(done):
-            if rack_id in self.racks:
-                self.racks[rack_id].due = now + index * step
-
-    async def poll_due(self, *, wait: bool = False) -> float:
-        """Start the poll of every rack that is due and not still polling; returns the next due time.
-
-        ``wait`` awaits the polls started (the harness steps time; the service does not wait).
-        """
-        now = self.monotonic()
-        interval = self.intervals.active
-        started: list[asyncio.Task[None]] = []
-        for rack_id, entry in list(self.racks.items()):
-            if entry.due is None:
-                entry.due = now  # new since the last discovery: at once
-            if entry.due > now:
-                continue
-            if entry.polling is not None:
-                self.stats.late_polls += 1  # its last poll is still running: this one is skipped
-                entry.due += interval
-                continue
-            due = entry.due
-            # Keep the phase; a rack more than an interval behind starts over from now.
-            entry.due = due + interval if now - due < interval else now + interval
-            entry.polling = asyncio.create_task(
-                self._timed_poll(rack_id, entry, time.monotonic() + interval, due)
-            )
-            started.append(entry.polling)
-        if wait and started:
-            await asyncio.gather(*started)
-        pending = [e.due for e in self.racks.values() if e.due is not None]
-        return min(pending) if pending else now + interval
-
-    async def run_rack_polls(self, stop: asyncio.Event) -> None:
-        """Poll every rack on its schedule until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                next_due = await self.poll_due()
-            except Exception:  # one bad pass must not end the polling
-                log.exception("rack poll scheduling failed")
-                next_due = self.monotonic() + 1.0
-            pause = min(self.intervals.active, max(0.0, next_due - self.monotonic()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(pause, 0.01))
-        running = [e.polling for e in self.racks.values() if e.polling is not None]
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
-
-    async def _timed_poll(self, rack_id: str, entry: RackEntry, deadline: float, due: float) -> None:
-        """One rack's poll, its result in the site's health, and how far it ran behind schedule."""
-        error: str | None
-        try:
-            error = await self._poll_rack(rack_id, entry, deadline)
-        except Exception as exc:  # a bug in one rack's poll must not stop the others
-            log.exception("rack poll crashed", extra={"rack_id": rack_id})
-            error = f"{type(exc).__name__}: {exc}"
-        finally:
-            entry.polling = None
+    def _count_poll(self, behind: float) -> None:
         self.stats.rack_polls += 1
-        behind = self.monotonic() - due
         self._lags.append((self.monotonic(), behind))
-        self._record(rack_id, entry, error)
 
-    def _record(self, rack_id: str, entry: RackEntry, error: str | None) -> None:
-        """A rack's latest poll in its site's health: up while most of its racks answer."""
-        entry.last_error = error
-        health = self.health.get(entry.site_id)
-        if health is None:
-            return
-        results = [e.last_error for e in self.racks.values() if e.site_id == entry.site_id and e.polled]
-        failed = sum(1 for e in results if e is not None)
-        was_up = health.up
-        # Up when most of its racks answered: one flaky rack is not a site outage.
-        health.up = bool(results) and failed * 2 < len(results)
-        if health.up:
-            health.last_success = self.clock()
-        if error is not None:
-            health.last_error = error
-            log.info("rack poll failed", extra={"site_id": entry.site_id, "rack_id": rack_id, "error": error})
-        if was_up != health.up and entry.polled:
-            log.warning(
-                "site up" if health.up else "site down: most of its rack polls fail",
-                extra={
-                    "site_id": entry.site_id,
-                    "racks_failed": failed,
-                    "racks": len(results),
-                    "error": health.last_error,
-                },
-            )
+    def _late(self) -> None:
+        self.stats.late_polls += 1
 
     def _lag(self) -> float:
         """The longest a rack poll ended after it was due, over the last active interval."""
@@ -569,7 +404,7 @@ class Poller:
     def _busy(self, rack_id: str, entry: RackEntry) -> bool:
         return entry.active_total > 0 or bool(self.store.active_ids(rack_id))
 
-    async def _poll_rack(self, rack_id: str, entry: RackEntry, deadline: float) -> str | None:
+    async def _poll_rack(self, rack_id: str, entry: RackEntry, deadline: float) -> NicoError | None:
         """One rack's poll: its counter or its active list (or both), then what they call for."""
         try:
             ledger = self.store.ledger(rack_id)
@@ -578,7 +413,7 @@ class Poller:
             else:
                 await self._poll_known_rack(rack_id, entry, deadline)
         except NicoError as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return exc
         finally:
             self.store.commit()
             entry.polled = True
@@ -613,7 +448,7 @@ class Poller:
         overdue = (
             entry.total_read_at is None or self.monotonic() - entry.total_read_at >= self.intervals.reconcile
         )
-        read_total = not busy or ledger.baseline_total is None or (overdue and not self._saturated())
+        read_total = not busy or ledger.baseline_total is None or (overdue and not self.saturated())
         moved, rows = False, list[Task]()
         if read_total:
             moved, rows = await self._read_total(rack_id, entry, deadline)
@@ -686,12 +521,13 @@ class Poller:
             if self.store.observe(
                 entry.site_id, rack_id, task, now, with_report=False, in_baseline=in_baseline
             ):
-                self._queue_final(task.id, entry.site_id, rack_id)
+                self.queue_final(task.id, entry.site_id, rack_id)
 
     def _apply_active(
         self, rack_id: str, entry: RackEntry, listing: Listing[Task], *, in_baseline: bool = False
     ) -> list[str]:
         """Apply one rack's active list; returns ids to fetch now (left the list, or not shown)."""
+        self._time_site(entry, listing)
         now = self.clock()
         with_report = self.client.profile.task_reports
         queued: list[str] = []
@@ -701,7 +537,7 @@ class Poller:
             if self.store.observe(
                 entry.site_id, rack_id, task, now, with_report=with_report, in_baseline=in_baseline
             ):
-                queued += self._queue_final(task.id, entry.site_id, rack_id)
+                queued += self.queue_final(task.id, entry.site_id, rack_id)
         missing = self.store.active_ids(rack_id) - seen
         total = listing.total if listing.total is not None else len(listing.items)
         entry.active_total = total
@@ -714,8 +550,32 @@ class Poller:
             entry.hidden_active = 0
         for task_id in missing:
             # Absent from a complete list: it left. From an incomplete one: follow it by id.
-            queued += self._queue_final(task_id, entry.site_id, rack_id)
+            queued += self.queue_final(task_id, entry.site_id, rack_id)
         return queued
+
+    def _time_site(self, entry: RackEntry, listing: Listing[Task]) -> None:
+        """Bracket the site's clock offset with this active list (exporter.clockskew), against
+        the rack's previous one, and hand the offset to the store before it judges any task."""
+        health = self.health.get(entry.site_id)
+        if health is None:
+            return
+        clock = health.clock
+        clock.answered(
+            listing.server_date,
+            (stamp for t in listing.items for stamp in (t.created, t.updated, t.started, t.finished)),
+        )
+        before, previous = entry.listed_date, entry.listed_updated
+        if before is not None and previous is not None:
+            for task in listing.items:
+                if task.id in previous:
+                    if previous[task.id] != task.updated:
+                        clock.written_after(task.updated, before)  # moved since that list
+                elif entry.listed_complete and not self.store.is_known(task.id):
+                    clock.written_after(task.created, before)  # created since that list
+        entry.listed_date = listing.server_date
+        entry.listed_complete = listing.complete
+        entry.listed_updated = {t.id: t.updated for t in listing.items}
+        self.store.set_clock_offset(entry.site_id, clock.seconds)
 
     def _settle_hold(self, site_id: str) -> float:
         """How old a counter reading must be before it is settled. On a site that serves Task
@@ -769,7 +629,7 @@ class Poller:
         )
         return listing.complete
 
-    def _queue_final(self, task_id: str, site_id: str, rack_id: str) -> list[str]:
+    def queue_final(self, task_id: str, site_id: str, rack_id: str) -> list[str]:
         """Queue a final fetch; returns ``[task_id]`` if newly queued, else ``[]``."""
         if task_id in self.final_fetches:
             return [task_id] if self.final_fetches[task_id].not_before <= self.monotonic() else []
@@ -795,6 +655,15 @@ class Poller:
         self.store.commit()
 
     async def _fetch_final(self, task_id: str, pending: FinalFetch, deadline: float) -> None:
+        if pending.inflight:
+            return
+        pending.inflight = True
+        try:
+            await self._fetch_final_once(task_id, pending, deadline)
+        finally:
+            pending.inflight = False
+
+    async def _fetch_final_once(self, task_id: str, pending: FinalFetch, deadline: float) -> None:
         try:
             task = await self.client.get_task(pending.site_id, task_id, deadline=deadline)
         except TaskNotOnSite:
@@ -813,6 +682,11 @@ class Poller:
                 "task not found: recorded as vanished", extra={"task_id": task_id, "rack_id": pending.rack_id}
             )
             self._vanish(task_id)
+            return
+        except (SiteUnavailable, DeadlineExceeded, CredentialsRefused):
+            # Not sent (the site does not answer, the budget, the credentials): no back-off of
+            # its own; the call goes out as soon as it can.
+            pending.not_before = self.monotonic() + self.intervals.final_fetch
             return
         except NicoError as exc:
             self._back_off(task_id, pending, str(exc))
@@ -870,8 +744,8 @@ class Poller:
         sweeps = [rack_id for rack_id, entry in self.racks.items() if entry.hidden_active > 0]
         if not self.attributions and not sweeps:
             return
-        if self._saturated():
-            self._shed("tray_attribution")
+        if self.saturated():
+            self.shed("tray_attribution")
             return
         deadline = time.monotonic() + self.intervals.tray_attribution
         by_rack: dict[str, list[str]] = {rack_id: [] for rack_id in sweeps}

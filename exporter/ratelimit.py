@@ -79,9 +79,13 @@ class TokenBucket:
         if self._waiters:
             self._dispatch()
 
-    def waiting(self) -> int:
-        """Callers queued for a token."""
-        return sum(1 for _, _, fut in self._waiters if not fut.done())
+    def waiting(self, most_urgent: int | None = None) -> int:
+        """Callers queued for a token (with ``most_urgent``: those of that priority or more urgent)."""
+        return sum(
+            1
+            for priority, _, fut in self._waiters
+            if not fut.done() and (most_urgent is None or priority <= most_urgent)
+        )
 
     async def acquire(self, priority: int = Priority.ACTIVE_POLL) -> None:
         """Wait for one token; urgent callers overtake queued less urgent ones."""

@@ -40,11 +40,10 @@ class Jobs(Protocol):
     @property
     def store(self) -> Committer: ...
 
-    async def start(self) -> None: ...
+    async def run_discovery(self, stop: asyncio.Event) -> None: ...
     async def run_rack_polls(self, stop: asyncio.Event) -> None: ...
     async def fetch_finals(self) -> None: ...
     async def attribute_trays(self) -> None: ...
-    async def discover(self) -> None: ...
     async def expire(self) -> None: ...
     async def poll_runs(self) -> None: ...
     def view(self) -> PollerView: ...
@@ -94,36 +93,32 @@ class Runner:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Start at once, then run the jobs on their intervals until ``stop`` is set."""
+        """Start at once, then run the jobs on their intervals until ``stop`` is set.
+
+        Discovery and rack polls are loops of their own: each site is discovered on its own
+        schedule (a silent site holds only itself) and its racks are polled as soon as they are
+        known, so nothing waits for the slowest site.
+        """
         p = self.poller
         iv = p.intervals
-        started = asyncio.create_task(self._job("start", p.start)())
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({started, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            started.cancel()
-            await asyncio.gather(started, return_exceptions=True)
-            p.store.commit()
-            return
+        discovery = asyncio.create_task(self._job("discovery", lambda: p.run_discovery(stop))())
         # Rack polls pace themselves: every rack on its own phase of the active interval.
         rack_polls = asyncio.create_task(self._job("active_poll", lambda: p.run_rack_polls(stop))())
         self._add("final_fetch", p.fetch_finals, iv.final_fetch, now=True)
         self._add("tray_attribution", p.attribute_trays, iv.tray_attribution, now=True)
         self._add("task_runs", p.poll_runs, iv.task_runs, now=True)
-        self._add("discovery", p.discover, iv.discovery, now=False)
         self._add("expire", p.expire, EXPIRE_INTERVAL, now=False)
         self.scheduler.start()
-        view = p.view()
-        log.info(
-            "polling started",
-            extra={"racks": len(view.racks), "sites": len(view.sites), "shard": view.shard_index},
-        )
+        log.info("polling started", extra={"shard": p.view().shard_index})
         try:
-            await stopper
+            await stop.wait()
         finally:
             # APScheduler cancels running coroutine jobs on shutdown; what they observed so far is
             # consistent, so write it.
             self.scheduler.shutdown(wait=False)
-            await asyncio.gather(rack_polls, return_exceptions=True)
+            # Discovery may be waiting out a retry of a site list that does not answer: what it
+            # found is already written, so it ends now rather than after the retry.
+            discovery.cancel()
+            await asyncio.gather(discovery, rack_polls, return_exceptions=True)
             await asyncio.sleep(0)
             p.store.commit()

@@ -449,12 +449,22 @@ class Publisher:
             "nico_site_info": tuple(((site.site_id, site.name), 1.0) for site in p.sites),
             "nico_rack_info": _sorted(((rack.site_id, rack.rack_id, rack.name), 1.0) for rack in p.racks),
             "nico_site_up": tuple(((site.site_id,), 1.0 if site.up else 0.0) for site in p.sites),
+            "nico_site_online": tuple(
+                ((site.site_id,), 1.0 if site.online else 0.0) for site in p.sites if site.online is not None
+            ),
+            "nico_site_clock_offset_seconds": tuple(((site.site_id,), site.clock_offset) for site in p.sites),
+            "nico_exporter_site_breaker_open": tuple(
+                ((site.site_id,), 1.0 if site.breaker_open else 0.0) for site in p.sites
+            ),
             "nico_exporter_last_successful_poll_timestamp_seconds": tuple(
                 ((site.site_id,), site.last_success) for site in p.sites if site.last_success is not None
             ),
             "nico_exporter_racks": _sorted(((site_id,), float(n)) for site_id, n in per_site.items()),
             "nico_exporter_racks_baselined": _sorted(
                 ((site_id,), float(n)) for site_id, n in baselined.items()
+            ),
+            "nico_exporter_racks_not_baselined": _sorted(
+                ((site_id,), float(per_site[site_id] - n)) for site_id, n in baselined.items()
             ),
             **_runs(p.runs),
             **self._learned(),
@@ -498,6 +508,8 @@ class Publisher:
             "nico_exporter_spans_dropped_total": float(s.spans_dropped),
             "nico_exporter_spans_resent_total": float(spans.resent),
             "nico_exporter_ready": 1.0 if p.ready else 0.0,
+            "nico_exporter_credentials_refused": 1.0 if p.credentials_refused else 0.0,
+            "nico_exporter_rack_polls_waiting": float(p.polls_waiting),
             "nico_exporter_tracked_tasks": float(s.tracked),
             "nico_exporter_shard": float(p.shard_index),
             "nico_exporter_total_shards": float(p.shard_total),
@@ -515,6 +527,8 @@ class Publisher:
         out: dict[str, Samples] = {name: (((), value),) for name, value in scalars.items()}
         out["nico_exporter_api_requests_total"] = _sorted(c.requests.items())
         out["nico_exporter_parse_errors_total"] = _sorted(c.parse_errors.items())
+        out["nico_exporter_site_failures_total"] = _sorted(c.site_failures.items())
+        out["nico_exporter_self_failures_total"] = _sorted(c.self_failures.items())
         out["nico_exporter_jobs_shed_total"] = tuple(((job,), float(n)) for job, n in p.shed)
         out["nico_exporter_build_info"] = (((__version__,), 1.0),)
         return out
@@ -679,6 +693,9 @@ def _runs(view: RunsView) -> dict[str, Samples]:
         ),
         "nico_exporter_task_runs_supported": _sorted(
             ((site_id,), 1.0 if ok else 0.0) for site_id, ok in view.supported
+        ),
+        "nico_exporter_operation_rules_supported": _sorted(
+            ((site_id,), 1.0 if ok else 0.0) for site_id, ok in view.rules_supported
         ),
     }
 

@@ -31,6 +31,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, KeysView
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 from exporter.models import ReportStage, ReportStatus, ReportStep, Task, TaskStatus
@@ -229,6 +230,8 @@ class Store:
         self._after_commit: list[Callable[[], None]] = []
         self.tray_types: dict[str, str] = {}
         self.tray_types_version = 0
+        # Per site, how far its clock is ahead of the REST server's (seconds; absent: none).
+        self.clock_offsets: dict[str, float] = {}
         # Ids of tasks whose record was added, changed or dropped since the snapshot publisher
         # last took them (it re-renders only those tasks' series).
         self.touched: set[str] = set()
@@ -541,15 +544,29 @@ class Store:
         assert ledger.baseline_total is not None
         return max(0, ledger.last_total - ledger.baseline_total - ledger.seen_new - ledger.unobserved)
 
+    def set_clock_offset(self, site_id: str, seconds: float) -> None:
+        """How far ``site_id``'s clock is ahead of the REST server's (exporter.clockskew): its tasks'
+        times are moved onto the REST server's clock before they are compared with a rack's
+        baseline or counter readings (which carry the REST server's ``Date``)."""
+        if seconds:
+            self.clock_offsets[site_id] = seconds
+        else:
+            self.clock_offsets.pop(site_id, None)
+
+    def _rest_time(self, ledger: RackLedger, when: datetime) -> float:
+        """A site timestamp on the REST server's clock."""
+        return when.timestamp() - self.clock_offsets.get(ledger.site_id, 0.0)
+
     def _first_sighting(self, rack_id: str, task: Task) -> None:
         """A task the store has never seen: if it is new since the baseline, it explains one step
         of the rack's creation counter."""
         ledger = self.racks.get(rack_id)
         if ledger is None or ledger.baselined_at is None or task.created is None:
             return
-        if task.created.timestamp() >= ledger.baselined_at - CLOCK_MARGIN_S:
+        created = self._rest_time(ledger, task.created)
+        if created >= ledger.baselined_at - CLOCK_MARGIN_S:
             ledger.seen_new += 1
-            ledger.recent.append(task.created.timestamp())
+            ledger.recent.append(created)
             self._batch.racks[rack_id] = ledger.row()
 
     def _absorbed(self, rack_id: str, task: Task, *, by_id: bool = False) -> bool:
@@ -569,7 +586,7 @@ class Store:
         if ledger.unobserved <= 0:
             return False  # nothing was counted unobserved: it cannot be one of them
         assert ledger.baselined_at is not None and ledger.baseline_total is not None
-        created = task.created.timestamp()
+        created = self._rest_time(ledger, task.created)
         if by_id:
             # Clearly after the baseline (one around it may be in the baseline count, never
             # counted), and clearly before a reading whose count was explained in full.
@@ -584,7 +601,7 @@ class Store:
             explained_then = ledger.explained_through is not None and created < ledger.explained_through
             if not (explained_now or explained_then):
                 return False
-        finished = task.finished.timestamp() if task.finished else ledger.baselined_at
+        finished = self._rest_time(ledger, task.finished) if task.finished else ledger.baselined_at
         self.terminal[task.id] = finished
         self._batch.terminal[task.id] = (rack_id, finished)
         self.absorbed += 1
@@ -598,8 +615,13 @@ class Store:
             return False
         finished = task.finished.timestamp()
         ledger = self.racks.get(rack_id)
+        margin = 0.0
+        if ledger is not None:
+            finished = self._rest_time(ledger, task.finished)
+            # A corrected clock is known to about a second: doubt counts a task rather than drops it.
+            margin = CLOCK_MARGIN_S if ledger.site_id in self.clock_offsets else 0.0
         before_baseline = (
-            ledger is not None and ledger.baselined_at is not None and finished < ledger.baselined_at
+            ledger is not None and ledger.baselined_at is not None and finished < ledger.baselined_at - margin
         )
         return before_baseline or finished < now - self.terminal_retention
 

@@ -133,7 +133,11 @@ async def run_tasks_command(
                     return 2
                 task, site_id = await _find(client, sites, task_id)
                 cancelled = await client.cancel_task(site_id, task_id)
-                out.write(f"cancel requested: {task_id} is {cancelled.status.value}\n")
+                if cancelled is None:
+                    # NICo cancelled it but could not read it back: `tasks show` asks again.
+                    out.write(f"cancel requested: {task_id} was cancelled (NICo sent no task back)\n")
+                else:
+                    out.write(f"cancel requested: {task_id} is {cancelled.status.value}\n")
                 return 0
         except NicoError as exc:
             print(f"error: {exc}", file=sys.stderr)

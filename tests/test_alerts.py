@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -134,6 +135,8 @@ def test_trace_url_is_added_only_when_a_tracing_ui_is_configured() -> None:
         (("alerts", "NicoTaskRunStalled", "window"), "0s", "window"),
         (("alerts", "NicoTaskOverrunning", "ratio"), 0, "NicoTaskOverrunning.ratio"),
         (("alerts", "NicoTaskOverrunning", "ratio"), "often", "NicoTaskOverrunning.ratio"),
+        (("alerts", "NicoExporterBudgetShort", "severity"), "page", "NicoExporterBudgetShort.severity"),
+        (("alerts", "NicoExporterCredentialsRefused", "for"), "soon", "NicoExporterCredentialsRefused.for"),
     ],
 )
 def test_bad_variables_are_named(path: tuple[str, ...], value: object, message: str) -> None:
@@ -224,3 +227,131 @@ def test_overrunning_joins_the_stage_and_the_task() -> None:
     assert "group_left (stage_number, component_type)" in rule["expr"]
     assert "nico:task:info" in rule["expr"]
     assert rule["labels"]["severity"] == config.severity["NicoTaskOverrunning"]
+
+
+# -- the exporter's own conditions ---------------------------------------------------------------
+
+EXPORTER_SIDE = ("NicoExporterCredentialsRefused", "NicoExporterNotReady", "NicoExporterBudgetShort")
+# What a NICo outage or a task pages with: no exporter-side condition may mute these.
+NEVER_MUTED_BY_THE_EXPORTER = tuple(
+    name
+    for name in alerts.ALERTS
+    if name.startswith("NicoTask") or name in ("NicoSiteDown", "NicoTrayRepeatedFailures")
+)
+_MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*$')
+
+
+def _matches(matchers: list[str], labels: dict[str, str]) -> bool:
+    """Alertmanager's matcher semantics: a missing label is "", regular expressions are anchored."""
+    for matcher in matchers:
+        found = _MATCHER.match(matcher)
+        assert found, f"cannot read matcher {matcher!r}"
+        name, op, value = found.groups()
+        actual = labels.get(name, "")
+        if op == "=":
+            ok = actual == value
+        elif op == "!=":
+            ok = actual != value
+        elif op == "=~":
+            ok = re.fullmatch(value, actual) is not None
+        else:
+            ok = re.fullmatch(value, actual) is None
+        if not ok:
+            return False
+    return True
+
+
+def _muted_by(rules: list[dict[str, Any]], firing: list[dict[str, str]]) -> dict[int, set[str]]:
+    """Which of ``firing`` the inhibit rules mute (by index), and by which source alerts.
+
+    As Alertmanager's inhibitor: a rule mutes an alert matching its target matchers when another
+    firing alert matches its source matchers with the same values of ``equal`` (a label missing on
+    both sides is equal); an alert that matches both sides of a rule is not muted by another such
+    alert. A muted alert still mutes others.
+    """
+    out: dict[int, set[str]] = {}
+    for i, target in enumerate(firing):
+        for rule in rules:
+            if not _matches(rule.get("target_matchers", []), target):
+                continue
+            both = _matches(rule.get("source_matchers", []), target)
+            for j, source in enumerate(firing):
+                if j == i or not _matches(rule.get("source_matchers", []), source):
+                    continue
+                if both and _matches(rule.get("target_matchers", []), source):
+                    continue
+                if all(source.get(label, "") == target.get(label, "") for label in rule.get("equal", [])):
+                    out.setdefault(i, set()).add(source["alertname"])
+    return out
+
+
+def _inhibit_rules() -> list[dict[str, Any]]:
+    return list(yaml.safe_load(EXAMPLE.read_text())["inhibit_rules"])
+
+
+def test_exporter_side_conditions_mute_only_what_they_cause_on_the_same_exporter() -> None:
+    rules = _inhibit_rules()
+    targets: dict[str, set[str]] = {}
+    for rule in rules:
+        sources = {n for n in alerts.ALERTS if _matches(rule["source_matchers"], {"alertname": n})}
+        for source in sources & set(EXPORTER_SIDE):
+            assert rule["equal"] == ["job", "instance"], rule
+            for severity in alerts.SEVERITIES:
+                targets.setdefault(source, set()).update(
+                    n
+                    for n in alerts.ALERTS
+                    if _matches(rule["target_matchers"], {"alertname": n, "severity": severity})
+                )
+    assert targets == {
+        "NicoExporterCredentialsRefused": {"NicoExporterNotReady", "NicoExporterDataStale"},
+        "NicoExporterNotReady": {"NicoExporterDataStale"},
+        "NicoExporterBudgetShort": {"NicoExporterDataStale"},
+    }
+
+
+def _alert(name: str, instance: str = "exporter-a:9842", **labels: str) -> dict[str, str]:
+    severity = "warning" if name in ("NicoExporterBudgetShort", "NicoTaskOverrunning") else "critical"
+    return {
+        "alertname": name,
+        "job": "nico-task-exporter",
+        "instance": instance,
+        "severity": severity,
+        **labels,
+    }
+
+
+def test_exporter_side_conditions_never_mute_a_site_outage_nor_a_task_alert() -> None:
+    """Every exporter-side condition firing at once on the exporter that also sees a site down and
+    every task and run alert: those all stay unmuted (only the example's own site and task rules,
+    which no exporter-side alert is part of, could mute them; no site is stale here)."""
+    exporter_side = [_alert(name) for name in EXPORTER_SIDE]
+    # NicoExporterNotReady is itself muted by the refused credentials; it still takes part.
+    watched = [_alert("NicoSiteDown", site_id="site-1")] + [
+        _alert(name, site_id="site-2", rack_id="rack-1", task_id=f"task-{name}", run_id=f"run-{name}")
+        for name in NEVER_MUTED_BY_THE_EXPORTER
+        if name != "NicoSiteDown"
+    ]
+    firing = exporter_side + watched
+    muted = _muted_by(_inhibit_rules(), firing)
+    for index, alert in enumerate(firing):
+        if alert in watched:
+            assert index not in muted, f"{alert['alertname']} muted by {muted.get(index)}"
+    assert muted == {EXPORTER_SIDE.index("NicoExporterNotReady"): {"NicoExporterCredentialsRefused"}}
+
+
+@pytest.mark.parametrize("source", EXPORTER_SIDE)
+def test_each_exporter_side_condition_mutes_its_staleness_and_not_the_site_down(source: str) -> None:
+    """One condition on exporter A; site-1 down and site-2 stale on A; site-3 stale on exporter B;
+    a failed task at the down site."""
+    firing = [
+        _alert(source),
+        _alert("NicoSiteDown", site_id="site-1"),
+        _alert("NicoExporterDataStale", site_id="site-2"),
+        _alert("NicoExporterDataStale", "exporter-b:9842", site_id="site-3"),
+        _alert("NicoTaskFailed", site_id="site-1", rack_id="rack-1", task_id="task-1"),
+    ]
+    muted = _muted_by(_inhibit_rules(), firing)
+    assert 1 not in muted  # NicoSiteDown pages whatever the exporter's state
+    assert muted[2] == {source}  # the same exporter's staleness
+    assert 3 not in muted  # another exporter's staleness
+    assert muted[4] == {"NicoSiteDown"}  # the down site's task alerts: by the outage, as before

@@ -118,8 +118,10 @@ class FleetState:
         fleet = self.fleet
         for s in range(fleet.sites):
             site = Site(id=uid(1, s), name=f"site-{s}")
-            self.poller.health[site.id] = SiteHealth(site, up=True, last_success=NOW - 5)
+            # As the site list gives it: online (status Registered).
+            self.poller.health[site.id] = SiteHealth(site, up=True, last_success=NOW - 5, online=True)
             self.poller.runs.supported[site.id] = False  # NICo v2.0: no Task Runs (the router 404)
+            self.poller.runs.rules_supported[site.id] = True  # its rules were read
         kinds = [kind.value for kind, count in fleet.trays.items() for _ in range(count)]
         self.trays: dict[int, list[str]] = {}
         for r in range(fleet.racks):

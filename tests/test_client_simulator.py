@@ -217,6 +217,7 @@ async def test_cancel(nico: Nico) -> None:
             await client.cancel_task(nico.site, quick)
         with pytest.raises(TaskNotOnSite):
             await client.get_task(nico.site, "00000000-0000-4000-8000-000000000000")
+    assert first is not None and again is not None  # the task came back with the 202
     assert first.status is TaskStatus.TERMINATED and again.status is TaskStatus.TERMINATED
     assert first.report is not None  # cancel answers with the report included
 

@@ -198,6 +198,7 @@ def test_runbook_links_and_trace_links() -> None:
         "NicoTaskFailed", "NicoTaskStuck", "NicoTaskOverrunning", "NicoTaskWaitingTooLong", "NicoTaskFailureRateHigh",
         "NicoTrayRepeatedFailures", "NicoSiteDown", "NicoExporterDataStale", "NicoExporterDown", "NicoAPIThrottled",
         "NicoTaskRunPaused", "NicoTaskRunFailed", "NicoTaskRunStalled", "NicoTaskRunFailureRateHigh",
+        "NicoExporterNotReady", "NicoExporterCredentialsRefused", "NicoExporterBudgetShort",
     }  # fmt: skip
     fleet = json.loads(RENDERED["nico-fleet.json"])
     failures = next(p for p in _panels(fleet) if p["title"] == "Recent failures")

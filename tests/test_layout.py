@@ -22,14 +22,15 @@ PACKAGE = ROOT / "exporter"
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(layer.split())
     for layer in (
-        "__init__ errors logs addresses durations yamlfile exposition ratelimit sharding outbox",
+        "__init__ errors logs addresses durations yamlfile exposition ratelimit sharding outbox slots breaker"
+        " clockskew",
         "models",
-        "operations attribution auth",
+        "operations attribution auth credentials",
         "client persistence",
         "state",
         "facts",
         "metrics tracing learner",
-        "runs poller",
+        "inventory runs discovery rackpolls poller",
         "config configload scheduler snapshot",
         "connect",
         "web web.server web.toolkit web.tls web.basic_auth",

@@ -19,7 +19,7 @@ from prometheus_client.openmetrics import parser as om_parser
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from exporter import __version__
-from exporter.client import ClientHooks, NicoClient, ParseEvent, RequestEvent
+from exporter.client import CallFailure, ClientHooks, NicoClient, ParseEvent, RequestEvent
 from exporter.facts import failure_reason, short_error, trace_id
 from exporter.learner import Learner
 from exporter.metrics import (
@@ -567,8 +567,8 @@ def fill_inventory(world: World) -> None:
     site = Site.parse({"id": SITE, "name": "Santa Clara", "capabilities": {"flow": True}})
     down = Site.parse({"id": SITE_B, "name": "Austin"})
     world.poller.health = {
-        SITE: SiteHealth(site, up=True, last_success=T0 + 15),
-        SITE_B: SiteHealth(down, up=False, last_error="connection refused"),
+        SITE: SiteHealth(site, up=True, last_success=T0 + 15, online=True),
+        SITE_B: SiteHealth(down, up=False, last_error="connection refused", online=False),
     }
     world.poller.racks = {
         RACK: RackEntry(SITE, Rack.parse({"id": RACK, "name": "rack-a01"})),
@@ -759,6 +759,8 @@ def populated_world() -> World:
     world.observe(succeeded_power_on(4), T0 + 150)
     world.client_metrics.on_request(RequestEvent("/site", "GET", "200", 0.1, 1))
     world.client_metrics.on_parse_error(ParseEvent("/site", "invalid_site", "id"))
+    world.client_metrics.on_failure(CallFailure("/rack/{id}/task", SITE_B, "nico", "timeout"))
+    world.client_metrics.on_failure(CallFailure("/rack/{id}/task", SITE, "exporter", "budget"))
     world.poller.stats.shed = {"reconcile": 1}
     world.spans = SenderStats(exported=5)
     fill_runs(world)
@@ -769,6 +771,7 @@ def fill_runs(world: World) -> None:
     """A paused run (its safety gate tripped in phase 2 of 3, one rack failed), a finished one, rules."""
     runs = world.poller.runs
     runs.supported = {SITE: True, SITE_B: False}
+    runs.rules_supported = {SITE: True, SITE_B: False}
     paused = TaskRun.parse(
         run_data(1, "Paused", reason="SafetyGate", message="failure rate 0.5 above 0.2", phase=1,
                  outcomes={"completed": 3, "failed": 1})

@@ -52,9 +52,19 @@ class Jobs:
         finally:
             self.running[name] -= 1
 
-    async def start(self) -> None:
-        self.calls["start"].append(time.monotonic())
-        await asyncio.sleep(self.start_s)
+    async def run_discovery(self, stop: asyncio.Event) -> None:
+        # As the real one: the first round at once (``start_s`` long: a silent site), then a round
+        # per interval until stopped.
+        while not stop.is_set():
+            self.calls["discovery"].append(time.monotonic())
+            self.running["discovery"] += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.start_s)
+            finally:
+                self.running["discovery"] -= 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.intervals.discovery)
 
     async def run_rack_polls(self, stop: asyncio.Event) -> None:
         while not stop.is_set():  # as the real one: a stop ends the wait for the next round
@@ -67,9 +77,6 @@ class Jobs:
 
     async def attribute_trays(self) -> None:
         await self._run("tray_attribution")
-
-    async def discover(self) -> None:
-        await self._run("discovery")
 
     async def expire(self) -> None:
         await self._run("expire")
@@ -95,11 +102,11 @@ async def _run_for(jobs: Jobs, seconds: float) -> float:
 async def test_starts_at_once_and_the_first_polls_do_not_wait_an_interval() -> None:
     jobs = Jobs(Intervals(active=30, tray_attribution=30, reconcile=60, discovery=60, final_fetch=30))
     began = await _run_for(jobs, 0.5)
-    for name in ("start", "active_poll", "final_fetch", "tray_attribution"):
+    for name in ("discovery", "active_poll", "final_fetch", "tray_attribution"):
         assert jobs.calls[name], f"{name} did not run at once"
         assert jobs.calls[name][0] - began < 0.4, name
-    # Discovery ran inside start; its own schedule begins one interval later.
-    assert not jobs.calls["discovery"] and not jobs.calls["expire"]
+    assert len(jobs.calls["discovery"]) == 1  # its next round one interval later
+    assert not jobs.calls["expire"]
 
 
 async def test_a_job_never_overlaps_itself_and_missed_runs_coalesce() -> None:
@@ -123,20 +130,23 @@ async def test_a_failing_job_runs_again_and_leaves_the_others_running() -> None:
 async def test_stop_ends_the_jobs_then_commits_what_they_observed() -> None:
     jobs = Jobs(Intervals(active=0.1, tray_attribution=0.1, reconcile=60, discovery=60, final_fetch=0.1))
     await _run_for(jobs, 0.5)
-    last_run = max(t for name, times in jobs.calls.items() if name != "start" for t in times)
+    last_run = max(t for times in jobs.calls.values() for t in times)
     assert jobs.store.commits and jobs.store.commits[-1] >= last_run
     assert all(n == 0 for n in jobs.running.values())  # nothing still running after run() returned
 
 
-async def test_a_stop_during_start_commits_and_returns_without_scheduling() -> None:
+async def test_a_slow_discovery_holds_nothing_back_and_a_stop_ends_it() -> None:
+    """A site whose agent is silent holds its discovery for NICo's 50 s workflow timeout: rack
+    polls and the other jobs start at once all the same, and a stop ends the discovery too."""
     jobs = Jobs(
         Intervals(active=0.1, tray_attribution=0.1, reconcile=60, discovery=60, final_fetch=0.1), start_s=5
     )
     began = time.monotonic()
-    await _run_for(jobs, 0.3)
-    assert time.monotonic() - began < 2  # the 5-second start was cancelled
-    assert len(jobs.store.commits) == 1
-    assert not jobs.calls["active_poll"] and not jobs.calls["final_fetch"]
+    await _run_for(jobs, 0.5)
+    assert time.monotonic() - began < 2  # the 5-second discovery was ended by the stop
+    assert jobs.running["discovery"] == 0
+    assert len(jobs.calls["active_poll"]) >= 3 and len(jobs.calls["final_fetch"]) >= 3
+    assert jobs.calls["active_poll"][0] - began < 0.3
 
 
 async def test_task_runs_wait_for_their_round_deadline_not_the_short_active_interval(

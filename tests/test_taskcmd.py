@@ -65,6 +65,22 @@ async def test_list_show_and_cancel(world: tuple[Simulation, ManualClock, str, s
         assert code == 1
 
 
+async def test_a_cancel_answered_202_with_an_empty_task_is_a_cancel(
+    world: tuple[Simulation, ManualClock, str, str],
+) -> None:
+    """Flow cancelled the task but could not read it back: NICo answers 202 with a zero-value task
+    (docs/simulator.md, emptyCancel). The cancel went through: say so, not "bad payload"."""
+    sim, clock, site, rack = world
+    stuck = sim.create_task(site, rack, "firmware_update", outcome="stuck")
+    clock.advance(30)
+    sim.set_site_faults(site, {"emptyCancel": True})
+    with serve_app(create_app(sim)) as url:
+        code, done = await _run(url, "cancel", site=site, task_id=stuck, confirmed=True)
+    assert code == 0, done
+    assert f"{stuck} was cancelled (NICo sent no task back)" in done
+    assert sim.task(stuck).status is TaskStatus.TERMINATED  # type: ignore[union-attr]
+
+
 async def test_runs_list_and_show_a_rollout_with_its_failed_rack() -> None:
     clock = ManualClock(datetime.now(UTC).replace(microsecond=0))
     sim = Simulation(

@@ -25,6 +25,10 @@ Rule shapes:
   operation and the site's name). The severity that depends on a label (a run paused by its safety
   gate pages, any other pause is a ticket; Failed pages, CompletedWithFailures is a ticket) is two
   rules under one alert name, as ``NicoTaskStuck`` does for its thresholds.
+- ``NicoSiteDown`` is NICo failing to answer for a site (``nico_site_up``), never the exporter's
+  own failures; those are the exporter's alerts (``NicoExporterCredentialsRefused``,
+  ``NicoExporterNotReady``, ``NicoExporterBudgetShort``), one per exporter instance (``job``,
+  ``instance``), whose descriptions query the exporter's own series for the why.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ ALERTS = (
     "NicoSiteDown",
     "NicoExporterDataStale",
     "NicoExporterDown",
+    "NicoExporterNotReady",
+    "NicoExporterCredentialsRefused",
+    "NicoExporterBudgetShort",
     "NicoAPIThrottled",
 )
 SEVERITIES = ("critical", "warning", "info")
@@ -723,17 +730,52 @@ def _run_alerts(r: _Rules, q: _Promql) -> None:
     )
 
 
+# Per exporter instance: a live query of one of its own families (job and instance of the alert).
+_SELF = "{{{{ with printf `{query}` $labels.job $labels.instance | query{sort} }}}}"
+
+
+def _self_query(family: str, matchers: str = "", by: str = "") -> str:
+    extra = f", {matchers}" if matchers else ""
+    series = f"{family}{{job=%q, instance=%q{extra}}}"
+    query = f"sum by ({by}) ({series})" if by else series
+    return _SELF.format(query=query, sort=f' | sortByLabel "{by}"' if by else "")
+
+
+def _counts(family: str, matchers: str, by: str, none: str) -> str:
+    """``label N, label N`` of a family's series summed by ``by`` (``none`` when there is none)."""
+    return (
+        _self_query(family, matchers, by)
+        + "{{ range $i, $s := . }}{{ if $i }}, {{ end }}"
+        + f'{{{{ $s.Labels.{by} }}}} x{{{{ $s.Value | printf "%.0f" }}}}'
+        + "{{ end }}{{ else }}"
+        + none
+        + "{{ end }}"
+    )
+
+
 def _exporter_alerts(r: _Rules, q: _Promql) -> None:
     c, g = r.config, r.exporter_alerts
     site = f"site {_SITE} ({{{{ $labels.site_id }}}})"
+    # NICo's own view and the breaker, named when they are why (left out when their series say not).
+    online = (
+        "{{ with printf `nico_site_online{instance=%q, site_id=%q} == 0` $labels.instance $labels.site_id"
+        " | query }} NICo's site list shows it offline (nico_site_online is 0).{{ end }}"
+    )
+    breaker = (
+        "{{ with printf `nico_exporter_site_breaker_open{instance=%q, site_id=%q} == 1` $labels.instance"
+        " $labels.site_id | query }} Its circuit breaker is open (nico_exporter_site_breaker_open is 1).{{ end }}"
+    )
     r.alert(
         g,
         "NicoSiteDown",
         q.named_site(f"{q.m('nico_site_up')} == 0", "site_id, instance"),
-        "NICo site " + _SITE + " does not answer the exporter",
+        "NICo does not answer for site " + _SITE,
         (
-            f"The exporter's polls of {site} have failed for at least {_d(c.for_['NicoSiteDown'])} "
-            "(nico_site_up is 0): its tasks are not being watched, and their alerts are muted."
+            f"NICo has failed to answer for {site} for at least {_d(c.for_['NicoSiteDown'])} "
+            "(nico_site_up is 0): the site's breaker is open after consecutive timeouts or 5xx answers, "
+            f"NICo lists the site offline, or most of its rack polls got no answer.{online}{breaker} "
+            "The exporter's own failures (budget, credentials, refused requests) never count here. "
+            "The site's tasks are not being watched, and their alerts are muted."
         ),
     )
     r.alert(
@@ -760,6 +802,62 @@ def _exporter_alerts(r: _Rules, q: _Promql) -> None:
             "Prometheus cannot scrape the exporter{{ with $labels.instance }} {{ . }}{{ end }} "
             f"({up} is 0 or absent) for {_d(c.for_['NicoExporterDown'])}: "
             "no NICo task is watched and no task alert can fire."
+        ),
+    )
+    r.alert(
+        g,
+        "NicoExporterNotReady",
+        f"{q.m('nico_exporter_ready')} == 0",
+        "The NICo task exporter {{ $labels.instance }} is not ready",
+        (
+            "{{ $labels.instance }} has not been ready for at least "
+            f"{_d(c.for_['NicoExporterNotReady'])} (nico_exporter_ready is 0): NICo's site list has not "
+            "answered it, or no site's racks could be listed, so no site is watched and no task alert "
+            "can fire. Since it started, GET /site ended (nico_exporter_api_requests_total"
+            '{endpoint="/site"}, by code): '
+            + _counts("nico_exporter_api_requests_total", 'endpoint="/site"', "code", "not yet")
+            + '; calls about no site failed inside the exporter (nico_exporter_self_failures_total{site_id=""}): '
+            + _counts("nico_exporter_self_failures_total", 'site_id=""', "cause", "none")
+            + "."
+        ),
+    )
+    r.alert(
+        g,
+        "NicoExporterCredentialsRefused",
+        f"max by (job, instance) ({q.m('nico_exporter_credentials_refused')}) == 1",
+        "NICo refuses the credentials of the NICo task exporter {{ $labels.instance }}",
+        (
+            "NICo or its identity provider has refused the credentials of {{ $labels.instance }} for at "
+            f"least {_d(c.for_['NicoExporterCredentialsRefused'])} (nico_exporter_credentials_refused is 1): "
+            "no call reaches NICo, so no site is polled and no task alert can fire. The exporter fails "
+            "its calls fast and tries again after 30s, doubling to 5m; it never marks a site down for this."
+        ),
+    )
+    budget = _self_query("nico_exporter_budget_requests_per_second") + (
+        '{{ . | first | value | printf "%.1f" }}{{ end }}'
+    )
+    shortfall = _self_query("nico_exporter_freshness_shortfall_seconds") + (
+        "{{ . | first | value | humanizeDuration }}{{ end }}"
+    )
+    waiting = _self_query("nico_exporter_rack_polls_waiting") + (
+        '; {{ . | first | value | printf "%.0f" }} rack polls wait for the budget now{{ end }}'
+    )
+    r.alert(
+        g,
+        "NicoExporterBudgetShort",
+        (
+            f"{q.m('nico_exporter_budget_required_requests_per_second')}\n"
+            f"> on (job, instance)\n"
+            f"{q.m('nico_exporter_budget_requests_per_second')}"
+        ),
+        "The NICo task exporter {{ $labels.instance }} needs more requests than its budget",
+        (
+            '{{ $labels.instance }} needs {{ $value | printf "%.1f" }} requests/s for its racks at the '
+            f"configured intervals, more than its budget (api.max_requests_per_second) of {budget} "
+            f"requests/s, for at least {_d(c.for_['NicoExporterBudgetShort'])}. Every rack is still polled "
+            f"in turn (baselines first), but its data is up to {shortfall} older than "
+            "polling.active_interval (nico_exporter_freshness_shortfall_seconds), and task alerts arrive "
+            f"that much later{waiting}."
         ),
     )
     tw = _d(c.throttled_window)

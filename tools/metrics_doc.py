@@ -212,9 +212,16 @@ def fleet_series(fleet: Fleet) -> dict[str, int]:
         "nico_site_info": s,
         "nico_rack_info": fleet.racks,
         "nico_site_up": s,
+        "nico_site_online": s,
+        "nico_site_clock_offset_seconds": s,
+        "nico_exporter_site_breaker_open": s,
         "nico_exporter_last_successful_poll_timestamp_seconds": s,
         "nico_exporter_racks": s,
         "nico_exporter_racks_baselined": s,
+        "nico_exporter_racks_not_baselined": s,
+        # A healthy fleet: no call failed (each is a series per site and cause once one does).
+        "nico_exporter_site_failures_total": 0,
+        "nico_exporter_self_failures_total": 0,
         "nico_exporter_api_requests_total": len(fleet.endpoints) * len(fleet.codes),
         "nico_exporter_api_request_duration_seconds": _histogram_series(
             "nico_exporter_api_request_duration_seconds", len(fleet.endpoints)
@@ -245,6 +252,7 @@ def fleet_series(fleet: Fleet) -> dict[str, int]:
         "nico_task_runs_finished_total": 0,
         "nico_operation_rule_info": s * fleet.rules_per_site,
         "nico_exporter_task_runs_supported": s,
+        "nico_exporter_operation_rules_supported": s,
         # Learned durations: the reference state is a cold start (the learner has seen nothing).
         **dict.fromkeys(
             (

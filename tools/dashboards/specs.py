@@ -78,8 +78,9 @@ _UP_MAPPINGS = (
 _SITE_UP = PanelSpec(
     "stat",
     "Site up",
-    "1 (UP) when the exporter's last poll of the site succeeded (most of its racks answered); "
-    "DOWN means NICo or the network failed and every other panel for that site is going stale.",
+    "DOWN only when NICo failed to answer for the site (most of its racks got no answer, or its "
+    "breaker is open: it stopped answering or NICo lists it offline): every other panel for that "
+    "site is going stale. The exporter's own failures (budget, credentials) never make it DOWN.",
     (
         Query(
             f"max by (site_id) (nico_site_up{{{S}}}) {WITH_SITE_NAME}", legend="{{site_name}}", instant=True
@@ -1247,9 +1248,92 @@ EXPORTER = DashboardSpec(
     title="NICo tasks / Exporter health",
     description="Is the exporter keeping up: NICo API calls, latency, throttling, freshness, budget, "
     "payload problems and span export.",
-    runbooks=("NicoExporterDown", "NicoExporterDataStale", "NicoAPIThrottled", "NicoSiteDown"),
+    runbooks=(
+        "NicoExporterDown",
+        "NicoExporterNotReady",
+        "NicoExporterCredentialsRefused",
+        "NicoExporterBudgetShort",
+        "NicoExporterDataStale",
+        "NicoAPIThrottled",
+        "NicoSiteDown",
+    ),
     rows=(
         Row("Freshness", (_SITE_UP, _DATA_AGE, _EXPORTER_UP)),
+        Row(
+            "Who failed: NICo or the exporter",
+            (
+                PanelSpec(
+                    "timeseries",
+                    "Failed calls: NICo's and the exporter's own",
+                    "Calls that failed after their retries. NICo's (the site or the REST server did not "
+                    "answer as it should): timeout, connection, server_error, unavailable (not sent: the "
+                    "site's breaker is open). The exporter's own, never a NICo outage: queue, budget, "
+                    "deadline (its own limits), credentials, forbidden, rejected, throttled. Empty is good.",
+                    (
+                        Query(
+                            f"sum by (cause) (rate(nico_exporter_site_failures_total{{{S}}}[$__rate_interval]))",
+                            legend="NICo: {{cause}}",
+                            may_be_empty="NICo answered every call: no failure series exists.",
+                        ),
+                        Query(
+                            f"sum by (cause) (rate(nico_exporter_self_failures_total{{{S}}}[$__rate_interval]))",
+                            legend="exporter: {{cause}}",
+                            may_be_empty="The exporter's own limits and credentials held: no series exists.",
+                        ),
+                    ),
+                    unit="reqps",
+                    runbooks=("NicoExporterCredentialsRefused", "NicoExporterBudgetShort"),
+                    main=True,
+                ),
+                PanelSpec(
+                    "timeseries",
+                    "Sites cut off: breaker open, NICo lists offline",
+                    "A site whose breaker is open gets one probe per interval instead of its polls (it "
+                    "stopped answering); NICo's own site list marks a site offline after 15 minutes "
+                    "without inventory from its agent. Empty is good.",
+                    (
+                        Query(
+                            f"(max by (site_id) (nico_exporter_site_breaker_open{{{S}}}) == 1) {WITH_SITE_NAME}",
+                            legend="breaker open {{site_name}}",
+                            may_be_empty="Every site answers: no breaker is open.",
+                        ),
+                        Query(
+                            f"(max by (site_id) (nico_site_online{{{S}}}) == 0) {WITH_SITE_NAME}",
+                            legend="offline in NICo {{site_name}}",
+                            may_be_empty="NICo lists every site online.",
+                        ),
+                    ),
+                    runbooks=("NicoSiteDown",),
+                ),
+                PanelSpec(
+                    "timeseries",
+                    "Clock offset per site",
+                    "How far each site's clock (its tasks' times) is ahead of NICo's REST server, as the "
+                    "exporter corrects it when counting. 0 for a site whose clock agrees within a second.",
+                    (
+                        Query(
+                            f"max by (site_id) (nico_site_clock_offset_seconds{{{S}}}) {WITH_SITE_NAME}",
+                            legend="{{site_name}}",
+                        ),
+                    ),
+                    unit="s",
+                ),
+                PanelSpec(
+                    "timeseries",
+                    "Racks without a baseline, polls waiting, credentials",
+                    "Racks not yet counting (their first poll sets it; baselines go first when the budget is "
+                    "short), rack polls due but waiting for the budget, and 1 while credentials are refused.",
+                    (
+                        Query(
+                            f"sum(nico_exporter_racks_not_baselined{{{S}}})",
+                            legend="racks without a baseline",
+                        ),
+                        Query("sum(nico_exporter_rack_polls_waiting)", legend="rack polls waiting"),
+                        Query("max(nico_exporter_credentials_refused)", legend="credentials refused"),
+                    ),
+                ),
+            ),
+        ),
         Row(
             "NICo API",
             (
