@@ -26,8 +26,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two workers: the end-to-end tests mostly wait on real time (tests/conftest.py schedules each file
+# whole on one worker, and the CPU-heavy ones one after the other). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 unit: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test: lint typecheck unit
 

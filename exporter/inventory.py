@@ -116,6 +116,9 @@ class RackEntry:
     outcome: Outcome | None = None
     # A failed poll is tried again within its interval, once.
     retried: bool = False
+    # Its active list was read by this process: until then every poll reads it (a counter that
+    # does not move says nothing of the tasks active when the rack was baselined or restarted).
+    active_listed: bool = False
     # The Date of the last active list, whether it was complete, and the ``updated`` of each task
     # it showed (exporter.clockskew: what moved since is bounded by that Date).
     listed_date: float | None = None

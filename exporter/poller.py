@@ -402,7 +402,9 @@ class Poller(RackPolls):
         return max((behind for _, behind in self._lags), default=0.0)
 
     def _busy(self, rack_id: str, entry: RackEntry) -> bool:
-        return entry.active_total > 0 or bool(self.store.active_ids(rack_id))
+        """A rack with active tasks, or whose active list this process has not read yet (after a
+        restart, or a baseline whose active list failed): its active list is read."""
+        return entry.active_total > 0 or bool(self.store.active_ids(rack_id)) or not entry.active_listed
 
     async def _poll_rack(self, rack_id: str, entry: RackEntry, deadline: float) -> NicoError | None:
         """One rack's poll: its counter or its active list (or both), then what they call for."""
@@ -421,24 +423,26 @@ class Poller(RackPolls):
         return None
 
     async def _baseline(self, rack_id: str, entry: RackEntry, deadline: float) -> None:
-        """A rack seen for the first time: its active list (tasks active now are counted when they
-        finish), then its all-tasks total as the base of its creation counter, both in one poll.
+        """A rack seen for the first time: its all-tasks total as the base of its creation counter,
+        then at once its active list (tasks active now are counted when they finish).
 
-        The baseline's time is the total's (NICo's ``Date``): a task created between the two
-        calls is in the total, so it belongs to the baseline, not to the tasks created after it.
-        When the total cannot be read, nothing is baselined and the next poll starts again.
+        The counter comes first: every task its total holds that is still active is then on the
+        active list, and a task created after the read is judged by its creation time (a first
+        sighting, not part of the baseline). The other order lost a task created between the two
+        calls when its rack then stayed idle: in the baseline's count, never listed active, it
+        finished unseen. The active list goes out at the most urgent priority, so the two calls
+        stay close under a saturated budget. The baseline's time is the total's (NICo's ``Date``).
+        When the total cannot be read, nothing is baselined and the next poll starts again; when
+        the active list cannot, the next poll reads it (see ``RackEntry.active_listed``).
         """
-        listing = await self._active_list(rack_id, entry, deadline)
-        try:
-            totals = await self._total_listing(rack_id, entry, deadline)
-        except NicoError:
-            self._apply_active(rack_id, entry, listing, in_baseline=True)  # tracked all the same
-            raise
+        totals = await self._total_listing(rack_id, entry, deadline)
         self.store.begin_baseline(rack_id, entry.site_id, totals.server_date or self.clock())
         if totals.total is not None:
             self.store.observe_total(rack_id, totals.total, totals.server_date, local=self.monotonic())
-        fetch = self._apply_active(rack_id, entry, listing, in_baseline=True)
         self._apply_rows(rack_id, entry, totals.items, in_baseline=True)
+        self.store.commit()
+        listing = await self._active_list(rack_id, entry, deadline, priority=Priority.FINAL_FETCH)
+        fetch = self._apply_active(rack_id, entry, listing)
         await self._fetch_now(fetch, deadline)
 
     async def _poll_known_rack(self, rack_id: str, entry: RackEntry, deadline: float) -> None:
@@ -503,11 +507,19 @@ class Poller(RackPolls):
         now = self.monotonic()
         return [t for t, f in self.final_fetches.items() if f.rack_id == rack_id and f.not_before <= now]
 
-    async def _active_list(self, rack_id: str, entry: RackEntry, deadline: float) -> Listing[Task]:
+    async def _active_list(
+        self, rack_id: str, entry: RackEntry, deadline: float, *, priority: int = Priority.ACTIVE_POLL
+    ) -> Listing[Task]:
         listing = await self.client.list_rack_tasks(
-            entry.site_id, rack_id, active_only=True, include_report=True, deadline=deadline
+            entry.site_id,
+            rack_id,
+            active_only=True,
+            include_report=True,
+            deadline=deadline,
+            priority=priority,
         )
         self.stats.active_lists += 1
+        entry.active_listed = True
         return listing
 
     def _apply_rows(

@@ -775,20 +775,10 @@ class Store:
             self._finish(record, now)
 
     def _finish(self, record: TaskRecord, now: float) -> None:
+        # A tracked task was seen active at or after its rack's baseline (the counter is read
+        # before the baseline's active list), so it finished after it: it is counted, whatever
+        # its timestamps say (a site's clock may be seconds off before its offset is known).
         finished_at = record.task.finished.timestamp() if record.task.finished else now
-        ledger = self.racks.get(record.rack_id)
-        if (
-            ledger is not None
-            and ledger.counting
-            and ledger.baselined_at is not None
-            and finished_at < ledger.baselined_at
-        ):
-            # Active in the baseline's list, over before its counter was read: in the baseline
-            # count, so history like every task that finished before the baseline.
-            self.terminal[record.id] = finished_at
-            self._batch.terminal[record.id] = (record.rack_id, finished_at)
-            self._drop(record.id)
-            return
         record.finished_seen_at = now
         self.terminal[record.id] = finished_at
         self._batch.terminal[record.id] = (record.rack_id, finished_at)
