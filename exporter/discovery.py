@@ -9,7 +9,8 @@ breaker, not polled.
 - The site list is read every ``discovery`` interval; one that fails is asked again after a
   back-off in seconds (2 s doubling, at most a minute), not an interval later.
 - A site's racks and trays are listed every ``discovery`` interval; a failed listing is tried
-  again after the same back-off. Lists are ordered (``orderBy=NAME_ASC``: without it Flow's
+  again after the same back-off. The racks' polls start as soon as the racks are listed; the
+  trays (which only tray attribution needs) follow. Lists are ordered (``orderBy=NAME_ASC``: without it Flow's
   pages have no order and OFFSET paging repeats and skips rows, release/v2.0
   rest-api/flow/internal/db/model/rack.go:260-261), and a rack missing from a listing that was
   not complete is kept, never dropped with its series.
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from exporter.errors import FlowDisabled, NicoError
 from exporter.inventory import Intervals, Outcome, RackEntry, SiteHealth, outcome_of
-from exporter.models import Rack, Site, Tray
+from exporter.models import Rack, Tray
 
 if TYPE_CHECKING:
     from exporter.poller import Poller
@@ -200,14 +201,18 @@ class Discovery:
     # -- one site -------------------------------------------------------------------------------
 
     async def discover_site(self, site_id: str) -> None:
-        """List one site's racks and trays, merge them, start their polls; then its rules."""
+        """List one site's racks and start their polls; then its trays (only tray attribution
+        needs them), then its rules (optional): neither delays the racks' first polls."""
         p = self.p
         health = p.health.get(site_id)
         if health is None:
             return
         deadline = time.monotonic() + min(self.intervals.discovery, SITE_DEADLINE_S)
         try:
-            listed = await self._list_site(health.site, deadline)
+            racks = await p.client.list_racks(site_id, deadline=deadline, order_by=RACK_ORDER)
+        except FlowDisabled:
+            log.warning("site has no NICo Flow: skipped", extra={"site_id": site_id})
+            racks = None
         except NicoError as exc:
             self._failed(health, exc)
             return
@@ -217,10 +222,13 @@ class Discovery:
         health.discovery_failures = 0
         health.discovery_due = p.monotonic() + self.intervals.discovery
         health.discovered = True
-        if listed is not None:
-            racks, complete, trays = listed
-            self._merge(site_id, racks, complete, trays)
-        self._check_ready()
+        if racks is not None:
+            self._merge(site_id, list(racks.items), racks.complete, None)
+            self._check_ready()
+            p.check_budget()
+            trays = await self._list_trays(site_id, racks.items, deadline)
+            if trays is not None:
+                self._merge(site_id, list(racks.items), racks.complete, trays)
         p.check_budget()
         # Optional, after the racks are polling: never on the core path.
         if p.shard_owns_site(site_id):
@@ -247,29 +255,19 @@ class Discovery:
                 extra={"site_id": health.site.id, "error": str(exc), "retry_in_s": pause},
             )
 
-    async def _list_site(
-        self, site: Site, deadline: float
-    ) -> tuple[list[Rack], bool, list[Tray] | None] | None:
-        """(racks, whether the rack listing was complete, trays or None) of a Flow site; None for
-        a site without Flow (nothing to watch)."""
+    async def _list_trays(self, site_id: str, racks: Iterable[Rack], deadline: float) -> list[Tray] | None:
+        """The site's trays (None when they cannot be listed: the racks keep the trays they had,
+        and the next discovery tries again; their tasks need no trays)."""
         p = self.p
         try:
-            racks = await p.client.list_racks(site.id, deadline=deadline, order_by=RACK_ORDER)
-        except FlowDisabled:
-            log.warning("site has no NICo Flow: skipped", extra={"site_id": site.id})
-            return None
-        trays: list[Tray] | None
-        try:
-            tray_listing = await p.client.list_trays(site.id, deadline=deadline, order_by=TRAY_ORDER)
-            trays = tray_listing.items
-            if not tray_listing.complete:
-                trays = await self._complete_trays(site.id, racks.items, trays, deadline)
+            listing = await p.client.list_trays(site_id, deadline=deadline, order_by=TRAY_ORDER)
+            trays = listing.items
+            if not listing.complete:
+                trays = await self._complete_trays(site_id, racks, trays, deadline)
         except NicoError as exc:
-            # The racks are polled all the same (their tasks need no trays); they keep the trays
-            # they had, and the next discovery tries again.
-            log.error("tray discovery failed", extra={"site_id": site.id, "error": str(exc)})
-            trays = None
-        return list(racks.items), racks.complete, trays
+            log.error("tray discovery failed", extra={"site_id": site_id, "error": str(exc)})
+            return None
+        return trays
 
     async def _complete_trays(
         self, site_id: str, racks: Iterable[Rack], trays: list[Tray], deadline: float
