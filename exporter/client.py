@@ -1000,7 +1000,7 @@ class NicoClient:
             started = time.monotonic()
             try:
                 resp = await self._attempt(
-                    method, endpoint, path, params, json_body, priority, deadline, attempt, site_id
+                    method, endpoint, path, params, json_body, priority, deadline, attempt, site_id, optional
                 )
             except Unauthorized as err:
                 # One fresh look at the credentials (a rotated file, an expired login), then the
@@ -1020,7 +1020,9 @@ class NicoClient:
                 if not (retry and err.retryable) or attempt >= self.retry.max_attempts:
                     raise
                 timeouts += timed_out
-                if timeouts >= self.retry.max_timeout_attempts:
+                # An optional capability's call that timed out is not tried again: its site may
+                # never answer it (an agent older than the REST server hangs it for 50 s).
+                if timeouts >= (1 if optional else self.retry.max_timeout_attempts):
                     raise
                 # The site's breaker opened meanwhile (other calls found it silent): stop, unless
                 # this call is its probe.
@@ -1057,10 +1059,11 @@ class NicoClient:
         deadline: float | None,
         attempt: int,
         site_id: str = "",
+        optional: bool = False,
     ) -> _Response:
         self.credentials.check()
         resp, token = await self._exchange(
-            method, endpoint, path, params, json_body, priority, deadline, attempt, site_id
+            method, endpoint, path, params, json_body, priority, deadline, attempt, site_id, optional
         )
         status = resp.status_code
         if 200 <= status < 300:
@@ -1089,6 +1092,7 @@ class NicoClient:
         deadline: float | None,
         attempt: int,
         site_id: str,
+        optional: bool = False,
     ) -> tuple[httpx.Response, str | None]:
         """A connection slot (the site's fair share), then a request token, then the request.
 
@@ -1097,7 +1101,7 @@ class NicoClient:
         bounded by ``deadline`` (:class:`DeadlineExceeded`, the exporter's own limit).
         """
         try:
-            await self.slots.acquire(site_id, priority, _left(deadline))
+            await self.slots.acquire(site_id, priority, _left(deadline), optional=optional)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"no connection slot free before the deadline for {endpoint}",
@@ -1152,7 +1156,7 @@ class NicoClient:
             self._emit(endpoint, method, str(resp.status_code), started, attempt)
             return resp, token
         finally:
-            self.slots.release(site_id)
+            self.slots.release(site_id, optional=optional)
 
     def _judge_site(self, site_id: str, error: BaseException | None, optional: bool) -> None:
         """What a logical call's outcome says about its site, for the site's breaker: an answer

@@ -9,8 +9,10 @@ active site to reach its own share at once. Idle capacity is still used (a lone 
 every slot), and a site that goes silent holds at most its share plus what nobody else needed.
 
 A site is owed its share while it made a call, or was named by the site list, within the last
-minute; a site whose breaker is open is owed none (its one probe takes any free slot). The price:
-a busy site next to a quiet one uses half the slots until the quiet one has been idle a minute.
+10 seconds; a site whose breaker is open is owed none (its one probe takes any free slot). A call
+of an optional capability (Task Runs, Operation Rules: an agent older than the REST server hangs
+them) only borrows: it takes a slot no site's core calls are owed, so it never holds the slot its
+own site's rack polls need.
 
 Waiters are served by priority (lower first), then in arrival order, skipping a waiter whose site
 may not take a slot now (another site's waiter goes first). A wait is bounded by the caller's
@@ -26,8 +28,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# A site that held or asked for a slot this recently is owed its share.
-ACTIVE_WINDOW_S = 60.0
+# A site that held or asked for a slot this recently (or the site list named) is owed its share.
+ACTIVE_WINDOW_S = 10.0
 
 
 @dataclass
@@ -36,6 +38,7 @@ class _Waiter:
     seq: int
     site: str
     future: asyncio.Future[None]
+    optional: bool = False
 
     def __lt__(self, other: _Waiter) -> bool:
         return (self.priority, self.seq) < (other.priority, other.seq)
@@ -61,6 +64,8 @@ class SiteSlots:
         self._clock = clock
         self._exempt = exempt
         self._held: dict[str, int] = {}
+        # Slots held by optional calls, per site (they count as in use, not towards a share).
+        self._borrowed: dict[str, int] = {}
         self._active: dict[str, float] = {}
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
@@ -68,10 +73,11 @@ class SiteSlots:
     # -- what the metrics and the poller read -----------------------------------------------------
 
     def held(self, site: str) -> int:
+        """Slots ``site``'s core calls hold (optional calls' are apart)."""
         return self._held.get(site, 0)
 
     def in_use(self) -> int:
-        return sum(self._held.values())
+        return sum(self._held.values()) + sum(self._borrowed.values())
 
     def waiting(self, site: str | None = None) -> int:
         return sum(1 for w in self._waiters if not w.future.done() and (site is None or w.site == site))
@@ -82,13 +88,21 @@ class SiteSlots:
 
     # -- acquire and release --------------------------------------------------------------------
 
-    async def acquire(self, site: str, priority: int, wait_s: float | None = None) -> None:
-        """Wait for a slot for ``site``; raises ``TimeoutError`` after ``wait_s`` seconds."""
-        self._active[site] = self._clock()
-        if not self._waiters and self._may_take(site):
-            self._take(site)
+    async def acquire(
+        self, site: str, priority: int, wait_s: float | None = None, *, optional: bool = False
+    ) -> None:
+        """Wait for a slot for ``site``; raises ``TimeoutError`` after ``wait_s`` seconds.
+
+        ``optional``: a call of a capability the site may lack; it only borrows (module docstring).
+        """
+        if not optional:
+            self._active[site] = self._clock()
+        if not self._waiters and self._may_take(site, optional):
+            self._take(site, optional)
             return
-        waiter = _Waiter(int(priority), next(self._seq), site, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(
+            int(priority), next(self._seq), site, asyncio.get_running_loop().create_future(), optional
+        )
         heapq.heappush(self._waiters, waiter)
         self._dispatch()
         try:
@@ -98,22 +112,25 @@ class SiteSlots:
                 await asyncio.wait_for(asyncio.shield(waiter.future), max(0.0, wait_s))
         except (TimeoutError, asyncio.CancelledError):
             if waiter.future.done() and not waiter.future.cancelled():
-                self.release(site)  # granted as we gave up: hand it on
+                self.release(site, optional=optional)  # granted as we gave up: hand it on
             else:
                 waiter.future.cancel()
             raise
 
-    def release(self, site: str) -> None:
-        held = self._held.get(site, 0)
+    def release(self, site: str, *, optional: bool = False) -> None:
+        counts = self._borrowed if optional else self._held
+        held = counts.get(site, 0)
         if held <= 1:
-            self._held.pop(site, None)
+            counts.pop(site, None)
         else:
-            self._held[site] = held - 1
-        self._active[site] = self._clock()
+            counts[site] = held - 1
+        if not optional:
+            self._active[site] = self._clock()
         self._dispatch()
 
-    def _take(self, site: str) -> None:
-        self._held[site] = self._held.get(site, 0) + 1
+    def _take(self, site: str, optional: bool = False) -> None:
+        counts = self._borrowed if optional else self._held
+        counts[site] = counts.get(site, 0) + 1
 
     def known(self, sites: list[str]) -> None:
         """Sites the site list just named: each is owed its share from now on, before its first
@@ -132,19 +149,22 @@ class SiteSlots:
             owed.add(site)
         return owed
 
-    def _may_take(self, site: str) -> bool:
+    def _may_take(self, site: str, optional: bool = False) -> bool:
         free = self.total - self.in_use()
         if free <= 0:
             return False
         if self._exempt(site):
             # A site whose breaker is open sends one probe at a time, in any free slot.
-            return self.held(site) == 0
+            return self.held(site) + self._borrowed.get(site, 0) == 0
         contenders = self._contenders(site)
         share = max(1, self.total // len(contenders))
-        if self.held(site) < share:
+        if self.held(site) < share and not optional:
             return True
-        # Borrow only what every other active site does not need to reach its share.
+        # Borrow only what every other active site does not need to reach its share; an optional
+        # call also leaves its own site's core calls one slot (its share may be all of them).
         owed = sum(max(0, share - self.held(other)) for other in contenders if other != site)
+        if optional:
+            owed += max(0, 1 - self.held(site))
         return free - 1 >= owed
 
     def _dispatch(self) -> None:
@@ -155,8 +175,8 @@ class SiteSlots:
             waiter = heapq.heappop(self._waiters)
             if waiter.future.done():
                 continue
-            if self._may_take(waiter.site):
-                self._take(waiter.site)
+            if self._may_take(waiter.site, waiter.optional):
+                self._take(waiter.site, waiter.optional)
                 waiter.future.set_result(None)
             else:
                 kept.append(waiter)

@@ -269,3 +269,27 @@ async def test_a_wait_for_a_slot_ends_at_the_callers_deadline_as_the_exporters_o
         await hung
     assert info.value.cause == "queue"
     assert [(f.side, f.cause) for f in failures] == [("exporter", "queue")]  # type: ignore[attr-defined]
+
+
+async def test_an_optional_call_only_borrows_what_no_core_call_is_owed() -> None:
+    """Task Runs and Operation Rules calls (an old agent hangs them 50 s) must not take the slot
+    their own site's rack polls are owed: they borrow free slots only."""
+    slots = SiteSlots(3)
+    slots.known(["a", "b"])  # two sites, a share of one slot each, one slot to spare
+    await slots.acquire("a", Priority.ACTIVE_POLL, 0, optional=True)  # a's rules call: the spare
+    with pytest.raises(TimeoutError):  # the two left are a's and b's shares
+        await slots.acquire("a", Priority.ACTIVE_POLL, 0.01, optional=True)
+    await slots.acquire("a", Priority.ACTIVE_POLL, 0)  # a's rack poll gets its share at once
+    await slots.acquire("b", Priority.ACTIVE_POLL, 0)  # and so does b's
+    assert slots.in_use() == 3 and (slots.held("a"), slots.held("b")) == (1, 1)
+
+
+async def test_a_lone_sites_optional_calls_leave_its_core_calls_one_slot() -> None:
+    slots = SiteSlots(3)
+    slots.known(["a"])  # the only site: its share is every slot
+    await slots.acquire("a", Priority.ACTIVE_POLL, 0, optional=True)
+    await slots.acquire("a", Priority.ACTIVE_POLL, 0, optional=True)
+    with pytest.raises(TimeoutError):  # the last slot is kept for a's rack polls
+        await slots.acquire("a", Priority.ACTIVE_POLL, 0.01, optional=True)
+    await slots.acquire("a", Priority.ACTIVE_POLL, 0)
+    assert slots.in_use() == 3 and slots.held("a") == 1

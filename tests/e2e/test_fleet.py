@@ -204,11 +204,12 @@ def test_every_task_of_the_answering_sites_is_counted_once_by_name_with_its_stat
             fleet.sites.index(by_id[t]["siteId"]),
             round(_ts(by_id[t]["created"]) - baselines[by_id[t]["rackId"]], 1),
             round(_ts(by_id[t]["finished"]) - baselines[by_id[t]["rackId"]], 1),
+            by_id[t]["rackId"],
         )
         for t, s in expected.items()
         if status.get(t) != s
     }
-    # (expected status, exporter's, site index, created and finished after the rack's baseline)
+    # (expected status, exporter's, site index, created and finished after the rack's baseline, rack)
     assert not wrong, (
         f"{len(wrong)} of {len(expected)} not counted with their status: {list(wrong.items())[:5]}"
     )
@@ -292,9 +293,10 @@ def test_the_silent_sites_get_a_bounded_number_of_calls(fleet: Fleet) -> None:
 
 def test_each_sites_clock_offset_is_found_and_optional_capabilities_are_switched_off(fleet: Fleet) -> None:
     offsets = fleet.by_site("nico_site_clock_offset_seconds")
-    # Within the counter's 2 s margin (under CPU load the answers' latency widens the bracket).
-    assert abs(offsets[fleet.sites[AHEAD]] - 8) <= 2.0, offsets
-    assert abs(offsets[fleet.sites[BEHIND]] + 8) <= 2.0, offsets
+    # About the counter's 2 s margin: under CPU load (both test workers busy) the answers' latency
+    # widens the bracket, and the offset found stays on the side of zero (corrected less, never more).
+    assert 8 - 2.5 <= offsets[fleet.sites[AHEAD]] <= 8 + 0.5, offsets
+    assert -8 - 0.5 <= offsets[fleet.sites[BEHIND]] <= -8 + 2.5, offsets
     assert offsets[fleet.sites[HEALTHY]] == 0
     runs = fleet.by_site("nico_exporter_task_runs_supported")
     rules = fleet.by_site("nico_exporter_operation_rules_supported")
