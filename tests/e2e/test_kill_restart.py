@@ -65,6 +65,30 @@ def _expected(url: str, baselines: dict[str, float]) -> Counter[str]:
     return out
 
 
+def _explain(url: str, db: Path, baselines: dict[str, float]) -> str:
+    """For a failure message: the expected tasks the state file does not hold, each with its
+    created and finished time against its rack's baseline, and every rack's ledger."""
+    with sqlite3.connect(db) as conn:
+        held = {task for (task,) in conn.execute("SELECT task_id FROM terminal")}
+        ledgers = conn.execute(
+            "SELECT rack_id, baselined_at, baseline_total, last_total, seen_new, unobserved FROM racks"
+        ).fetchall()
+    missing = []
+    for task in truth(url)["tasks"]:
+        base = baselines.get(task["rackId"])
+        if task["finished"] is None or base is None or task["id"] in held:
+            continue
+        finished = datetime.fromisoformat(task["finished"].replace("Z", "+00:00")).timestamp()
+        created = datetime.fromisoformat(task["created"].replace("Z", "+00:00")).timestamp()
+        if finished > base:
+            missing.append(
+                (task["id"][:8], task["status"], round(created - base, 1), round(finished - base, 1))
+            )
+    return (
+        f"not in the state file (id, status, created and finished after baseline): {missing}; racks {ledgers}"
+    )
+
+
 def test_kill_minus_nine_then_restart_under_faults_counts_each_task_once(tmp_path: Path) -> None:
     sim_args = [
         "--sites", "1", "--racks", "3", "--non-flow-sites", "0", "--speed", "20", "--seed", "5",
@@ -98,7 +122,14 @@ def test_kill_minus_nine_then_restart_under_faults_counts_each_task_once(tmp_pat
                 totals, baselines = _persisted(db)
                 return _matches(totals, _expected(url, baselines))
 
-            wait_until(settled, 60, "the persisted totals to match the ground truth")
+            try:
+                wait_until(settled, 60, "the persisted totals to match the ground truth")
+            except AssertionError:
+                totals, baselines = _persisted(db)
+                expected = _expected(url, baselines)
+                raise AssertionError(
+                    f"persisted {dict(totals)}, ground truth {dict(expected)}; {_explain(url, db, baselines)}"
+                ) from None
             time.sleep(3)  # and stay matched: nothing counted twice afterwards
             totals, baselines = _persisted(db)
             assert _matches(totals, _expected(url, baselines))
