@@ -63,6 +63,36 @@ web: {{listen_address: "127.0.0.1:{port}"}}
     return path, port
 
 
+def prometheus_process(prometheus: str, tmp: Path, config: Path, port: int, *extra_args: str) -> Process:
+    """Debian's ``prometheus`` with ``config`` on 127.0.0.1:``port``, its data and log in ``tmp``."""
+    return Process(
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+            *extra_args,
+        ],
+        tmp / "prometheus.log",
+    )
+
+
+def alertmanager_process(alertmanager: str, tmp: Path, config: Path, port: int) -> Process:
+    """Debian's Alertmanager with ``config`` on 127.0.0.1:``port``, alone (no cluster), data in ``tmp``."""
+    return Process(
+        [
+            alertmanager,
+            f"--config.file={config}",
+            f"--storage.path={tmp / 'am'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ],
+        tmp / "alertmanager.log",
+    )
+
+
 def start_prometheus(
     prometheus: str,
     tmp: Path,
@@ -89,17 +119,7 @@ scrape_configs:
 rule_files:{rules or " []"}{alerting}
 """
     )
-    proc = Process(
-        [
-            prometheus,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-            *extra_args,
-        ],
-        tmp / "prometheus.log",
-    )
+    proc = prometheus_process(prometheus, tmp, config, port, *extra_args)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: http_ok(url + "/-/ready") or not proc.alive(), 60, "Prometheus to be ready")

@@ -25,7 +25,16 @@ import pytest
 import yaml
 
 from tests.conftest import skip_or_fail
-from tests.processes import Process, exporter_command, free_port, simulator, truth, wait_until
+from tests.processes import (
+    Process,
+    alertmanager_process,
+    exporter_command,
+    free_port,
+    prometheus_process,
+    simulator,
+    truth,
+    wait_until,
+)
 from tools import alerts
 from tools.paths import ROOT
 
@@ -175,27 +184,9 @@ scrape_configs:
         )
         procs = [
             Process(exporter_command("run", "--config.file", str(exporter_config)), tmp / "exporter.log"),
-            Process(
-                [
-                    alertmanager,
-                    f"--config.file={_alertmanager_config(tmp, receiver.url)}",
-                    f"--storage.path={tmp / 'am'}",
-                    f"--web.listen-address=127.0.0.1:{am_port}",
-                    "--cluster.listen-address=",
-                    "--log.level=warn",
-                ],
-                tmp / "alertmanager.log",
-            ),
-            Process(
-                [
-                    prometheus,
-                    f"--config.file={prometheus_config}",
-                    f"--storage.tsdb.path={tmp / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                    "--rules.alert.resend-delay=1s",
-                    "--log.level=warn",
-                ],
-                tmp / "prometheus.log",
+            alertmanager_process(alertmanager, tmp, _alertmanager_config(tmp, receiver.url), am_port),
+            prometheus_process(
+                prometheus, tmp, prometheus_config, prom_port, "--rules.alert.resend-delay=1s"
             ),
         ]
         s = Stack(sim, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", receiver, procs[0])

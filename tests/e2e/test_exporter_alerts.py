@@ -29,7 +29,16 @@ import httpx
 import pytest
 
 from tests.e2e.test_alertmanager import Receiver, _alertmanager_config, _Handler, binary
-from tests.processes import Process, exporter_command, free_port, http_ok, simulator, wait_until
+from tests.processes import (
+    Process,
+    alertmanager_process,
+    exporter_command,
+    free_port,
+    http_ok,
+    prometheus_process,
+    simulator,
+    wait_until,
+)
 from tools import alerts
 
 pytestmark = pytest.mark.e2e
@@ -155,17 +164,7 @@ scrape_configs:
     procs: list[Process] = []
     try:
         procs.append(
-            Process(
-                [
-                    alertmanager,
-                    f"--config.file={_alertmanager_config(tmp, receiver.url)}",
-                    f"--storage.path={tmp / 'am'}",
-                    f"--web.listen-address=127.0.0.1:{am_port}",
-                    "--cluster.listen-address=",
-                    "--log.level=warn",
-                ],
-                tmp / "alertmanager.log",
-            )
+            alertmanager_process(alertmanager, tmp, _alertmanager_config(tmp, receiver.url), am_port)
         )
         wait_until(lambda: http_ok(s.alertmanager + "/-/ready"), 60, "Alertmanager")
         for name, (path, port) in configs.items():
@@ -173,17 +172,7 @@ scrape_configs:
             s.instances[name] = f"127.0.0.1:{port}"
         s.started = time.monotonic()
         procs.append(
-            Process(
-                [
-                    prometheus,
-                    f"--config.file={prometheus_config}",
-                    f"--storage.tsdb.path={tmp / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                    "--rules.alert.resend-delay=1s",
-                    "--log.level=warn",
-                ],
-                tmp / "prometheus.log",
-            )
+            prometheus_process(prometheus, tmp, prometheus_config, prom_port, "--rules.alert.resend-delay=1s")
         )
         for name in SCENARIOS:
             health = f"http://{s.instances[name]}/healthz"
