@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit bench simulate generate clean
+.PHONY: demo demo-stack test lint typecheck unit bench simulate generate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/nico-task-exporter demo
+
+# The demo plus a real Prometheus with the shipped rules (and Alertmanager where installed), on
+# 127.0.0.1:9090 and :9093; a missing binary is said and left out.
+demo-stack: $(STAMP)
+	$(BIN)/python -m tools.demo_stack
 
 simulate: $(STAMP)
 	$(BIN)/nico-task-exporter simulate --web.listen-address 127.0.0.1:8080

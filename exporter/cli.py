@@ -14,6 +14,7 @@ from exporter.addresses import parse_listen_address
 
 if TYPE_CHECKING:
     from exporter.configload import Override
+    from exporter.demo import DemoOptions
     from exporter.simulator import Simulation
 
 log = logging.getLogger("exporter")
@@ -226,6 +227,45 @@ def _simulator_flags(parser: argparse.ArgumentParser, *, default_speed: float) -
     )
 
 
+def demo_flags(parser: argparse.ArgumentParser) -> None:
+    """The ``demo`` command's flags (``python -m tools.demo_stack`` takes them too)."""
+    _common(parser)
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        type=listen_address,
+        default=listen_address("127.0.0.1:9842"),
+        help="where the exporter's /metrics listens (default 127.0.0.1:9842)",
+    )
+    parser.add_argument(
+        "--simulator.listen-address",
+        dest="simulator_listen",
+        type=listen_address,
+        default=listen_address(DEFAULT_SIMULATOR_ADDRESS),
+        help=f"where the simulated NICo API listens (default {DEFAULT_SIMULATOR_ADDRESS})",
+    )
+    parser.add_argument("--speed", type=float, default=10.0, help="how much faster tasks run than in reality")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--sites", type=int, default=2)
+    parser.add_argument("--racks", type=int, default=8)
+    parser.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
+
+
+def demo_options(args: argparse.Namespace) -> DemoOptions:
+    """What the ``demo`` flags ask for."""
+    from exporter.demo import DemoOptions
+
+    return DemoOptions(
+        simulator=args.simulator_listen,
+        exporter=args.listen,
+        speed=args.speed,
+        seed=args.seed,
+        sites=args.sites,
+        racks=args.racks,
+        status_interval=args.status_interval,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nico-task-exporter",
@@ -241,26 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="the simulator and the exporter against it, time accelerated, metrics on localhost"
     )
-    _common(demo)
-    demo.add_argument(
-        "--web.listen-address",
-        dest="listen",
-        type=listen_address,
-        default=listen_address("127.0.0.1:9842"),
-        help="where the exporter's /metrics listens (default 127.0.0.1:9842)",
-    )
-    demo.add_argument(
-        "--simulator.listen-address",
-        dest="simulator_listen",
-        type=listen_address,
-        default=listen_address(DEFAULT_SIMULATOR_ADDRESS),
-        help=f"where the simulated NICo API listens (default {DEFAULT_SIMULATOR_ADDRESS})",
-    )
-    demo.add_argument("--speed", type=float, default=10.0, help="how much faster tasks run than in reality")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--sites", type=int, default=2)
-    demo.add_argument("--racks", type=int, default=8)
-    demo.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
+    demo_flags(demo)
 
     run = sub.add_parser("run", help="run the exporter (the default command)")
     _common(run)
@@ -567,18 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "simulate":
             asyncio.run(_serve(args))
         elif args.command == "demo":
-            from exporter.demo import DemoOptions, run_demo
+            from exporter.demo import run_demo
 
-            options = DemoOptions(
-                simulator=args.simulator_listen,
-                exporter=args.listen,
-                speed=args.speed,
-                seed=args.seed,
-                sites=args.sites,
-                racks=args.racks,
-                status_interval=args.status_interval,
-            )
-            asyncio.run(run_demo(options))
+            asyncio.run(run_demo(demo_options(args)))
         elif args.command == "check-config":  # --- check-config ---
             return _check_config(args)
     except KeyboardInterrupt:

@@ -299,7 +299,7 @@ class Discovery:
         for tray in trays or ():
             if tray.rack_id is not None:
                 by_rack.setdefault(tray.rack_id, []).append(tray)
-                p.store.learn_tray_type(tray.id, tray.type.value)
+                p.store.learn_tray_type(tray.id, tray.type.value, tray.component_id)
         owned: set[str] = set()
         for rack in racks:
             rack_id = rack.id

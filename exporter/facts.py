@@ -1,7 +1,8 @@
 """Pure facts about a task, derived from its payload alone: what metrics and traces both say.
 
-The trace id a metric's exemplar links to, where and why a failed task failed, an error shortened
-for a label, the stage a task is running. No clock, no state, no I/O: :mod:`exporter.metrics` and
+The trace id a metric's exemplar links to, where and why a failed task failed (the cause, out of
+the wrapping :mod:`exporter.errortext` takes off), an error shortened for a label, the stage a
+task is running. No clock, no state, no I/O: :mod:`exporter.metrics` and
 :mod:`exporter.tracing` both use these, and neither imports the other.
 """
 
@@ -11,11 +12,16 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from exporter.errortext import error_cause, one_line
 from exporter.models import ReportStatus
 from exporter.state import TaskRecord
 
-# Longest error label value (characters); the full text is in the task's span.
-ERROR_LABEL_MAX = 128
+# Longest error label value (characters); the full text is on the task's span. A cause that came
+# through a step child workflow keeps only the ~100 bytes its wrapping leaves of Flow's 512
+# (exporter/errortext.py), so it always fits; the room above that is for errors the task manager
+# writes without the wrapping (manager.go:424-427, e.g. "component manager capability
+# pre-dispatch validation failed: ..."), whose useful end lies past 128 characters.
+ERROR_LABEL_MAX = 200
 
 
 def trace_id(task_id: str) -> str:
@@ -51,19 +57,12 @@ def failure_reason(error: str) -> str:
 
 @dataclass(frozen=True)
 class FailureContext:
+    """Where and why a task failed: ``error`` is the cause, ``full_error`` NICo's text as it came."""
+
     stage_number: str
     component_type: str
     error: str
-
-
-# Flow wraps a stage's error as "stage N failed: component type T failed: <cause>"
-# (flow/internal/task/executor/temporalworkflow/workflow/helpers.go:342-343, :431).
-_FLOW_WRAPPING = re.compile(r"^(stage \d+ failed: |component type \S+ failed: )+")
-
-
-def error_cause(error: str) -> str:
-    """Flow's error without its wrapping: the stage and component type are labels of their own."""
-    return _FLOW_WRAPPING.sub("", error.strip(), count=1) or error
+    full_error: str = ""
 
 
 def failure_context(record: TaskRecord) -> FailureContext:
@@ -77,16 +76,16 @@ def failure_context(record: TaskRecord) -> FailureContext:
             step = failed_steps[0] if failed_steps else None
             error = (step.error if step else None) or stage.error or report.error or record.task.message or ""
             kinds = ",".join(sorted({s.component_type.value for s in failed_steps})) or "unknown"
-            return FailureContext(str(stage.number), kinds, error_cause(error))
+            return FailureContext(str(stage.number), kinds, error_cause(error), error)
         if report.error:
-            return FailureContext("", "unknown", error_cause(report.error))
-    return FailureContext("", "unknown", error_cause(record.task.message or ""))
+            return FailureContext("", "unknown", error_cause(report.error), report.error)
+    message = record.task.message or ""
+    return FailureContext("", "unknown", error_cause(message), message)
 
 
 def short_error(error: str) -> str:
-    """An error as a label value: one line, at most 128 characters."""
-    text = " ".join(error.split())
-    return text if len(text) <= ERROR_LABEL_MAX else text[: ERROR_LABEL_MAX - 1] + "…"
+    """An error as a label value or span status: one line, at most 200 characters, valid UTF-8."""
+    return one_line(error, ERROR_LABEL_MAX)
 
 
 def current_stage(record: TaskRecord) -> int | None:

@@ -132,8 +132,10 @@ FAMILIES: tuple[Family, ...] = (
         "nico_task_failure_info",
         "gauge",
         "site_id rack_id task_id operation stage_number component_type reason error",
-        "Always 1: why a failed task (within the TTL) failed; error without Flow's "
-        "'stage N failed: component type T failed:' wrapping, cut to 128 characters.",
+        "Always 1: why a failed task (within the TTL) failed; error is the cause without Flow's "
+        "and the Temporal SDK's wrapping ('component type T failed: child workflow execution "
+        "error (...): ...'), one line, cut to 200 characters (the whole text: the span's "
+        "nico.task.error).",
     ),
     _f(
         "nico_task_stage_status",
@@ -151,7 +153,11 @@ FAMILIES: tuple[Family, ...] = (
         "nico_tray_task_failures_total",
         "counter",
         "site_id rack_id tray_id tray_type",
-        "Failed tasks per tray.",
+        "Failed tasks charged to each tray: the trays whose component the failure's error (or a "
+        "leak-detection task) names, otherwise the task's trays of the component type whose step "
+        "failed; never the task's other trays. A failure NICo places on no component type (no "
+        "report, a rule or validation error) is charged to no tray: nico_tasks_finished_total still "
+        "counts it.",
     ),
     _f(
         "nico_task_overrun_ratio",
@@ -445,8 +451,9 @@ FAMILIES: tuple[Family, ...] = (
     _f(
         "nico_exporter_jobs_shed_total",
         "counter",
-        "job",
-        "Job runs skipped because the request budget was saturated.",
+        "poll_job",
+        "Polling job runs skipped because the request budget was saturated, by job (rack_poll, "
+        "discovery, reconcile, ...).",
     ),
     _f("nico_exporter_final_fetch_queue", "gauge", "", "Tasks waiting for their final fetch."),
     _f(

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from exporter.attribution import TargetTray, charged_trays
 from exporter.models import ReportStage, ReportStatus, ReportStep, Task, TaskStatus
 from exporter.operations import Classifier, Operation
 from exporter.persistence import FinishedRow, NullPersistence, Persistence, RackRow, StateBatch
@@ -208,7 +209,8 @@ class Store:
         finished_ttl: seconds a finished task stays tracked (and in per-task series).
         terminal_retention: seconds a terminal task id is remembered; an unknown terminal task
             that finished longer ago than this is taken as old history, not counted.
-        tray_types: tray id to its type, for per-tray failure totals (filled by discovery).
+        tray_types: tray id to its type, for per-tray failure totals (filled by discovery, with
+            ``tray_components``: tray id to its component id).
     """
 
     def __init__(
@@ -230,6 +232,9 @@ class Store:
         self._after_commit: list[Callable[[], None]] = []
         self.tray_types: dict[str, str] = {}
         self.tray_types_version = 0
+        self.tray_components: dict[str, str] = {}
+        # Failed tasks whose trays discovery has not typed yet (after a restart): charged once it has.
+        self._uncharged: dict[str, TaskRecord] = {}
         # Per site, how far its clock is ahead of the REST server's (seconds; absent: none).
         self.clock_offsets: dict[str, float] = {}
         # Ids of tasks whose record was added, changed or dropped since the snapshot publisher
@@ -400,11 +405,16 @@ class Store:
     def tray_type(self, tray_id: str) -> str:
         return self.tray_types.get(tray_id, "Unknown")
 
-    def learn_tray_type(self, tray_id: str, tray_type: str) -> None:
-        """Record a tray's type (discovery); ``tray_types_version`` moves when one changes."""
+    def learn_tray_type(self, tray_id: str, tray_type: str, component_id: str | None = None) -> None:
+        """Record a tray's type and component id (discovery); ``tray_types_version`` moves when a
+        type changes."""
         if self.tray_types.get(tray_id) != tray_type:
             self.tray_types[tray_id] = tray_type
             self.tray_types_version += 1
+        if component_id:
+            self.tray_components[tray_id] = component_id
+        for record in [r for r in self._uncharged.values() if r.trays and tray_id in r.trays]:
+            self._count_tray_failures(record)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -811,17 +821,24 @@ class Store:
             log.warning("finished task unreadable in the state file; dropped", extra={"task_id": task_id})
             self._batch.forget_finished.add(task_id)
             return
-        self._register(site_id, rack_id, task, first_seen, finished_seen_at, trays, finished_seen_at)
+        record = self._register(site_id, rack_id, task, first_seen, finished_seen_at, trays, finished_seen_at)
+        self._count_tray_failures(record)  # if the last process could not charge it yet
 
     def _count_tray_failures(self, record: TaskRecord) -> None:
-        """A failed task counts once against each of its trays, when both are known."""
+        """A failed task counts once against the trays its failure is charged to
+        (:func:`exporter.attribution.charged_trays`), once its trays and their types are known."""
+        self._uncharged.pop(record.id, None)
         if record.status is not TaskStatus.FAILED or record.trays is None:
             return
-        if "finished" not in self._delivered.get(record.id, ()):
+        delivered = self._delivered.get(record.id, ())
+        if "finished" not in delivered or "trays-failed" in delivered:
             return
-        if not self._claim(record.id, "trays-failed"):
+        if not all(tray in self.tray_types for tray in record.trays):
+            self._uncharged[record.id] = record
             return
-        for tray in record.trays:
+        self._claim(record.id, "trays-failed")
+        targets = (TargetTray(t, self.tray_types[t], self.tray_components.get(t)) for t in record.trays)
+        for tray in charged_trays(record.task, targets):
             key = (record.site_id, record.rack_id, tray, self.tray_type(tray))
             self.totals.tray_failures[key] = self.totals.tray_failures.get(key, 0) + 1
             self._batch.tray_failures[key] = self.totals.tray_failures[key]

@@ -17,6 +17,8 @@ from exporter.client import NicoClient
 from exporter.config import Config
 from exporter.connect import nico_client
 from exporter.errors import BadRequest, NicoError, RouteMissing
+from exporter.errortext import error_cause, one_line, valid_utf8
+from exporter.facts import ERROR_LABEL_MAX
 from exporter.models import ReportStatus, TargetStatus, Task, TaskRun, TaskRunTarget
 from exporter.operations import Classifier
 
@@ -37,13 +39,23 @@ def _took(start: datetime | None, end: datetime | None, now: datetime) -> str:
     return text + ("" if end is not None else " (running)")
 
 
+def _cause(error: str | None, limit: int) -> str:
+    """An error's cause on one line (the wrapping off, see :mod:`exporter.errortext`)."""
+    return one_line(error_cause(error), limit) if error else ""
+
+
 def render_task(task: Task, *, site_id: str, now: datetime, classifier: Classifier | None = None) -> str:
-    """A task and its report as an operator reads it: what, where, when, which stage failed and why."""
+    """A task and its report as an operator reads it: what, where, when, which stage failed and why.
+
+    Errors read as their cause in the status line and the table; the full text NICo kept follows
+    the table (``error``), or the status line when there is no report error.
+    """
     op = (classifier or Classifier()).classify(task.description, task.report)
+    message = _cause(task.message, ERROR_LABEL_MAX)
     lines = [
         f"task        {task.id}",
         f"site        {site_id}",
-        f"status      {task.status.value}" + (f"  ({task.message})" if task.message else ""),
+        f"status      {task.status.value}" + (f"  ({message})" if message else ""),
         f"operation   {op.value}  ({task.description})",
         f"rule        {task.rule_id or '-'}",
         f"created     {_when(task.created)}",
@@ -52,27 +64,34 @@ def render_task(task: Task, *, site_id: str, now: datetime, classifier: Classifi
         f"trace id    {task.id.replace('-', '')}",
     ]
     report = task.report
+    if report is not None and report.error:
+        tail = [
+            "",
+            f"cause       {_cause(report.error, ERROR_LABEL_MAX)}",
+            f"error       {valid_utf8(report.error)}",
+        ]
+    elif task.message and error_cause(task.message) != task.message.strip():
+        tail = ["", f"error       {valid_utf8(task.message)}"]
+    else:
+        tail = []
     if report is None:
         lines.append("report      none yet (Flow has not resolved the task's rule)")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + tail) + "\n"
     lines += ["", f"{'stage':<7}{'step':<6}{'component':<12}{'status':<11}{'started':<21}{'took':<16}error"]
     for stage in report.stages:
-        error = (stage.error or "").replace("\n", " ")
         lines.append(
             f"{stage.number:<7}{'':<6}{'':<12}{stage.status.value:<11}{_when(stage.started_at):<21}"
             f"{_took(stage.started_at, stage.finished_at, now) if stage.status is not ReportStatus.PENDING else '-':<16}"
-            f"{error[:120]}"
+            f"{_cause(stage.error, 120)}"
         )
         for index, step in enumerate(stage.steps):
             took = "-" if step.started_at is None else _took(step.started_at, step.finished_at, now)
             count = f"x{step.total_components}" if step.total_components else ""
             lines.append(
                 f"{'':<7}{index:<6}{(step.component_type.value + count):<12}{step.status.value:<11}"
-                f"{_when(step.started_at):<21}{took:<16}{(step.error or '').replace(chr(10), ' ')[:120]}"
+                f"{_when(step.started_at):<21}{took:<16}{_cause(step.error, 120)}"
             )
-    if report.error:
-        lines += ["", f"error       {report.error}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + tail) + "\n"
 
 
 def render_list(

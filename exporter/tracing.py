@@ -47,7 +47,8 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.util.types import AttributeValue
 
 from exporter import __version__
-from exporter.facts import failure_context, trace_id_int
+from exporter.errortext import error_cause, valid_utf8
+from exporter.facts import failure_context, short_error, trace_id_int
 from exporter.models import (
     ReportStage,
     ReportStatus,
@@ -191,7 +192,7 @@ def _span(
 
 def _run_status(status: ReportStatus, error: str | None) -> Status:
     if status is ReportStatus.FAILED:
-        return Status(StatusCode.ERROR, error or None)
+        return Status(StatusCode.ERROR, short_error(error_cause(error or "")) or None)
     if status is ReportStatus.COMPLETED:
         return Status(StatusCode.OK)
     return Status(StatusCode.UNSET)
@@ -334,7 +335,11 @@ def task_spans(
     if record.trays is not None:
         attrs["nico.tray.ids"] = tuple(sorted(record.trays))
     if task.status is TaskStatus.FAILED:
-        status = Status(StatusCode.ERROR, failure_context(record).error or None)
+        failure = failure_context(record)
+        # The status reads as a label does (the cause, one line); the text as NICo gave it stays.
+        status = Status(StatusCode.ERROR, short_error(failure.error) or None)
+        if failure.full_error:
+            attrs["nico.task.error"] = valid_utf8(failure.full_error)
     elif task.status is TaskStatus.SUCCEEDED:
         status = Status(StatusCode.OK)
     else:

@@ -23,7 +23,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(layer.split())
     for layer in (
         "__init__ errors logs addresses durations yamlfile exposition ratelimit sharding outbox slots breaker"
-        " clockskew",
+        " clockskew errortext",
         "models",
         "operations attribution auth credentials",
         "client persistence",

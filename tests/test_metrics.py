@@ -441,12 +441,12 @@ def test_failure_info_for_a_failed_task(world: World) -> None:
     assert [lab["task_id"] for lab, _ in samples(reg, "nico_task_failure_info")] == [tid(1)]
 
 
-def test_failure_info_error_is_cut_to_128_characters(world: World) -> None:
+def test_failure_info_error_is_cut_to_200_characters(world: World) -> None:
     long_error = "firmware flash failed: " + "é" * 300
     world.observe(failed_power_on(1, error=long_error), T0 + 150)
     [(labels, value)] = samples(world.registry(), "nico_task_failure_info")
     assert value == 1
-    assert len(labels["error"]) <= 128
+    assert len(labels["error"]) == 200 and labels["error"].endswith("é…")
     assert labels["error"] == short_error(long_error)
     assert labels["error"].startswith("firmware flash failed: éé")
     assert labels["reason"] == "firmware"  # from the whole error, not the cut one
@@ -530,7 +530,7 @@ def test_stage_status_only_with_per_task_stages(world: World) -> None:
 
 
 def test_tray_tasks_and_failures(world: World) -> None:
-    world.store.tray_types.update({TRAY_C: "Compute", TRAY_P: "PowerShelf"})
+    world.store.tray_types.update({TRAY_C: "Compute", TRAY_P: "PowerShelf", TRAY_X: "NVSwitch"})
     world.observe(running_power_on(1), T0 + 50)
     world.store.attribute(tid(1), [TRAY_C, TRAY_P])
     world.observe(task(2, "Pending"), T0 + 50)
@@ -555,8 +555,8 @@ def test_tray_tasks_and_failures(world: World) -> None:
         labels = {"site_id": SITE, "rack_id": RACK, "tray_id": tray, "tray_type": kind}
         return reg.get_sample_value("nico_tray_task_failures_total", labels)
 
-    assert failures(TRAY_P, "PowerShelf") == 1
-    assert failures(TRAY_X, "Unknown") == 1  # a tray discovery has not typed
+    assert failures(TRAY_X, "NVSwitch") == 1  # its NVSwitch step failed
+    assert failures(TRAY_P, "PowerShelf") is None  # a target, but its step had completed
     assert failures(TRAY_C, "Compute") is None
 
 
@@ -685,8 +685,8 @@ def test_poller_store_and_span_self_metrics(world: World) -> None:
         "nico_exporter_state_persistent": 0,
     }
     assert {name: reg.get_sample_value(name) for name in expected} == expected
-    assert reg.get_sample_value("nico_exporter_jobs_shed_total", {"job": "discovery"}) == 2
-    assert reg.get_sample_value("nico_exporter_jobs_shed_total", {"job": "reconcile"}) == 1
+    assert reg.get_sample_value("nico_exporter_jobs_shed_total", {"poll_job": "discovery"}) == 2
+    assert reg.get_sample_value("nico_exporter_jobs_shed_total", {"poll_job": "reconcile"}) == 1
 
 
 def test_build_info(world: World) -> None:
@@ -749,13 +749,13 @@ def populated_world() -> World:
     """A state in which every family has at least one sample."""
     world = World()
     fill_inventory(world)
-    world.store.tray_types.update({TRAY_C: "Compute", TRAY_P: "PowerShelf"})
+    world.store.tray_types.update({TRAY_C: "Compute", TRAY_P: "PowerShelf", TRAY_X: "NVSwitch"})
     world.observe(task(1, "Pending", description="API firmware update Rack", rule_id=RULE), T0 + 5)
     world.observe(running_power_on(2), T0 + 50)
     world.store.attribute(tid(2), [TRAY_C])
     world.observe(running_power_on(3), T0 + 50)
     world.observe(failed_power_on(3), T0 + 150)
-    world.store.attribute(tid(3), [TRAY_P])
+    world.store.attribute(tid(3), [TRAY_P, TRAY_X])
     world.observe(succeeded_power_on(4), T0 + 150)
     world.client_metrics.on_request(RequestEvent("/site", "GET", "200", 0.1, 1))
     world.client_metrics.on_parse_error(ParseEvent("/site", "invalid_site", "id"))

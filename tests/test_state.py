@@ -253,24 +253,23 @@ def test_totals_count_each_finished_task_once(store: Store) -> None:
 
 
 def test_tray_failures_counted_once_when_trays_are_attributed_before_finish(store: Store) -> None:
-    store.tray_types = {"tray-a": "Compute"}
+    store.tray_types = {"tray-a": "Compute", "tray-b": "NVSwitch"}
     store.observe(SITE, RACK, task(1, rep=power_on_report(1)), T0)
     store.attribute(tid(1), ["tray-a", "tray-b"])
     assert store.totals.tray_failures == {}
     store.observe(SITE, RACK, done_task(1, "Failed"), T0 + 1)
     store.observe(SITE, RACK, done_task(1, "Failed"), T0 + 2)
-    assert store.totals.tray_failures == {
-        (SITE, RACK, "tray-a", "Compute"): 1,
-        (SITE, RACK, "tray-b", "Unknown"): 1,
-    }
+    # Its Compute step failed (stage 3): the NVSwitch tray is not charged.
+    assert store.totals.tray_failures == {(SITE, RACK, "tray-a", "Compute"): 1}
 
 
 def test_tray_failures_counted_once_when_trays_are_attributed_after_finish(store: Store) -> None:
+    store.tray_types = {"tray-a": "Compute", "tray-b": "Compute"}
     store.observe(SITE, RACK, done_task(1, "Failed"), T0)
     assert store.totals.tray_failures == {}
     store.attribute(tid(1), ["tray-a"])
     store.attribute(tid(1), ["tray-a", "tray-b"])  # settled once: ignored
-    assert store.totals.tray_failures == {(SITE, RACK, "tray-a", "Unknown"): 1}
+    assert store.totals.tray_failures == {(SITE, RACK, "tray-a", "Compute"): 1}
     assert store.tasks[tid(1)].trays == frozenset({"tray-a"})
 
 
@@ -579,6 +578,7 @@ def test_restart_keeps_totals_terminal_ids_baselines_and_delivered_keys(db: Path
     first, p1 = open_store(db)
     first.begin_baseline(RACK, SITE, T0)
     first.observe_total(RACK, 1)
+    first.learn_tray_type("tray-a", "Compute")
     first.observe(SITE, RACK, done_task(1, "Failed", finished=T0 + 1, created=T0 + 1), T0 + 1)
     first.attribute(tid(1), ["tray-a"])
     running = task(2, rep=power_on_report(1), created=T0 + 2)
@@ -590,7 +590,7 @@ def test_restart_keeps_totals_terminal_ids_baselines_and_delivered_keys(db: Path
     second, p2 = open_store(db)
     rec = Recorder(second)
     assert second.totals.tasks == {(SITE, "Failed", "power_on"): 1}
-    assert second.totals.tray_failures == {(SITE, RACK, "tray-a", "Unknown"): 1}
+    assert second.totals.tray_failures == {(SITE, RACK, "tray-a", "Compute"): 1}
     assert second.terminal == {tid(1): T0 + 1}
     assert second.racks[RACK].baselined_at == T0 and second.racks[RACK].baseline_total == 1
     assert second.racks[RACK].seen_new == 2

@@ -260,6 +260,44 @@ def _n(value: float) -> str:
     return f"{value:g}"
 
 
+def increase_from_zero(
+    series: str, window: str, *, key: str = "", fresh: bool = False, up: str = "up"
+) -> str:
+    """``increase(series[window])`` per series, where a series born within the window counts whole.
+
+    A counter series appears with its first event, at 1; ``increase()`` and ``rate()`` need an
+    earlier sample, so they read 0 for the first event of every new label set. Here a series
+    that was absent at the window's start while its target was scraped then counts its value (it
+    counted from 0 since). The result is per series: aggregate after it, never before (a new
+    series summed into a group with older ones would vanish from the group's increase).
+
+    An absence counts only where the scrape at the window's start says the series did not exist:
+    its target answered then (``up == 1``), or the target appeared since while its job answered
+    then (a restarted pod with a new address). A failed scrape or an outage at that instant (stale
+    series, ``up == 0``) never makes an old series look new. With ``fresh``, a job Prometheus did
+    not scrape at all then counts too (a new Prometheus, or a new exporter): for windows as long as
+    a dashboard's range, which would otherwise hide every first failure for that long after an
+    install; it counts whole what the exporter counted before Prometheus first scraped it.
+
+    ``key`` (labels) marks a counter that survives the exporter's restarts (the state file): a
+    series is new only when no target of its job had its key at the start, so a restarted
+    exporter with a new address does not count its history again.
+    """
+    start = f"{up} offset {window}"
+    scraped = [
+        f"{start} == 1",
+        f"(group by (job, instance) ({up}) unless on (job, instance) {start}) and on (job) ({start} == 1)",
+    ]
+    if fresh:
+        scraped.append(f"group by (job, instance) ({up}) unless on (job) {start}")
+    match = f" on (job, {key})" if key else ""
+    new = (
+        f"({series} unless{match} {series} offset {window}) "
+        f"and on (job, instance) ({' or '.join(f'({s})' for s in scraped)})"
+    )
+    return f"({new} or increase({series}[{window}]))"
+
+
 @dataclass(frozen=True)
 class _Promql:
     config: AlertConfig
@@ -529,13 +567,18 @@ def _task_alerts(r: _Rules, q: _Promql) -> None:
     )
     tw = _d(c.tray_failures_window)
     failures = q.m("nico_tray_task_failures_total")
-    # A tray's counter series appears with its first failure (value 1), which increase() cannot
-    # see; a series younger than the window is therefore judged by its value.
+    # The counter holds the failures charged to the tray itself (its component type's step failed,
+    # or the error named it), not every failed task that targeted it. Its series appears with its
+    # first failure (value 1), which increase() cannot see: a series born within the window counts
+    # its value (increase_from_zero), but only where the exporter was scraped at the window's start
+    # (a failed scrape then, or a restarted pod, never makes a tray's lifetime count look new), or
+    # where Prometheus did not scrape the exporter at all then (a new install: otherwise no tray
+    # alert for a day; a new Prometheus beside an old exporter may fire once for old failures).
+    up = f"up{{{c.up_selector}}}" if c.up_selector else "up"
+    charged = increase_from_zero(failures, tw, key="site_id, rack_id, tray_id, tray_type", fresh=True, up=up)
     tray = (
         f"(\n"
-        f"    increase({failures}[{tw}]) >= {c.tray_failures}\n"
-        f"  or\n"
-        f"    {failures} >= {c.tray_failures} unless {failures} offset {tw}\n"
+        f"  {charged} >= {c.tray_failures}\n"
         f")\n"
         f"* on (site_id, rack_id) group_left (rack_name) nico:rack:info\n"
         f"* on (site_id) group_left (site_name) nico:site:info"
@@ -546,8 +589,10 @@ def _task_alerts(r: _Rules, q: _Promql) -> None:
         tray,
         "Tray {{ $labels.tray_id }} keeps failing tasks on rack " + _RACK + " at site " + _SITE,
         (
-            '{{ $labels.tray_type }} tray {{ $labels.tray_id }} was in {{ $value | printf "%.0f" }} failed tasks '
-            f"in the last {tw} (threshold {c.tray_failures}). "
+            "{{ $labels.tray_type }} tray {{ $labels.tray_id }} was charged with "
+            '{{ $value | printf "%.0f" }} failed tasks '
+            f"in the last {tw} (threshold {c.tray_failures}): tasks on it that failed in a "
+            "{{ $labels.tray_type }} step, or whose error named its component. "
             f"Where: {_WHERE}."
         ),
     )

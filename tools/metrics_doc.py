@@ -66,7 +66,9 @@ class Fleet:
     time. Finished tasks have every timestamp and a report: Succeeded ones completed every stage,
     Failed ones failed every step of the busy stage. Trays are known for ``attributed_running``
     Running tasks (one per rack) and ``attributed_failed`` Failed tasks (each on its own rack), each
-    on every tray of its rack. Every API endpoint answered with every code.
+    on every tray of its rack; a failed one is charged to the trays of its busy stage's component
+    types. Finished tasks take the operations in turn, and every ``racks // failed``-th of the first
+    ``racks`` failed. Every API endpoint answered with every code.
     """
 
     sites: int = 2
@@ -127,6 +129,20 @@ class Fleet:
         return sum(self.trays.values())
 
     @property
+    def charged_trays(self) -> int:
+        """Tray failure series: the trays each attributed failed task is charged to."""
+        if not self.failed:
+            return 0
+        ops = list(self.layouts)
+        stride = self.racks // self.failed
+        failed = [self.layouts[ops[j % len(ops)]] for j in range(0, min(self.racks, self.finished), stride)]
+        return sum(
+            self.trays.get(kind, 0)
+            for layout in failed[: self.attributed_failed]
+            for kind in set(layout[busy_stage(layout) - 1])
+        )
+
+    @property
     def active_tasks(self) -> int:
         return sum(self.active.values())
 
@@ -147,7 +163,8 @@ class Fleet:
             f"{self.trays_per_rack} trays ({trays}); {self.active_tasks:,} active tasks ({active}) over "
             f"{len(self.layouts)} operations; {self.finished:,} tasks finished within the TTL, "
             f"{self.failed:,} of them failed; trays known for {self.attributed_running:,} running and "
-            f"{self.attributed_failed:,} failed tasks (every tray of their rack); "
+            f"{self.attributed_failed:,} failed tasks (every tray of their rack; a failure charged to "
+            "the trays of its failed stage's component types); "
             f"{len(self.endpoints)} API endpoints x {len(self.codes)} response codes; "
             f"per-task stage series {'on' if self.per_task_stages else 'off'}"
         )
@@ -208,7 +225,7 @@ def fleet_series(fleet: Fleet) -> dict[str, int]:
         "nico_task_failure_info": fleet.failed,
         "nico_task_stage_status": stage_status if fleet.per_task_stages else 0,
         "nico_tray_tasks": fleet.attributed_running * fleet.trays_per_rack,
-        "nico_tray_task_failures_total": fleet.attributed_failed * fleet.trays_per_rack,
+        "nico_tray_task_failures_total": fleet.charged_trays,
         "nico_site_info": s,
         "nico_rack_info": fleet.racks,
         "nico_site_up": s,

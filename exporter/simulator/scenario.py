@@ -17,6 +17,13 @@ site, e.g. NVSwitch firmware on ``site-b`` (the ``slow-nvswitch`` preset).
 Racks can start with a realistic history: ``history_tasks_per_rack`` finished tasks written
 directly (no events replayed), older than anything the simulation runs.
 
+Some submissions must happen, not just be tried: stuck tasks (``stuck_tasks``) and a script's
+tasks (:class:`ScriptedTask`, the demo's stuck and failed task). Each goes to a rack where Flow
+would accept it (its conflict rule, checked before submitting); when no rack would, it is tried
+again every ``PLACE_RETRY_S`` and, past ``PLACE_GIVE_UP_S``, logged as an error and listed in
+:attr:`Scenario.unplaced` instead of being dropped silently. An :class:`OverrunDrill` (not NICo
+behaviour) keeps one rack for a learn-then-overrun timeline: many short tasks, then a slow one.
+
 Arrivals are chained as world events (each schedules the next), so an idle simulation costs
 nothing. Everything is drawn from ``random.Random(seed)``: the same seed gives the same run.
 """
@@ -24,17 +31,21 @@ nothing. Everything is drawn from ``random.Random(seed)``: the same seed gives t
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 
-from exporter.models import ComponentType
+from exporter.models import ComponentType, TaskStatus
 from exporter.simulator.inventory import Rack, Site
 from exporter.simulator.operations import OPERATIONS, Family, Operation, describe, schedule_description
 from exporter.simulator.report import Stage
-from exporter.simulator.world import Outcome, Rejected, Task, World
+from exporter.simulator.world import Outcome, Rejected, Task, World, conflicts
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MIX: dict[str, float] = {
     Operation.POWER_ON: 3.0,
@@ -61,6 +72,13 @@ LEAK_JOB_INTERVAL_S = 60.0
 LEAK_MINUTES = (3.0, 15.0)
 
 _CITIES = ("Santa Clara", "San Jose", "Fremont", "Sunnyvale", "Hillsboro", "Reno")
+
+# What a stuck task runs when the scenario draws it (``stuck_tasks``).
+STUCK_OPERATIONS = (Operation.POWER_CYCLE, Operation.FIRMWARE_UPDATE, Operation.POWER_ON)
+# A submission that must happen and finds every rack busy is tried again this often (simulated
+# seconds), and given up (loudly: an error in the log and ``Scenario.unplaced``) after this long.
+PLACE_RETRY_S = 10.0
+PLACE_GIVE_UP_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +148,66 @@ class Slowdown:
             raise ValueError("site_index and at_s must not be negative, factor must be positive")
 
 
+@dataclass(frozen=True)
+class ScriptedTask:
+    """A REST submission a scenario makes at a set moment (a script, e.g. the demo's), placed so
+    Flow accepts it.
+
+    ``operation`` with ``outcome`` (``succeed``, ``fail`` or ``stuck``) at ``at_s`` simulated
+    seconds after the start (negative: before it, in the simulated history; a stuck task's age
+    is then ``-at_s``), rack-wide on a rack of the ``site_index``-th Flow site (any Flow site when
+    that one has no rack to offer) that is not kept for a drill. Racks are tried in a seeded order
+    and the first one without a conflicting Pending or Running task takes it; see the module
+    docstring for what happens when none does. ``stage_seconds``: every stage with work takes
+    this long (None: drawn as for any task). ``name`` keys the task in :attr:`Scenario.placed`.
+    """
+
+    name: str
+    at_s: float
+    operation: str
+    outcome: str = Outcome.SUCCEED
+    site_index: int = 0
+    stage_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        Operation(self.operation)
+        Outcome(self.outcome)
+        if self.site_index < 0 or (self.stage_seconds is not None and self.stage_seconds <= 0):
+            raise ValueError("site_index must not be negative and stage_seconds must be positive")
+
+
+@dataclass(frozen=True)
+class OverrunDrill:
+    """A learn-then-overrun timeline on one rack (a simulation scenario, not NICo behaviour).
+
+    The last rack of the ``site_index``-th Flow site is kept for it: no arrivals, leaks,
+    schedules, stuck or scripted tasks go there. From ``at_s`` simulated seconds after the start,
+    one tray-scoped ``operation`` on one compute tray every ``every_s`` seconds (the rack's
+    compute trays in turn, skipping a tray still busy), its stage with work taking a duration
+    drawn from ``stage_seconds``: ``tasks`` of them, enough samples for a duration learner. Then
+    one more whose stage takes ``slow_stage_s``: a task overrunning what was learned. Its id is
+    ``Scenario.placed["overrun"]``.
+    """
+
+    site_index: int = 0
+    operation: str = Operation.POWER_OFF
+    at_s: float = 5.0
+    tasks: int = 30
+    every_s: float = 1.0
+    stage_seconds: tuple[float, float] = (6.0, 8.0)
+    slow_stage_s: float = 540.0
+
+    def __post_init__(self) -> None:
+        spec = OPERATIONS[Operation(self.operation)]
+        if not spec.tray_scoped_allowed or ComponentType.COMPUTE not in {k for st in spec.stages for k in st}:
+            raise ValueError(f"{self.operation} cannot run on one compute tray")
+        low, high = self.stage_seconds
+        if self.site_index < 0 or self.tasks < 1 or self.every_s <= 0 or not 0 < low <= high:
+            raise ValueError("site_index >= 0, tasks >= 1, every_s > 0 and 0 < stage_seconds min <= max")
+        if self.slow_stage_s <= 0 or self.at_s < 0:
+            raise ValueError("slow_stage_s must be positive and at_s not negative")
+
+
 # The ``slow-nvswitch`` preset's timeline (simulated seconds after the start).
 SLOW_NVSWITCH_AT_S = 720.0
 SLOW_NVSWITCH_HORIZON_S = 1500.0
@@ -153,7 +231,8 @@ class ScenarioConfig:
         stage_seconds: (min, max) seconds per stage by family: ``power``, ``firmware``, ``bring_up``.
         failure_rate: share of tasks that fail at a random stage.
         cancel_rate: share of tasks an operator cancels a little after creation.
-        stuck_tasks: tasks that hang forever in a stage (created shortly before the start).
+        stuck_tasks: tasks that hang forever in a stage (created shortly before the start, on a
+            rack where Flow accepts them; never refused silently, see the module docstring).
         history_hours: simulate this much activity before the start, so lists are not empty.
         history_tasks_per_rack: (min, max) finished tasks written on each rack before that, as a
             long-lived site has (0, 0: none).
@@ -161,6 +240,8 @@ class ScenarioConfig:
         schedules: Flow task schedules on every Flow site.
         rollouts: firmware Task Runs started during the simulation (needs ``task_runs``).
         slowdowns: stage slow-downs on one site from a moment on (not NICo behaviour).
+        scripted: REST submissions at set moments, each placed where Flow accepts it.
+        drill: a learn-then-overrun timeline on a rack kept for it (not NICo behaviour).
     """
 
     seed: int = 1
@@ -181,6 +262,8 @@ class ScenarioConfig:
     schedules: tuple[ScheduleConfig, ...] = ()
     rollouts: tuple[RolloutConfig, ...] = ()
     slowdowns: tuple[Slowdown, ...] = ()
+    scripted: tuple[ScriptedTask, ...] = ()
+    drill: OverrunDrill | None = None
 
     def __post_init__(self) -> None:
         for name in self.operation_mix:
@@ -201,6 +284,12 @@ class ScenarioConfig:
                 raise ValueError(
                     f"slowdown site_index {slowdown.site_index} but only {self.sites} Flow sites"
                 )
+        for what, index in [
+            *((f"scripted task {t.name!r}", t.site_index) for t in self.scripted),
+            *((("drill", self.drill.site_index),) if self.drill else ()),
+        ]:
+            if index >= self.sites:
+                raise ValueError(f"{what}: site_index {index} but only {self.sites} Flow sites")
 
     @classmethod
     def quiet(
@@ -286,6 +375,19 @@ class ScenarioConfig:
         return cls.slow_nvswitch(factor=1.0, sites=sites, racks_per_site=racks_per_site, seed=seed)
 
 
+@dataclass
+class _Placing:
+    """A submission that must happen: its racks in the order tried, and when to give up."""
+
+    name: str
+    operation: Operation
+    outcome: Outcome
+    rack_ids: list[str]
+    deadline: datetime
+    stage_seconds: float | None = None
+    tray_scoped: bool = False  # may be tray-scoped, drawn as for any submission
+
+
 def site_name(index: int) -> str:
     """``site-a`` ... ``site-z``, then ``site-aa`` ...: short, sortable, readable in dashboards."""
     letters = string.ascii_lowercase
@@ -312,6 +414,12 @@ class Scenario:
         self._leaking: dict[str, datetime] = {}  # tray id -> when its leak ends
         # (site id, slowdown, when it begins), resolved by :meth:`start`.
         self.slowdowns: list[tuple[str, Slowdown, datetime]] = []
+        # The rack kept for the drill (no other traffic), resolved by :meth:`start`.
+        self.reserved: set[str] = set()
+        # Scripted tasks (and the drill's slow one, "overrun") by name -> the task id they got.
+        self.placed: dict[str, str] = {}
+        # Submissions that had to happen and found no rack that would take them, said why.
+        self.unplaced: list[str] = []
 
     # --- inventory -----------------------------------------------------------------------------
 
@@ -403,20 +511,36 @@ class Scenario:
             (flow_sites[slowdown.site_index].id, slowdown, sim_start + timedelta(seconds=slowdown.at_s))
             for slowdown in self.config.slowdowns
         ]
-        racks = self._flow_racks()
+        drill = self.config.drill
+        if drill is not None and flow_sites[drill.site_index].rack_ids:
+            self.reserved = {flow_sites[drill.site_index].rack_ids[-1]}
+        racks = self._open_racks()
         if self.config.arrivals_per_rack_per_hour > 0 and self._ops:
             for rack in racks:
                 self._schedule_arrival(rack.id, begin, sim_start)
-        for _ in range(self.config.stuck_tasks if racks else 0):
+        for index in range(self.config.stuck_tasks if racks else 0):
             rack = self.rng.choice(racks)
             at = max(begin, sim_start - timedelta(seconds=self.rng.uniform(60, 1800)))
-            self.world.schedule(at, partial(self._create_stuck, rack.id))
+            self.world.schedule(at, partial(self._create_stuck, rack.id, f"stuck-{index}"))
         for schedule in self.config.schedules:
             first = begin + timedelta(hours=schedule.every_hours * self.rng.uniform(0.1, 1.0))
             self.world.schedule(first, partial(self._fire_schedule, schedule))
+        for script in self.config.scripted:
+            at = max(begin, sim_start + timedelta(seconds=script.at_s))
+            self.world.schedule(at, partial(self._run_script, script))
+        if drill is not None and self.reserved:
+            (rack_id,) = self.reserved
+            at = sim_start + timedelta(seconds=drill.at_s)
+            self.world.schedule(at, partial(self._drill, drill, rack_id, 0))
+        elif drill is not None:
+            self._give_up("overrun", f"the drill's site {flow_sites[drill.site_index].name} has no rack")
 
     def _flow_racks(self) -> list[Rack]:
         return [rack for rack in self.world.racks.values() if self.world.sites[rack.site_id].flow]
+
+    def _open_racks(self) -> list[Rack]:
+        """Flow racks that take traffic: all but the one kept for the drill."""
+        return [rack for rack in self._flow_racks() if rack.id not in self.reserved]
 
     def _schedule_arrival(self, rack_id: str, after: datetime, sim_start: datetime) -> None:
         gap = self.rng.expovariate(self.config.arrivals_per_rack_per_hour / 3600.0)
@@ -441,9 +565,115 @@ class Scenario:
             delay = self.rng.uniform(5.0, 600.0)
             self.world.schedule(at + timedelta(seconds=delay), partial(self._cancel, task_id))
 
-    def _create_stuck(self, rack_id: str, _at: datetime) -> None:
-        operation = self.rng.choice([Operation.POWER_CYCLE, Operation.FIRMWARE_UPDATE, Operation.POWER_ON])
-        self._submit(rack_id, operation, Outcome.STUCK)
+    def _create_stuck(self, rack_id: str, name: str, at: datetime) -> None:
+        operation = self.rng.choice(STUCK_OPERATIONS)
+        # The drawn rack first; the others only when Flow would refuse it there.
+        others = [rack.id for rack in self._open_racks() if rack.id != rack_id]
+        placing = _Placing(
+            name, operation, Outcome.STUCK, [rack_id, *others],
+            deadline=at + timedelta(seconds=PLACE_GIVE_UP_S), tray_scoped=True,
+        )  # fmt: skip
+        self._place(placing, at)
+
+    def _run_script(self, script: ScriptedTask, at: datetime) -> None:
+        flow_sites = [site for site in self.world.sites.values() if site.flow]
+        site = flow_sites[script.site_index]
+        own = [rack for rack in self._open_racks() if rack.site_id == site.id]
+        racks = own or self._open_racks()
+        self.rng.shuffle(racks)
+        placing = _Placing(
+            script.name, Operation(script.operation), Outcome(script.outcome), [r.id for r in racks],
+            deadline=at + timedelta(seconds=PLACE_GIVE_UP_S), stage_seconds=script.stage_seconds,
+        )  # fmt: skip
+        self._place(placing, at)
+
+    def _place(self, placing: _Placing, at: datetime) -> None:
+        """Submit ``placing`` on the first of its racks where Flow accepts it; else try again in
+        ``PLACE_RETRY_S``, and past its deadline give up loudly."""
+        for rack_id in placing.rack_ids:
+            rack = self.world.racks[rack_id]
+            if self.world.sites[rack.site_id].gone:
+                continue
+            tray_ids = self._pick_trays(rack, placing.operation) if placing.tray_scoped else None
+            if self._refused(rack, placing.operation, tray_ids):
+                continue
+            try:
+                task = self.world.submit(
+                    rack.site_id,
+                    rack.id,
+                    placing.operation,
+                    description=describe(
+                        placing.operation, tray_scoped=tray_ids is not None, rack_id=rack.id
+                    ),
+                    tray_ids=tray_ids,
+                    outcome=placing.outcome,
+                    stage_seconds=placing.stage_seconds,
+                )
+            except Rejected:
+                continue
+            self.placed[placing.name] = task.id
+            return
+        if at + timedelta(seconds=PLACE_RETRY_S) > placing.deadline:
+            self._give_up(
+                placing.name, f"no rack would take {placing.operation.value} ({placing.outcome.value})"
+            )
+            return
+        self.world.schedule(at + timedelta(seconds=PLACE_RETRY_S), partial(self._place, placing))
+
+    def _refused(self, rack: Rack, operation: Operation, tray_ids: Sequence[str] | None) -> bool:
+        """Whether Flow would refuse this REST submission on ``rack`` now, without submitting (a try
+        elsewhere leaves no refusal in the ground truth): :meth:`World.submit`'s check, Flow's
+        conflict rule against the rack's Pending and Running tasks (release/v2.0
+        rest-api/flow/internal/task/manager/manager.go:305-319, conflict/conflict.go:313-317,
+        store/postgres.go:180-189)."""
+        probe = Task(
+            id="", site_id=rack.site_id, rack_id=rack.id,
+            tray_ids=tuple(tray_ids) if tray_ids is not None else tuple(rack.tray_ids),
+            operation=operation, description="", created=self.world.now, outcome=Outcome.SUCCEED,
+            fail_stage=None, error=None, stage_seconds={},
+        )  # fmt: skip
+        holding = (TaskStatus.PENDING, TaskStatus.RUNNING)
+        return any(
+            conflicts(probe, other, self.world)
+            for other in self.world.rack_tasks(rack.id)
+            if other.status in holding
+        )
+
+    def _give_up(self, name: str, why: str) -> None:
+        self.unplaced.append(f"{name}: {why}")
+        log.error("scenario task not placed", extra={"task": name, "reason": why})
+
+    # --- the overrun drill ---------------------------------------------------------------------
+
+    def _drill(self, drill: OverrunDrill, rack_id: str, number: int, at: datetime) -> None:
+        """The drill's ``number``-th task (the last one, ``drill.tasks``, is the slow one)."""
+        rack = self.world.racks[rack_id]
+        if self.world.sites[rack.site_id].gone:
+            return
+        operation = Operation(drill.operation)
+        trays = [tray for tray in self.world.rack_trays(rack_id) if tray.type is ComponentType.COMPUTE]
+        free = [
+            tray
+            for tray in (trays[(number + k) % len(trays)] for k in range(len(trays)))
+            if not self._refused(rack, operation, [tray.id])
+        ]
+        later = at + timedelta(seconds=drill.every_s)
+        if not free:  # every compute tray still busy: a moment later
+            self.world.schedule(later, partial(self._drill, drill, rack_id, number))
+            return
+        slow = number >= drill.tasks
+        task = self.world.submit(
+            rack.site_id,
+            rack.id,
+            operation,
+            description=describe(operation, tray_scoped=True, rack_id=rack.id),
+            tray_ids=[free[0].id],
+            stage_seconds=drill.slow_stage_s if slow else self.rng.uniform(*drill.stage_seconds),
+        )
+        if slow:
+            self.placed["overrun"] = task.id
+        else:
+            self.world.schedule(later, partial(self._drill, drill, rack_id, number + 1))
 
     def _cancel(self, task_id: str, at: datetime) -> None:
         task = self.world.tasks.get(task_id)
@@ -517,7 +747,7 @@ class Scenario:
             at + timedelta(hours=schedule.every_hours), partial(self._fire_schedule, schedule)
         )
         operation = Operation(schedule.operation)
-        racks = self._flow_racks()
+        racks = self._open_racks()
         chosen = self.rng.sample(racks, max(1, round(len(racks) * schedule.rack_fraction))) if racks else []
         description = schedule_description(schedule.name, at)
         for rack in chosen:

@@ -33,7 +33,7 @@ import random
 import string
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import partial
@@ -41,7 +41,16 @@ from functools import partial
 from exporter.models import ComponentType, ReportStatus, TaskStatus
 from exporter.simulator.inventory import Rack, Site, Tray, make_tray, nvl72_layout
 from exporter.simulator.operations import OPERATIONS, Operation, TaskType
-from exporter.simulator.report import Layout, Report, Stage, failure_message, initial_report, truncate_error
+from exporter.simulator.report import (
+    Layout,
+    Report,
+    Stage,
+    StepFailure,
+    failure_message,
+    initial_report,
+    stage_error,
+    truncate_error,
+)
 
 # flow/internal/task/message/message.go and the literal messages beside it.
 MSG_WAITING = "Queued: waiting for rack to become available"
@@ -125,6 +134,8 @@ class Task:
     source: str = "rest"
     # The stages of the operation rule it runs (None: the operation's built-in default rule).
     layout: Layout | None = None
+    # Where and how its planned failure happens; ``error`` is its cause (None: not failing).
+    failure: StepFailure | None = None
 
     @property
     def task_type(self) -> TaskType:
@@ -368,6 +379,7 @@ class World:
             stage.number for stage in initial_report(operation, totals, layout).stages if stage.has_work
         ]
         planned_stage = self._planned_stage(outcome, fail_stage, working)
+        failure = self._failure(operation, outcome, planned_stage, targets, error, layout)
         task = Task(
             id="",
             site_id=site_id,
@@ -378,11 +390,12 @@ class World:
             created=self.now,
             outcome=outcome,
             fail_stage=planned_stage,
-            error=self._error(operation, outcome, planned_stage, targets, error, layout),
+            error=failure.cause if failure else None,
             stage_seconds=self._durations(operation, working, stage_seconds),
             totals=totals,
             source=source,
             layout=layout,
+            failure=failure,
         )
         blocking = any(conflicts(task, self.tasks[other], self) for other in self._holding.get(rack_id, ()))
         queue = self._waiting.setdefault(rack_id, [])
@@ -446,19 +459,21 @@ class World:
         fail_at = self.rng.choice(working) if outcome is Outcome.FAIL and working else None
         started = created + timedelta(seconds=self.rng.uniform(*self.admit_delay_s))
         at = started + timedelta(seconds=self.rng.uniform(*self.first_stage_delay_s))
-        error = None
+        failure: StepFailure | None = None
         for stage in report.stages:
             seconds = stage_seconds if stage.has_work else 0.0
             self._begin(stage, at)
             at += timedelta(seconds=seconds)
             if stage.number == fail_at:
-                component = self._failing_component(operation, fail_at, targets)
-                error = pick_error(self.rng, operation, component)
-                self._fail(report, stage, error, at)
+                failure = pick_failure(
+                    self.rng, operation, self._failing_component(operation, fail_at, targets)
+                )
                 break
             self._complete(stage, at)
+        task_id = self.new_id()  # drawn after the failure, as ever: seeded histories stay the same
+        message = MSG_SUCCEEDED if failure is None else self._fail(report, stage, failure, task_id, at)
         task = Task(
-            id=self.new_id(),
+            id=task_id,
             site_id=rack.site_id,
             rack_id=rack_id,
             tray_ids=targets,
@@ -467,15 +482,16 @@ class World:
             created=created,
             outcome=outcome,
             fail_stage=fail_at,
-            error=error,
+            error=failure.cause if failure else None,
             stage_seconds={number: stage_seconds for number in working},
-            status=TaskStatus.FAILED if error else TaskStatus.SUCCEEDED,
-            message=failure_message(f"stage {fail_at} failed: {error}") if error else MSG_SUCCEEDED,
+            status=TaskStatus.FAILED if failure else TaskStatus.SUCCEEDED,
+            message=message,
             started=started,
             finished=at,
             report=report,
             totals=totals,
             source="history",
+            failure=failure,
         )
         self.tasks[task.id] = task
         self._tasks_by_rack[rack_id].append(task.id)
@@ -484,7 +500,7 @@ class World:
         self._touch(task, at)
         return task
 
-    def _error(
+    def _failure(
         self,
         operation: Operation,
         outcome: Outcome,
@@ -492,20 +508,21 @@ class World:
         targets: tuple[str, ...],
         error: str | None,
         layout: Layout | None = None,
-    ) -> str | None:
-        """The failing child workflow's error: the caller's, or a realistic one naming a tray."""
+    ) -> StepFailure | None:
+        """How the failing step fails: with the caller's error as its activity's, or a realistic
+        failure naming a tray."""
         if outcome is not Outcome.FAIL or stage is None:
             return None
         if error is not None:
-            return error
-        return pick_error(self.rng, operation, self._failing_component(operation, stage, targets, layout))
+            return StepFailure(error, activity=_MAIN_ACTIVITY[OPERATIONS[operation].task_type])
+        return pick_failure(self.rng, operation, self._failing_component(operation, stage, targets, layout))
 
     def _failing_component(
         self, operation: Operation, stage: int, targets: tuple[str, ...], layout: Layout | None = None
-    ) -> str:
+    ) -> Tray:
         kinds = (layout or OPERATIONS[operation].stages)[stage - 1]
         candidates = [self.trays[tray_id] for tray_id in targets if self.trays[tray_id].type in kinds]
-        return self.rng.choice(candidates).component_id
+        return self.rng.choice(candidates)
 
     def _targets(self, rack: Rack, tray_ids: Sequence[str] | None) -> tuple[str, ...]:
         if tray_ids is None:
@@ -582,21 +599,26 @@ class World:
         stage.finished_at = at
 
     @staticmethod
-    def _fail(report: Report, stage: Stage, raw_error: str, at: datetime) -> str:
-        """FailStage: running steps fail with one error; returns the task's failure message."""
-        kind = next((s.component_type for s in stage.steps if s.status is ReportStatus.RUNNING), None)
-        stage_error = f"component type {kind.value if kind else 'Unknown'} failed: {raw_error}"
+    def _fail(report: Report, stage: Stage, failure: StepFailure, task_id: str, at: datetime) -> str:
+        """FailStage: running steps fail with one error; returns the task's failure message.
+
+        The error names the failing component's type: executeGenericStageParallel returns the
+        first failed child's error (helpers.go:339-344), and only the failing one fails.
+        """
+        running = [s.component_type for s in stage.steps if s.status is ReportStatus.RUNNING]
+        kind = failure.component_type if failure.component_type in running else next(iter(running), None)
+        error = stage_error(task_id, stage.number, kind.value if kind else "Unknown", failure)
         for step in stage.steps:
             if step.status is ReportStatus.RUNNING:
                 step.status = ReportStatus.FAILED
                 step.finished_at = at
-                step.error = truncate_error(stage_error)
+                step.error = truncate_error(error)
         stage.status = ReportStatus.FAILED
         stage.finished_at = at
-        stage.error = truncate_error(stage_error)
+        stage.error = truncate_error(error)
         if report.error is None:
             report.error = stage.error
-        return failure_message(f"stage {stage.number} failed: {stage_error}")
+        return failure_message(f"stage {stage.number} failed: {error}")
 
     def _begin_stage(self, task_id: str, number: int, at: datetime) -> None:
         task = self.tasks.get(task_id)
@@ -628,7 +650,8 @@ class World:
             return
         stage = task.report.stages[number - 1]
         if task.outcome is Outcome.FAIL and number == task.fail_stage:
-            task.message = self._fail(task.report, stage, task.error or "stage failed", at)
+            failure = task.failure or StepFailure(task.error or "stage failed", activity=None)
+            task.message = self._fail(task.report, stage, failure, task.id, at)
             self._finish(task, TaskStatus.FAILED, at)
             return
         self._complete(stage, at)
@@ -710,23 +733,53 @@ class World:
         return task
 
 
-_ERRORS: dict[Operation, tuple[str, ...]] = {
+# The activity a stage's main operation runs, by task type (resolver_defaults.go: power rules run
+# PowerControl, firmware rules FirmwareControl, most bring-up stages PowerControl).
+_MAIN_ACTIVITY: dict[TaskType, str] = {
+    TaskType.POWER_CONTROL: "PowerControl",
+    TaskType.FIRMWARE_CONTROL: "FirmwareControl",
+    TaskType.BRING_UP: "PowerControl",
+}
+# Failures as the component managers and workflow actions word them, each naming its component
+# ({c}). The texts after "failed for {c}: " come from NICo core and the hardware: invented.
+_RPC_DEADLINE = "rpc error: code = DeadlineExceeded desc = context deadline exceeded"
+_FAILURES: dict[Operation, tuple[StepFailure, ...]] = {
     Operation.FIRMWARE_UPDATE: (
-        "firmware update of component {c} failed: image verification failed (checksum mismatch)",
-        "firmware update of component {c} timed out after 2700s waiting for BMC to come back",
+        # The firmware poll's own error (workflow/actions.go:278-282): Go prints a []string.
+        StepFailure("firmware update failed for components: [{c}]", activity=None),
+        # The activity refused the update (componentmanager/*/nico/nico.go: "firmware update
+        # failed for %s: %s", e.g. nvswitch :373), wrapped by the action (actions.go:222-225).
+        StepFailure(
+            "firmware update failed for {c}: image verification failed (checksum mismatch)",
+            activity="FirmwareControl",
+            context="failed to start firmware update: ",
+        ),
     ),
     Operation.BRING_UP: (
-        "bring-up of component {c} failed: host did not reach Ready within 1200s",
-        "bring-up of component {c} failed: DPU provisioning error",
+        # compute/nico/nico.go:577 wraps the gRPC error with %w: the SDK records "wrapError".
+        StepFailure(
+            f"BringUpControl failed for {{c}}: {_RPC_DEADLINE}",
+            activity="BringUpControl",
+            cause_type="wrapError",
+            inner=_RPC_DEADLINE,
+            inner_type="Error",
+        ),
+        StepFailure("power control failed for {c}: host did not reach Ready within 1200s"),
     ),
 }
-_POWER_ERRORS = (
-    "power control of component {c} failed: BMC did not respond within 300s",
-    "power control of component {c} failed: Redfish request returned 500 Internal Server Error",
-    "power control of component {c} failed: power state did not converge (expected On, got Off)",
+# componentmanager/{compute,nvswitch,powershelf}/nico/nico.go:260, :257, :249.
+_POWER_FAILURES = (
+    StepFailure("power control failed for {c}: BMC did not respond within 300s"),
+    StepFailure("power control failed for {c}: Redfish request returned 500 Internal Server Error"),
+    StepFailure("power control failed for {c}: power state did not converge (expected On, got Off)"),
 )
 
 
-def pick_error(rng: random.Random, operation: Operation, component_id: str) -> str:
-    """A realistic child-workflow error for a failure of ``operation`` on ``component_id``."""
-    return rng.choice(_ERRORS.get(operation, _POWER_ERRORS)).format(c=component_id)
+def pick_failure(rng: random.Random, operation: Operation, tray: Tray) -> StepFailure:
+    """A realistic failure of ``operation`` on ``tray``'s component, naming it."""
+    template = rng.choice(_FAILURES.get(operation, _POWER_FAILURES))
+    return replace(
+        template,
+        cause=template.cause.format(c=tray.component_id),
+        component_type=tray.type,
+    )

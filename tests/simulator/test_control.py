@@ -80,8 +80,14 @@ async def test_truth_tracks_outcomes(w: World) -> None:
     assert truths[bad].status == "Failed" and truths[bad].failed_stage == 3
     assert truths[bad].error is not None and truths[bad].finished is not None
     report = truths[bad].report
-    # Stage 3 of power_off acts on power shelves; the stage error names the type (helpers.go:342).
-    assert report is not None and report["error"] == f"component type PowerShelf failed: {truths[bad].error}"
+    # Stage 3 of power_off acts on power shelves; the stage error names the type (helpers.go:342)
+    # around the step child workflow's error (helpers.go:316-319), which ends in the cause.
+    assert report is not None
+    assert report["error"].startswith(
+        "component type PowerShelf failed: child workflow execution error (type: GenericComponentStepWorkflow,"
+        f" workflowID: component-step-{bad}-PowerShelf, "
+    )
+    assert f"): {truths[bad].error}" in report["error"]
 
 
 def test_scenarios_are_reproducible_and_produce_history() -> None:

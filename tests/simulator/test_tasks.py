@@ -5,6 +5,7 @@ Cited NICo behaviour: docs/simulator.md.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -107,13 +108,24 @@ async def test_fail_fast_leaves_later_stages_pending(w: World) -> None:
     w.advance(2.0 + 10 + 10)  # the workflow starts at 1 s, stage 1 at 2 s, stage 2 fails at 22 s
     body = await w.task(task_id)
     assert body["status"] == "Failed" and body["finished"] == "2026-06-08T18:00:22Z"
-    # FailStage gets "component type <T> failed: <err>" (helpers.go:342-343), cut at 512 bytes
-    # (report.go:306-315); the task message is "stage N failed: ..." (helpers.go:431, message.go:36-49).
-    stage_error = f"component type NVSwitch failed: {error}"
-    assert body["message"] == f"stage 2 failed: {stage_error}".encode()[:512].decode()
+    # FailStage gets "component type <T> failed: <err>" (helpers.go:342-343) where <err> is the
+    # step child workflow's error as the SDK prints it: "child workflow execution error (type: ...,
+    # workflowID: component-step-<task>-<T>, runID: ..., initiatedEventID: N, startedEventID: M): "
+    # (helpers.go:316-319; sdk v1.39.0 internal/error.go:858-865), then "main operation failed: "
+    # (genericcomponentstep.go:68) and the activity's "activity error (type: PowerControl, ...): "
+    # (error.go:811-817) around the caller's error; cut at 512 bytes (report.go:306-315). The
+    # message is "stage N failed: ..." (helpers.go:431), first line, 512 bytes (message.go:36-56).
+    stage_error = re.compile(
+        rf"component type NVSwitch failed: child workflow execution error \(type: GenericComponentStepWorkflow,"
+        rf" workflowID: component-step-{task_id}-NVSwitch, runID: [0-9a-f-]{{36}}, initiatedEventID: \d+,"
+        r" startedEventID: \d+\): main operation failed: activity error \(type: PowerControl,"
+        r" scheduledEventID: \d+, startedEventID: \d+, identity: \d+@[^@]+@\): power control failed: x+"
+    )
+    assert re.fullmatch("stage 2 failed: " + stage_error.pattern, body["message"])
+    assert len(body["message"].encode()) == 512
     report = body["report"]
     assert [s["status"] for s in report["stages"]] == ["completed", "failed", *["pending"] * 4]
-    assert report["error"] == stage_error.encode()[:512].decode()
+    assert stage_error.fullmatch(report["error"]) and len(report["error"].encode()) == 512
     failed = report["stages"][1]
     assert failed["error"] == report["error"] and failed["steps"][0]["error"] == report["error"]
     assert failed["steps"][0] == {

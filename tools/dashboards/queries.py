@@ -69,7 +69,6 @@ def example_values(window: str = "5m", interval: str = "15s") -> dict[str, str]:
         "site": ".*",
         "rack": ".*",
         "operation": ".*",
-        "stuck_after": "3600",
         "__rate_interval": window,
         "__range": window,
         "__interval": interval,

@@ -6,6 +6,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tools.dashboards.builder import query_variable
+from tools.dashboards.conditions import (
+    STUCK_CRITICAL,
+    STUCK_NO_PROGRESS,
+    STUCK_WARNING,
+    TRAY_KEY,
+    failures_over,
+    failures_per_interval,
+    no_progress_after,
+    stuck_levels,
+    stuck_thresholds,
+)
 from tools.dashboards.model import (
     HEATMAP_COMPONENTS,
     JSON,
@@ -63,6 +74,20 @@ def _trace_link(column: str) -> JSON:
 
 
 _HIDDEN = ("Time", "__name__", "instance", "job", "site_id", "rack_id")
+# NicoTaskStuck's conditions, with the thresholds of alerts/config.yml.
+_STUCK = stuck_levels()
+_STUCK_THRESHOLDS = stuck_thresholds()
+_NO_PROGRESS = no_progress_after()
+_STUCK_MAPPINGS = (
+    {
+        "type": "value",
+        "options": {
+            str(STUCK_CRITICAL): {"text": "critical", "color": "red", "index": 0},
+            str(STUCK_WARNING): {"text": "warning", "color": "orange", "index": 1},
+            str(STUCK_NO_PROGRESS): {"text": "no progress", "color": "orange", "index": 2},
+        },
+    },
+)
 # The learned-duration families are absent until the learner has enough finished stages.
 _COLD_START = "Cold start: the learner has too few samples of the stages yet"
 _UP_MAPPINGS = (
@@ -138,21 +163,6 @@ FLEET = DashboardSpec(
         "NicoSiteDown",
         "NicoExporterDataStale",
     ),
-    extra_variables=(
-        {
-            "name": "stuck_after",
-            "label": "Stuck after",
-            "type": "custom",
-            "description": "A Running task older than this counts as stuck in the stat and is red in the table.",
-            "query": "15m : 900, 30m : 1800, 1h : 3600, 2h : 7200, 4h : 14400, 8h : 28800",
-            "current": {"text": "1h", "value": "3600"},
-            "options": [],
-            "hide": 0,
-            "includeAll": False,
-            "multi": False,
-            "skipUrlSync": False,
-        },
-    ),
     rows=(
         Row("Exporter health", (_SITE_UP, _DATA_AGE, _EXPORTER_UP)),
         Row(
@@ -196,17 +206,12 @@ FLEET = DashboardSpec(
                 PanelSpec(
                     "stat",
                     "Stuck tasks",
-                    "Running tasks that started longer ago than the `Stuck after` variable. The table below "
-                    "lists them with their stage and rack.",
-                    (
-                        Query(
-                            f"count((time() - nico_task_started_timestamp_seconds{{{SR}}}) "
-                            f"* on (site_id, rack_id, task_id) group_left () {RUNNING} > $stuck_after) "
-                            "or vector(0)",
-                            legend="stuck",
-                            instant=True,
-                        ),
-                    ),
+                    "Running tasks NicoTaskStuck holds stuck: running longer than their operation's "
+                    f"warning threshold ({_STUCK_THRESHOLDS}, from alerts/config.yml, the alert's own "
+                    "thresholds), or unchanged for "
+                    f"{_NO_PROGRESS}. The alert fires once that has held for its `for`. The table below lists "
+                    "them with their stage, rack and which condition holds.",
+                    (Query(f"count({_STUCK}) or vector(0)", legend="stuck", instant=True),),
                     w=8,
                     h=5,
                     thresholds=(("green", None), ("red", 1)),
@@ -301,7 +306,10 @@ FLEET = DashboardSpec(
                     "table",
                     "Stuck tasks (longest running first)",
                     "Running tasks by age (now minus started), with operation, rack and the stage they are "
-                    "in. Age turns red past 1 h; NicoTaskStuck pages on per-operation thresholds. Overrun is "
+                    "in. Stuck says which NicoTaskStuck condition holds: critical or warning (running past "
+                    "the operation's threshold in alerts/config.yml, warning/critical: "
+                    f"{_STUCK_THRESHOLDS}) or no progress (unchanged for {_NO_PROGRESS}); empty when none "
+                    "does. Overrun is "
                     "the current stage's elapsed time over its learned p99 (orange past 1, red past 3, where "
                     "NicoTaskOverrunning fires); Expected finish adds the remaining stages at their learned "
                     "p50. Both stay empty until the exporter has learned the task's stages.",
@@ -333,12 +341,18 @@ FLEET = DashboardSpec(
                             table=True,
                             may_be_empty=f"{_COLD_START}: no Running task has an overrun ratio.",
                         ),
+                        Query(
+                            f"max by (site_id, rack_id, task_id) ({_STUCK})",
+                            instant=True,
+                            table=True,
+                            may_be_empty="No Running task is stuck: none is past its operation's threshold "
+                            "or unchanged for long.",
+                        ),
                     ),
                     w=24,
                     h=8,
                     unit="s",
                     sort_by="Age",
-                    thresholds=(("green", None), ("red", 3600)),
                     transformations=(
                         {"id": "merge", "options": {}},
                         {
@@ -361,6 +375,7 @@ FLEET = DashboardSpec(
                                 "Value #B": "Stage",
                                 "Value #C": "Expected finish",
                                 "Value #D": "Overrun",
+                                "Value #E": "Stuck",
                                 "site_name": "Site",
                                 "rack_name": "Rack",
                                 "operation": "Operation",
@@ -368,6 +383,7 @@ FLEET = DashboardSpec(
                             },
                             (
                                 "Value #A",
+                                "Value #E",
                                 "operation",
                                 "Value #B",
                                 "Value #D",
@@ -379,7 +395,11 @@ FLEET = DashboardSpec(
                         ),
                     ),
                     overrides=(
-                        _by_name("Age", ("custom.cellOptions", {"type": "color-background"})),
+                        _by_name(
+                            "Stuck",
+                            ("mappings", list(_STUCK_MAPPINGS)),
+                            ("custom.cellOptions", {"type": "color-background"}),
+                        ),
                         _by_name("Stage", ("unit", "none"), ("decimals", 0)),
                         _by_name("Expected finish", ("unit", "dateTimeAsIso")),
                         _by_name(
@@ -407,8 +427,8 @@ FLEET = DashboardSpec(
                     "table",
                     "Recent failures",
                     "Failed tasks the exporter still tracks (finished within state.finished_task_ttl, 1 h by "
-                    "default), newest first: the stage and component type that failed and NICo's error (cut "
-                    "to 128 characters). Click the task id to open its trace in Tempo.",
+                    "default), newest first: the stage and component type that failed and the cause of NICo's "
+                    "error (cut to 200 characters). Click the task id to open its trace in Tempo.",
                     (
                         Query(
                             WITH_TRACE_ID.format(
@@ -480,6 +500,10 @@ _LEARNED_EMPTY = f"{_COLD_START}: no stage has a learned duration."
 def _learned(quantile: str, by: str) -> str:
     """The learned stage duration at ``quantile``, the slowest component type (and site) per ``by``."""
     return f'max by ({by}) (nico_stage_duration_expected_seconds{{{SO}, quantile="{quantile}"}})'
+
+
+def _failed(family: str) -> str:
+    return f'{family}{{{SO}, status="failed"}}'
 
 
 def _step_heatmap(component: str) -> PanelSpec:
@@ -629,11 +653,12 @@ STAGES = DashboardSpec(
                 PanelSpec(
                     "bargauge",
                     "Failed steps by component type",
-                    "Steps that failed within the time range, per component type: which kind of tray breaks.",
+                    "Steps that failed within the time range, per component type: which kind of tray breaks. "
+                    "A component type's first failed step counts too.",
                     (
                         Query(
-                            f"round(sum by (component_type) (increase(nico_task_step_duration_seconds_count"
-                            f'{{{SO}, status="failed"}}[$__range])))',
+                            "round(sum by (component_type) "
+                            f"{failures_over(_failed('nico_task_step_duration_seconds_count'))})",
                             legend="{{component_type}}",
                             instant=True,
                         ),
@@ -647,11 +672,11 @@ STAGES = DashboardSpec(
                     "bargauge",
                     "Failed stages by operation and stage number",
                     "Stages that failed within the time range, per operation and stage number: where in a "
-                    "rule tasks break.",
+                    "rule tasks break. A stage's first failure counts too.",
                     (
                         Query(
-                            f"round(sum by (operation, stage_number) (increase(nico_task_stage_duration_seconds_count"
-                            f'{{{SO}, status="failed"}}[$__range])))',
+                            "round(sum by (operation, stage_number) "
+                            f"{failures_over(_failed('nico_task_stage_duration_seconds_count'))})",
                             legend="{{operation}} stage {{stage_number}}",
                             instant=True,
                         ),
@@ -696,6 +721,10 @@ STAGES = DashboardSpec(
     ),
 )
 
+_TRAY_FAILURES = f"nico_tray_task_failures_total{{{SR}}}"
+_TRAY_FAILURES_24H = failures_over(_TRAY_FAILURES, "24h", key=TRAY_KEY)
+_TRAY_FAILURES_PER_INTERVAL = failures_per_interval(_TRAY_FAILURES, key=TRAY_KEY)
+
 _ACTIVE_PER_RACK = (
     f'sum by (rack_name, status) ((nico_task_status{{{SR}, status=~"Pending|Waiting|Running"}} == 1) '
     f"{WITH_RACK_NAME})"
@@ -722,12 +751,13 @@ RACKS = DashboardSpec(
                 PanelSpec(
                     "table",
                     "Trays with repeated failures (24 h)",
-                    "The 20 trays with the most failed tasks in the last 24 hours (a task failing on a rack "
-                    "counts against each tray it targeted). Two or more is red: NicoTrayRepeatedFailures.",
+                    "The 20 trays charged with the most failed tasks in the last 24 hours "
+                    "(nico_tray_task_failures_total: the trays of the component type whose step failed, or the "
+                    "one tray the error names), a tray's first failure included. Two or more is red; "
+                    "NicoTrayRepeatedFailures pages at its own threshold.",
                     (
                         Query(
-                            f"topk(20, round(sum by (site_id, rack_id, tray_id, tray_type) "
-                            f"(increase(nico_tray_task_failures_total{{{SR}}}[24h]))) > 0) {WITH_RACK_NAME}",
+                            f"topk(20, round(sum by ({TRAY_KEY}) {_TRAY_FAILURES_24H}) > 0) {WITH_RACK_NAME}",
                             instant=True,
                             table=True,
                         ),
@@ -778,12 +808,12 @@ RACKS = DashboardSpec(
                 PanelSpec(
                     "timeseries",
                     "Tray failures per rack",
-                    "Failed tasks per rack over time, counted per targeted tray (so one rack-wide failure on "
-                    "a 35-tray rack adds 35): a spike is a bad task, a steady stream a bad rack.",
+                    "Tray failures per rack over time, per graph interval, counted per charged tray (the "
+                    "trays of the component type whose step failed, or the one tray the error names), a "
+                    "tray's first failure included: a spike is a bad task, a steady stream a bad rack.",
                     (
                         Query(
-                            f"sum by (rack_name) (increase(nico_tray_task_failures_total{{{SR}}}[$__rate_interval]) "
-                            f"{WITH_RACK_NAME})",
+                            f"sum by (rack_name) ({_TRAY_FAILURES_PER_INTERVAL} {WITH_RACK_NAME})",
                             legend="{{rack_name}}",
                         ),
                     ),
@@ -1265,23 +1295,25 @@ EXPORTER = DashboardSpec(
                 PanelSpec(
                     "timeseries",
                     "Failed calls: NICo's and the exporter's own",
-                    "Calls that failed after their retries. NICo's (the site or the REST server did not "
+                    "Calls that failed after their retries, per graph interval (a cause's first failure "
+                    "included). NICo's (the site or the REST server did not "
                     "answer as it should): timeout, connection, server_error, unavailable (not sent: the "
                     "site's breaker is open). The exporter's own, never a NICo outage: queue, budget, "
                     "deadline (its own limits), credentials, forbidden, rejected, throttled. Empty is good.",
                     (
                         Query(
-                            f"sum by (cause) (rate(nico_exporter_site_failures_total{{{S}}}[$__rate_interval]))",
+                            "sum by (cause) "
+                            + failures_per_interval(f"nico_exporter_site_failures_total{{{S}}}"),
                             legend="NICo: {{cause}}",
                             may_be_empty="NICo answered every call: no failure series exists.",
                         ),
                         Query(
-                            f"sum by (cause) (rate(nico_exporter_self_failures_total{{{S}}}[$__rate_interval]))",
+                            "sum by (cause) "
+                            + failures_per_interval(f"nico_exporter_self_failures_total{{{S}}}"),
                             legend="exporter: {{cause}}",
                             may_be_empty="The exporter's own limits and credentials held: no series exists.",
                         ),
                     ),
-                    unit="reqps",
                     runbooks=("NicoExporterCredentialsRefused", "NicoExporterBudgetShort"),
                     main=True,
                 ),
@@ -1364,32 +1396,32 @@ EXPORTER = DashboardSpec(
                 PanelSpec(
                     "timeseries",
                     "Throttled calls (HTTP 429)",
-                    "Calls NICo refused with 429 Too Many Requests: lower api.max_requests_per_second or "
-                    "lengthen the poll intervals. Empty is good.",
+                    "Calls NICo refused with 429 Too Many Requests, per graph interval (an endpoint's first "
+                    "429 included): lower api.max_requests_per_second or lengthen the poll intervals. Empty "
+                    "is good.",
                     (
                         Query(
-                            f'sum by (endpoint) (rate({_API}{{code="429"}}[$__rate_interval]))',
+                            "sum by (endpoint) " + failures_per_interval(f'{_API}{{code="429"}}'),
                             legend="{{endpoint}}",
                             may_be_empty="NICo throttles nothing: no 429 series exists until a call is refused.",
                         ),
                     ),
-                    unit="reqps",
                     runbooks=("NicoAPIThrottled",),
                     main=True,
                 ),
                 PanelSpec(
                     "timeseries",
                     "Failed calls by endpoint and code",
-                    "Calls that did not answer 2xx, by endpoint and code (`timeout` and `connection` when no "
-                    "response came); 5xx and those mean NICo or the network is in trouble. Empty is good.",
+                    "Calls that did not answer 2xx, per graph interval, by endpoint and code (`timeout` and "
+                    "`connection` when no response came; the first of each included); 5xx and those mean "
+                    "NICo or the network is in trouble. Empty is good.",
                     (
                         Query(
-                            f'sum by (endpoint, code) (rate({_API}{{code!~"2.."}}[$__rate_interval]))',
+                            "sum by (endpoint, code) " + failures_per_interval(f'{_API}{{code!~"2.."}}'),
                             legend="{{endpoint}} {{code}}",
                             may_be_empty="NICo answered every call with 2xx: no other code has a series.",
                         ),
                     ),
-                    unit="reqps",
                 ),
             ),
         ),
@@ -1451,11 +1483,12 @@ EXPORTER = DashboardSpec(
                 PanelSpec(
                     "timeseries",
                     "Jobs shed",
-                    "Scheduled job runs skipped because the request budget was saturated, per job.",
+                    "Scheduled job runs skipped because the request budget was saturated, per job and graph "
+                    "interval (a job's first shed run included).",
                     (
                         Query(
-                            "sum by (job) (increase(nico_exporter_jobs_shed_total[$__rate_interval]))",
-                            legend="{{job}}",
+                            "sum by (poll_job) " + failures_per_interval("nico_exporter_jobs_shed_total"),
+                            legend="{{poll_job}}",
                             may_be_empty="The budget never saturates: no job is shed, so no series exists.",
                         ),
                     ),
@@ -1468,11 +1501,12 @@ EXPORTER = DashboardSpec(
                 PanelSpec(
                     "timeseries",
                     "Parse errors by endpoint and reason",
-                    "Payload problems the exporter survived (an item skipped, a value tolerated). Any is worth "
-                    "a look: NICo's API may have changed.",
+                    "Payload problems the exporter survived (an item skipped, a value tolerated), per graph "
+                    "interval (the first of each included). Any is worth a look: NICo's API may have changed.",
                     (
                         Query(
-                            "sum by (endpoint, reason) (increase(nico_exporter_parse_errors_total[$__rate_interval]))",
+                            "sum by (endpoint, reason) "
+                            + failures_per_interval("nico_exporter_parse_errors_total"),
                             legend="{{endpoint}} {{reason}}",
                             may_be_empty="Clean payloads: a series appears only once a payload problem is seen.",
                         ),
