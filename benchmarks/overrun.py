@@ -44,12 +44,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.exposition import Format
 from exporter.learner import Learner
 from exporter.metrics import ClientMetrics, TaskMetrics
+from exporter.mixin import alerts
 from exporter.poller import Intervals
 from exporter.simulator import ScenarioConfig
 from exporter.simulator.scenario import SLOW_NVSWITCH_HORIZON_S
 from exporter.snapshot import Publisher
 from tests.pollharness import Harness, simulation
-from tools import alerts
 from tools.paths import ROOT
 
 SCRAPE_S = 15.0

@@ -77,8 +77,10 @@ def build(
         on_parse_error=client_metrics.on_parse_error,
         on_failure=client_metrics.on_failure,
     )
-    # One request budget, spent by the client and watched by the poller (it sheds when it is short).
-    limiter = TokenBucket(config.api.max_requests_per_second, config.api.burst)
+    # One request budget, spent by the client and watched by the poller (it sheds when it is short);
+    # this replica's share when the replicas share one (sharding.fleet_max_requests_per_second).
+    budget = config.sharding.request_budget(config.api.max_requests_per_second, config.api.burst)
+    limiter = TokenBucket(budget.rate, budget.burst)
     client = nico_client(config.api, hooks=hooks, transport=transport, limiter=limiter)
     # A site that stopped answering is probed once per active interval (at least every 15 s).
     client.breakers.probe_interval = max(config.polling.active_interval, PROBE_INTERVAL_MIN_S)

@@ -1,4 +1,10 @@
-"""Bearer-token sources for the NICo API: a static token, a token file, or NICo's own login.
+"""Bearer-token sources for the NICo API: the protocol, and the sources NICo itself defines.
+
+Here: no token, a static token, a token file, and NICo's own login (``POST /auth/login``), plus
+what every source shares: when to fetch a new token before the old one expires
+(:func:`refresh_after`, :func:`jwt_lifetime`) and how to describe a refusal without quoting a
+credential (:func:`refusal_text`). The sources nicocli adds live in their own modules:
+:mod:`exporter.tokencommand`, :mod:`exporter.oidc` and :mod:`exporter.ngc`.
 
 The token is a credential: it is kept in one attribute, sent only in the ``Authorization``
 header, and never formatted into a log line, an exception, a metric or a span. ``repr()`` of
@@ -8,6 +14,10 @@ every class here hides it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -17,8 +27,58 @@ from typing import Protocol
 import httpx
 from pydantic import ValidationError
 
+from exporter import logs
 from exporter.errors import AuthError, TransportError
 from exporter.models import APIError, LoginResponse
+
+
+def refresh_after(lifetime_s: float) -> float:
+    """Seconds after a token was issued to fetch the next one: at 80 % of its lifetime, and at
+    least 30 s before it ends, but never before half of it (a 40 s token is renewed after 20 s)."""
+    lifetime = max(lifetime_s, 1.0)
+    return min(lifetime * 0.8, max(lifetime - 30.0, lifetime * 0.5))
+
+
+def jwt_lifetime(token: str, now: float) -> float | None:
+    """Seconds from ``now`` (Unix time) until the ``exp`` claim of ``token`` if it is a JWT.
+
+    The claims are read, not verified: the exporter only schedules its next fetch with them, NICo
+    checks the signature. ``None`` for an opaque token or a JWT without a numeric ``exp``.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        return None
+    return float(exp) - now
+
+
+def refusal_text(resp: httpx.Response, *secrets: str) -> str:
+    """What an identity provider said when it refused, in at most 200 characters and without any
+    of ``secrets`` (a server may echo a key back): an OAuth ``error_description`` or ``error``,
+    NICo's ``message``, or the start of a short text body."""
+    text = ""
+    try:
+        body = json.loads(resp.content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("error_description", "message", "error"):
+            if isinstance(body.get(key), str) and body[key].strip():
+                text = body[key]
+                break
+    elif body is None and resp.content and len(resp.content) <= 1000:
+        text = resp.content.decode("utf-8", errors="replace")
+    text = " ".join(text.split())
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return logs.redact(text)[:200] or "(no description)"
 
 
 class TokenSource(Protocol):
@@ -191,10 +251,9 @@ class ClientCredentials:
         except ValidationError:
             raise AuthError(f"{path} returned an unreadable token response", endpoint=path) from None
         now = self._clock()
-        lifetime = max(parsed.expires_in, 1.0)
         self._access = parsed.access_token
         self._refresh = parsed.refresh_token or self._refresh
-        self._refresh_at = now + min(lifetime * 0.8, max(lifetime - 30.0, lifetime * 0.5))
+        self._refresh_at = now + refresh_after(parsed.expires_in)
 
 
 def _server_message(resp: httpx.Response) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -331,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="list tasks, show one with its stage/step timings, cancel one")
     _common(tasks)
     config_flag(tasks)
+    nicocli_flag(tasks)
     tasks.add_argument("action", choices=["list", "show", "cancel", "runs"])
     tasks.add_argument("task_id", nargs="?", help="the task (show, cancel); for runs: list or show")
     tasks.add_argument("run_id", nargs="?", help="the Task Run (runs show)")
@@ -345,12 +347,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(check)
     config_flag(check)
+    nicocli_flag(check)
     check.add_argument(
         "--online",
         action="store_true",
         help="also log in, list the sites and say what the exporter will see on each",
     )
     # --- end check-config ---
+
+    mixin = sub.add_parser(
+        "mixin", help="write the alert rules and Grafana dashboards with your selectors and thresholds"
+    )
+    mixin.add_argument(
+        "--config",
+        dest="mixin_config",
+        metavar="FILE",
+        default=None,
+        help="your variables, over the shipped ones (default: the shipped ones; see --print-config)",
+    )
+    mixin.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        default=None,
+        help="where to write nico-task-exporter.rules.yml, prometheusrule.yaml and dashboards/*.json",
+    )
+    mixin.add_argument(
+        "--print-config", action="store_true", help="print the shipped variables file to start from"
+    )
     return parser
 
 
@@ -366,12 +389,34 @@ def config_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def nicocli_flag(parser: argparse.ArgumentParser) -> None:
+    """``--nico-config PATH``: nicocli's config file under the exporter's (docs/credentials.md)."""
+    parser.add_argument(
+        "--nico-config",
+        dest="nico_config",
+        metavar="PATH",
+        default=None,
+        help="nicocli's config file, read under the exporter's own configuration "
+        "(default: $NICO_CONFIG, else ~/.nico/config.yaml if it exists)",
+    )
+
+
+def nicocli_file(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_config``'s nicocli arguments for ``--nico-config`` (a named file must exist)."""
+    from exporter.nicocli import default_path
+
+    if args.nico_config:
+        return {"nicocli_file": args.nico_config, "nicocli_required": True}
+    path, named = default_path(os.environ)
+    return {"nicocli_file": path, "nicocli_required": named}
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from exporter.config import ConfigError
     from exporter.configload import load_config
 
     try:
-        config = load_config(args.config_file)
+        config = load_config(args.config_file, **nicocli_file(args))
     except ConfigError as exc:
         print(f"config error: {exc.message}", file=sys.stderr)
         return 1
@@ -483,7 +528,7 @@ async def _serve(args: argparse.Namespace) -> None:
     await server.serve()
 
 
-COMMANDS = ("run", "simulate", "demo", "check-config", "tasks")
+COMMANDS = ("run", "simulate", "demo", "check-config", "tasks", "mixin")
 
 
 def _tasks(args: argparse.Namespace) -> int:
@@ -500,7 +545,7 @@ def _tasks(args: argparse.Namespace) -> int:
         print("usage: tasks runs list | tasks runs show RUN_ID", file=sys.stderr)
         return 2
     try:
-        config = load_config(args.config_file)
+        config = load_config(args.config_file, **nicocli_file(args))
     except ConfigError as exc:
         print(f"config error: {exc.message}", file=sys.stderr)
         return 1
@@ -579,6 +624,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         except KeyboardInterrupt:
             return 0
+    if args.command == "mixin":
+        from exporter.mixin.command import run_mixin_command  # the generators load only here
+
+        return run_mixin_command(args.mixin_config, args.output_dir, args.print_config)
     # The tasks command prints for a person: only warnings and errors go to the log.
     quiet = args.command == "tasks"
     logs.setup(args.log_level or ("warn" if quiet else "info"), args.log_format or "logfmt")

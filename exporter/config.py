@@ -38,10 +38,14 @@ from exporter import logs
 # imports them from exporter.durations.
 from exporter.durations import Duration, Interval, format_duration
 from exporter.models import canonical_uuid
+from exporter.ngc import BEARER_PREFIX as NGC_BEARER_PREFIX
 from exporter.operations import OPERATIONS
+from exporter.sharding import Budget, replica_budget
 
 TOKEN_ENV = "NICO_TOKEN"  # noqa: S105 - a variable name, not a secret
 CLIENT_SECRET_ENV = "NICO_CLIENT_SECRET"  # noqa: S105
+OIDC_PASSWORD_ENV = "NICO_OIDC_PASSWORD"  # noqa: S105
+AUTHN_URL_ENV = "NICO_AUTHN_URL"
 
 REDACTED = "<redacted>"
 
@@ -130,6 +134,125 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _endpoint_url(value: str) -> str:
+    """An identity provider's http(s) URL; the value is never echoed (it may carry a secret)."""
+    value = value.strip()
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+    except ValueError:
+        raise ValueError("must be an http(s) URL") from None
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise ValueError("must be an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain credentials")
+    if parts.fragment:
+        raise ValueError("must not have a fragment")
+    return value
+
+
+def _one_word(value: SecretStr | None) -> SecretStr | None:
+    """A bearer token or key: one line, no spaces, no ``Bearer `` prefix."""
+    if value is None:
+        return None
+    token = value.get_secret_value().strip()
+    if not token:
+        raise ValueError("is empty")
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise ValueError("must be one line without spaces (drop any 'Bearer ' prefix)")
+    return SecretStr(token)
+
+
+def _stripped_secret(value: SecretStr | None) -> SecretStr | None:
+    if value is None:
+        return None
+    secret = value.get_secret_value().strip()
+    if not secret:
+        raise ValueError("is empty")
+    return SecretStr(secret)
+
+
+def _stripped(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("is empty")
+    return value.strip() if value is not None else None
+
+
+EndpointUrl = Annotated[str, AfterValidator(_endpoint_url)]
+OneWordSecret = Annotated[SecretStr, AfterValidator(_one_word)]
+Secret = Annotated[SecretStr, AfterValidator(_stripped_secret)]
+Text = Annotated[str, AfterValidator(_stripped)]
+
+
+class OidcConfig(_Section):
+    """An OpenID Connect token endpoint, as nicocli's ``auth.oidc`` (docs/credentials.md).
+
+    The grant follows from the keys, as in nicocli: a ``refresh_token`` is used first when given;
+    then client credentials (no ``username``, a ``client_secret``), or the password grant
+    (``username`` and ``password``).
+    """
+
+    token_url: EndpointUrl
+    client_id: Text
+    client_secret: Secret | None = None
+    username: Text | None = None
+    password: Secret | None = None
+    refresh_token: OneWordSecret | None = None
+    scope: str = "openid"
+
+    @model_validator(mode="after")
+    def _a_grant(self, info: ValidationInfo) -> OidcConfig:
+        origins: Mapping[str, str] = (info.context or {}).get("sources", {})
+
+        def named(key: str) -> str:
+            source = origins.get(f"api.oidc.{key}")
+            return f"api.oidc.{key} (from {source})" if source else f"api.oidc.{key}"
+
+        if self.username is not None and self.password is None:
+            raise _field_error("password", f"required with {named('username')} (or set {OIDC_PASSWORD_ENV})")
+        if self.password is not None and self.username is None:
+            raise _field_error("username", f"required with {named('password')}")
+        if self.username is None and self.client_secret is None and self.refresh_token is None:
+            raise _field_error(
+                "client_secret",
+                f"required for the client-credentials grant (or set {CLIENT_SECRET_ENV}); "
+                "or set api.oidc.username + api.oidc.password for the password grant",
+            )
+        return self
+
+
+class ApiKeyConfig(_Section):
+    """An NGC API key, as nicocli's ``auth.api_key``: an ``nvapi-`` key is the bearer token itself;
+    a legacy key is exchanged for one at ``authn_url``."""
+
+    key: OneWordSecret
+    authn_url: EndpointUrl | None = None
+
+    @model_validator(mode="after")
+    def _legacy_needs_authn_url(self) -> ApiKeyConfig:
+        if self.authn_url is None and not self.key.get_secret_value().startswith(NGC_BEARER_PREFIX):
+            raise _field_error(
+                "authn_url",
+                f"required for a legacy NGC key, one without the {NGC_BEARER_PREFIX} prefix "
+                f"(or set {AUTHN_URL_ENV})",
+            )
+        return self
+
+
+CredentialKind = Literal["token", "token_file", "token_command", "oidc", "api_key", "nico_login"]
+
+# The keys that each name a credential source, as dotted paths; the others (a client secret, a
+# username, an authn_url, ...) only complete one.
+SOURCE_KEYS = (
+    "api.token",
+    "api.token_file",
+    "api.token_command",
+    "api.oidc.token_url",
+    "api.api_key.key",
+    "api.client_id",
+)
+
+
 class ApiConfig(_Section):
     """Where the NICo REST API is and how to authenticate to it (exactly one credential source)."""
 
@@ -137,10 +260,13 @@ class ApiConfig(_Section):
     org: Name
     api_name: Name = "nico"
     route_version: Name = "v2"
-    token: SecretStr | None = None
+    token: OneWordSecret | None = None
     token_file: FilePath | None = None
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
+    token_command: Text | None = None
+    oidc: OidcConfig | None = None
+    api_key: ApiKeyConfig | None = None
+    client_id: Text | None = None
+    client_secret: Secret | None = None
     ca_file: ReadableFile | None = None
     insecure_skip_verify: bool = False
     timeout: Interval = 30.0
@@ -162,39 +288,10 @@ class ApiConfig(_Section):
         if parts.scheme not in ("http", "https") or not hostname:
             raise ValueError("must be an http(s) URL like https://nico-rest-api.example.com")
         if parts.username is not None or parts.password is not None:
-            raise ValueError("must not contain credentials: use api.token, api.token_file or api.client_id")
+            raise ValueError("must not contain credentials: use one of the api credential keys")
         if parts.query or parts.fragment:
             raise ValueError("must not have a query or fragment")
         return value.rstrip("/")
-
-    @field_validator("token")
-    @classmethod
-    def _token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        token = value.get_secret_value().strip()
-        if not token:
-            raise ValueError("is empty")
-        if any(c.isspace() or not c.isprintable() for c in token):
-            raise ValueError("must be one line without spaces (drop any 'Bearer ' prefix)")
-        return SecretStr(token)
-
-    @field_validator("client_secret")
-    @classmethod
-    def _client_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        secret = value.get_secret_value().strip()
-        if not secret:
-            raise ValueError("is empty")
-        return SecretStr(secret)
-
-    @field_validator("client_id")
-    @classmethod
-    def _client_id(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("is empty")
-        return value.strip() if value is not None else None
 
     @field_validator("ca_file")
     @classmethod
@@ -208,7 +305,7 @@ class ApiConfig(_Section):
 
     @model_validator(mode="after")
     def _credentials(self, info: ValidationInfo) -> ApiConfig:
-        # Which environment variable or flag set a key (exporter.configload passes them).
+        # Which environment variable, flag or nicocli file set a key (exporter.configload).
         origins: Mapping[str, str] = (info.context or {}).get("sources", {})
 
         def named(key: str) -> str:
@@ -224,13 +321,19 @@ class ApiConfig(_Section):
             sources.append(named("token"))
         if self.token_file is not None:
             sources.append(named("token_file"))
+        if self.token_command is not None:
+            sources.append(named("token_command"))
+        if self.oidc is not None:
+            sources.append(named("oidc.token_url"))
+        if self.api_key is not None:
+            sources.append(named("api_key.key"))
         if self.client_id is not None:
             sources.append(f"{named('client_id')} + {named('client_secret')}")
         if not sources:
             raise _field_error(
                 "token",
-                f"no API credentials: set api.token (or {TOKEN_ENV}), api.token_file, "
-                "or api.client_id + api.client_secret",
+                f"no API credentials: set api.token (or {TOKEN_ENV}), api.token_file, api.token_command, "
+                "api.oidc, api.api_key, or api.client_id + api.client_secret (docs/credentials.md)",
             )
         if len(sources) > 1:
             raise PydanticCustomError(
@@ -243,13 +346,28 @@ class ApiConfig(_Section):
         return self
 
     @property
-    def credential_kind(self) -> Literal["token", "token_file", "client_credentials"]:
-        """Which of the three credential sources is configured."""
+    def credential_kind(self) -> CredentialKind:
+        """Which credential source is configured (``nico_login``: NICo's ``POST /auth/login``)."""
         if self.token is not None:
             return "token"
         if self.token_file is not None:
             return "token_file"
-        return "client_credentials"
+        if self.token_command is not None:
+            return "token_command"
+        if self.oidc is not None:
+            return "oidc"
+        if self.api_key is not None:
+            return "api_key"
+        return "nico_login"
+
+    def secrets(self) -> list[str]:
+        """Every credential value the section holds (for the log redaction filter)."""
+        values = [self.token, self.client_secret]
+        if self.oidc is not None:
+            values += [self.oidc.client_secret, self.oidc.password, self.oidc.refresh_token]
+        if self.api_key is not None:
+            values.append(self.api_key.key)
+        return [value.get_secret_value() for value in values if value is not None]
 
 
 class PollingConfig(_Section):
@@ -287,10 +405,25 @@ class StateConfig(_Section):
 
 
 class ShardingConfig(_Section):
-    """This replica's shard (a StatefulSet ordinal) of ``total_shards``."""
+    """This replica's shard (a StatefulSet ordinal) of ``total_shards``, and its request budget."""
 
     shard: int = Field(0, ge=0)
     total_shards: int = Field(1, ge=1)
+    # The request budget all the replicas share (unset: each spends api.max_requests_per_second
+    # alone). Each replica then takes 1/total_shards of it, at most api.max_requests_per_second,
+    # so a deployment sets one number, the shard count (deploy/kubernetes/).
+    fleet_max_requests_per_second: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    def request_budget(self, max_requests_per_second: float, burst: int) -> Budget:
+        """This replica's budget, given ``api.max_requests_per_second`` and ``api.burst``."""
+        if self.fleet_max_requests_per_second is None:
+            return Budget(rate=max_requests_per_second, burst=burst)
+        return replica_budget(
+            self.fleet_max_requests_per_second,
+            self.total_shards,
+            max_rate=max_requests_per_second,
+            max_burst=burst,
+        )
 
     @model_validator(mode="after")
     def _in_range(self) -> ShardingConfig:
@@ -401,17 +534,22 @@ class Config(_Section):
         return list(dict.fromkeys(value))
 
     def register_secrets(self) -> None:
-        """Tell the log redaction filter about the token and the client secret."""
-        for secret in (self.api.token, self.api.client_secret):
-            if secret is not None:
-                logs.register_secret(secret.get_secret_value())
+        """Tell the log redaction filter about every credential (tokens, secrets, keys)."""
+        for secret in self.api.secrets():
+            logs.register_secret(secret)
 
     def redacted_summary(self) -> dict[str, Any]:
         """The effective configuration as plain JSON-able data, secrets replaced by ``<redacted>``."""
         data = self.model_dump(mode="json")
-        for key in ("token", "client_secret"):
-            if data["api"].get(key) is not None:
-                data["api"][key] = REDACTED
+        api = data["api"]
+        for section, keys in (
+            (api, ("token", "client_secret")),
+            (api.get("oidc") or {}, ("client_secret", "password", "refresh_token")),
+            (api.get("api_key") or {}, ("key",)),
+        ):
+            for key in keys:
+                if section.get(key) is not None:
+                    section[key] = REDACTED
         return data
 
     def describe(self) -> str:

@@ -1,22 +1,29 @@
 """Loading the exporter's configuration: the YAML file, the environment, errors that name the key.
 
-``load_config`` reads the file named by ``--config.file``, merges environment overrides over it
-(the environment wins), then the command line's :class:`Override` settings (``--shard``,
-``--web.listen-address``, ...: the flag wins), and validates the result into a frozen
-:class:`~exporter.config.Config`. Every problem becomes one :class:`~exporter.config.ConfigError`
-whose message names the offending key by its dotted path (``polling.active_interval: invalid
-duration 'fast' ...``) and, for a value from the environment or a flag, the variable or flag
-that set it.
+``load_config`` layers five sources, the later winning key by key, and validates the result into
+a frozen :class:`~exporter.config.Config`:
 
-Environment overrides:
+1. nicocli's config file (``~/.nico/config.yaml``; only for the commands that ask for it:
+   ``tasks`` and ``check-config``), read by :mod:`exporter.nicocli`;
+2. the exporter's YAML file (``--config.file``);
+3. nicocli's ``NICO_*`` variables (``NICO_BASE_URL``, ``NICO_TOKEN``, ``NICO_TOKEN_URL``, ...);
+4. ``NICO_EXPORTER_<SECTION>__<KEY>``, any key, ``__`` separating levels
+   (``NICO_EXPORTER_POLLING__ACTIVE_INTERVAL=30s``); lists and mappings are written as JSON
+   (``NICO_EXPORTER_SITES='["<uuid>", "<uuid>"]'``);
+5. the command line's :class:`Override` settings (``--shard``, ``--web.listen-address``, ...).
 
-* ``NICO_TOKEN`` supplies ``api.token``; ``NICO_CLIENT_SECRET`` supplies ``api.client_secret``.
-* ``NICO_EXPORTER_<SECTION>__<KEY>`` sets any key, ``__`` separating levels
-  (``NICO_EXPORTER_POLLING__ACTIVE_INTERVAL=30s``); lists and mappings are written as JSON
-  (``NICO_EXPORTER_SITES='["<uuid>", "<uuid>"]'``). These win over ``NICO_TOKEN`` too.
-* Empty values are ignored, as are ``NICO_EXPORTER_*`` names whose first part is not a
-  top-level key: Kubernetes injects ``<SERVICE>_PORT``-style variables for a Service named
-  ``nico-exporter``, and those must not stop the exporter.
+So the environment beats the files, and the exporter's own names beat nicocli's. Credentials are
+one source in the end: nicocli's file lends its ``auth`` section unless the exporter's own layers
+name a source or nicocli's variables name another kind, and ``NICO_CLIENT_ID`` /
+``NICO_CLIENT_SECRET`` go to the client they belong to (:func:`exporter.nicocli.env_settings`;
+docs/credentials.md has the whole table).
+
+Every problem becomes one :class:`~exporter.config.ConfigError` whose message names the offending
+key by its dotted path (``polling.active_interval: invalid duration 'fast' ...``) and, for a value
+from the environment, a flag or nicocli's file, where it came from. Empty values are ignored, as
+are ``NICO_EXPORTER_*`` names whose first part is not a top-level key: Kubernetes injects
+``<SERVICE>_PORT``-style variables for a Service named ``nico-exporter``, and those must not stop
+the exporter.
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from exporter import yamlfile
-from exporter.config import CLIENT_SECRET_ENV, TOKEN_ENV, Config, ConfigError
+from exporter import nicocli, yamlfile
+from exporter.config import SOURCE_KEYS, Config, ConfigError
+
+Setting = nicocli.Setting
 
 ENV_PREFIX = "NICO_EXPORTER_"
 ENV_DELIMITER = "__"
@@ -53,28 +62,114 @@ class Override:
 
 
 def load_config(
-    path: str | Path | None, env: Mapping[str, str] | None = None, overrides: Iterable[Override] = ()
+    path: str | Path | None,
+    env: Mapping[str, str] | None = None,
+    overrides: Iterable[Override] = (),
+    *,
+    nicocli_file: str | Path | None = None,
+    nicocli_required: bool = False,
 ) -> Config:
-    """Read ``path`` (YAML; ``None``: none), apply ``env``, then ``overrides``, and validate.
+    """Read ``path`` (YAML; ``None``: none) over ``nicocli_file`` (nicocli's config; ``None``: not
+    read), apply ``env``, then ``overrides``, and validate.
 
-    ``env`` defaults to ``os.environ``. Registers the secrets with the log redaction filter.
-    Raises :class:`ConfigError`, never ``ValidationError`` or ``yaml.YAMLError``.
+    ``env`` defaults to ``os.environ``. A missing ``nicocli_file`` is empty unless
+    ``nicocli_required``. Registers the secrets with the log redaction filter. Raises
+    :class:`ConfigError`, never ``ValidationError`` or ``yaml.YAMLError``.
     """
+    env = os.environ if env is None else env
     data = _read_yaml(Path(path)) if path is not None else {}
-    from_env, sources = _env_overrides(os.environ if env is None else env)
-    merged = _deep_merge(data, from_env)
-    for override in overrides:
-        tree: Any = override.value
-        for part in reversed(override.key.split(".")):
-            tree = {part: tree}
-        merged = _deep_merge(merged, tree)
-        sources[override.key] = override.source
+    generic = _generic_env(env)
+    flags: list[Setting] = [(tuple(o.key.split(".")), o.source, o.value) for o in overrides]
+    connection: list[Setting] = []
+    lent: list[Setting] = []
+    lent_kind: str | None = None
+    if nicocli_file is not None:
+        where = Path(nicocli_file)
+        read = nicocli.read_file(where, required=nicocli_required)
+        connection, lent, lent_kind = nicocli.file_settings(read, where, env)
+
+    # nicocli's file lends its credentials unless the exporter's own layers name a source, or
+    # nicocli's variables name another kind than the file's (NICO_TOKEN beats its OIDC, as in
+    # nicocli). An OIDC token URL anywhere makes NICO_CLIENT_ID / NICO_CLIENT_SECRET its client.
+    exporter_layers = [*_settings_of(data), *_leaves(generic), *_leaves(flags)]
+    variables = [
+        s for s in nicocli.env_settings(env, oidc=False, other_source=True) if s[1] in nicocli.ENV_KEYS
+    ]
+    exporter_named = {_source_key(path) for path, _, value in exporter_layers if value is not None} - {None}
+    env_named = {_source_key(path) for path, _, _ in variables} - {None}
+    if exporter_named or (env_named and env_named != {lent_kind}):
+        lent, lent_kind = [], None
+    oidc = any(path[:2] == ("api", "oidc") for path, _, _ in [*exporter_layers, *variables, *lent])
+    from_env = nicocli.env_settings(
+        env, oidc=oidc, other_source=bool(exporter_named or env_named or lent_kind)
+    )
+
+    tree: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    _apply(tree, sources, [*connection, *lent])
+    tree = _deep_merge(tree, data)
+    for leaf, _, _ in _settings_of(data):
+        _forget(sources, leaf)
+    _apply(tree, sources, from_env)
+    _apply(tree, sources, generic)
+    _apply(tree, sources, flags)
     try:
-        config = Config.model_validate(merged, context={"sources": sources})
+        config = Config.model_validate(tree, context={"sources": sources})
     except ValidationError as exc:
         raise ConfigError(_describe_errors(exc, sources)) from None
     config.register_secrets()
     return config
+
+
+def _source_key(path: tuple[str, ...]) -> str | None:
+    """The credential source a setting at ``path`` (a leaf) names, if it names one rather than
+    completing one (:data:`~exporter.config.SOURCE_KEYS`)."""
+    dotted = ".".join(path)
+    return next((key for key in SOURCE_KEYS if dotted == key or dotted.startswith(key + ".")), None)
+
+
+def _leaves(settings: Iterable[Setting]) -> list[Setting]:
+    """Settings whose value is a mapping (``NICO_EXPORTER_API='{...}'``) as one per leaf."""
+    out: list[Setting] = []
+    for path, source, value in settings:
+        out += (
+            [(path + leaf[0], source, leaf[2]) for leaf in _settings_of(value)]
+            if isinstance(value, dict) and value
+            else [(path, source, value)]
+        )
+    return out
+
+
+def _settings_of(tree: Any, prefix: tuple[str, ...] = ()) -> list[Setting]:
+    """The leaves of a YAML tree as settings (the file's values carry no source)."""
+    if not isinstance(tree, dict) or not tree:
+        return [(prefix, "", tree)] if prefix else []
+    out: list[Setting] = []
+    for key, value in tree.items():
+        out += _settings_of(value, (*prefix, str(key)))
+    return out
+
+
+def _forget(sources: dict[str, str], path: tuple[str, ...]) -> None:
+    """A layer set ``path``: whatever a lower layer set there or beneath is no longer its source."""
+    dotted = ".".join(path)
+    for key in [k for k in sources if k == dotted or k.startswith(dotted + ".")]:
+        del sources[key]
+
+
+def _apply(tree: dict[str, Any], sources: dict[str, str], settings: Iterable[Setting]) -> None:
+    """Set each ``(path, source, value)`` in ``tree`` (a mapping value merges into a mapping)."""
+    for path, source, value in settings:
+        node = tree
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[path[-1]] = _deep_merge(node[path[-1]], value) if path[-1] in node else value
+        _forget(sources, path)
+        if source:
+            sources[".".join(path)] = source
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -103,14 +198,10 @@ def _yaml_kind(value: object) -> str:
     return "list" if isinstance(value, list) else "scalar"
 
 
-def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The nested overrides the environment sets, and which variable set each dotted path."""
-    settings: list[tuple[tuple[str, ...], str, Any]] = [
-        (("api", "token"), TOKEN_ENV, env.get(TOKEN_ENV, "")),
-        (("api", "client_secret"), CLIENT_SECRET_ENV, env.get(CLIENT_SECRET_ENV, "")),
-    ]
-    settings = [item for item in settings if item[2]]
-    generic: list[tuple[tuple[str, ...], str, Any]] = []
+def _generic_env(env: Mapping[str, str]) -> list[Setting]:
+    """The ``NICO_EXPORTER_*`` settings, outer paths first (so ``NICO_EXPORTER_API__URL`` refines
+    a whole ``NICO_EXPORTER_API='{...}'``)."""
+    generic: list[Setting] = []
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or value == "":
             continue
@@ -129,20 +220,7 @@ def _env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, st
                     """e.g. '["<site uuid>"]'"""
                 ) from None
         generic.append((path, name, parsed))
-    # Outer paths first so NICO_EXPORTER_API__URL refines a whole NICO_EXPORTER_API='{...}'.
-    settings.extend(sorted(generic, key=lambda item: (len(item[0]), item[0])))
-    tree: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for path, name, value in settings:
-        node = tree
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[path[-1]] = _deep_merge(node[path[-1]], value) if path[-1] in node else value
-        sources[".".join(path)] = name
-    return tree, sources
+    return sorted(generic, key=lambda item: (len(item[0]), item[0]))
 
 
 def _wants_json(path: tuple[str, ...]) -> bool:

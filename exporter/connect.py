@@ -12,31 +12,68 @@ from collections.abc import Callable
 from typing import TypedDict
 
 import httpx
+from pydantic import SecretStr
 
 from exporter import logs
 from exporter.auth import ClientCredentials, StaticToken, TokenFile, TokenSource
 from exporter.client import ClientHooks, NicoClient
 from exporter.config import ApiConfig, ConfigError
 from exporter.errors import AuthError
+from exporter.ngc import NgcApiKey
+from exporter.oidc import OidcToken
 from exporter.ratelimit import TokenBucket
+from exporter.tokencommand import TokenCommand
 
 
 def token_source(
-    api: ApiConfig, on_request: Callable[[str, int | None, float], None] | None = None
+    api: ApiConfig,
+    on_request: Callable[[str, int | None, float], None] | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> TokenSource:
-    """The configured credential (``api.token``, ``api.token_file`` or client credentials).
+    """The configured credential source (docs/credentials.md): a token, a token file, a token
+    command, OIDC, an NGC API key or NICo's own login.
 
-    ``on_request`` observes logins and refreshes (client credentials only); left ``None``,
-    :class:`~exporter.client.NicoClient` counts them with its own requests. The token or secret
-    is registered with the log redaction filter.
+    ``on_request`` observes NICo's logins and refreshes; left ``None``,
+    :class:`~exporter.client.NicoClient` counts them with its own requests. Calls to another
+    identity provider (OIDC, NGC) are not NICo API calls and are not counted. ``transport`` is
+    for those calls (tests: the simulator in-process). Every secret is registered with the log
+    redaction filter.
+
+    Raises:
+        ConfigError: ``api.ca_file`` no longer loads (it did at validation).
     """
-    for secret in (api.token, api.client_secret):
-        if secret is not None:
-            logs.register_secret(secret.get_secret_value())
+    for secret in api.secrets():
+        logs.register_secret(secret)
     if api.token is not None:
         return StaticToken(api.token.get_secret_value())
     if api.token_file is not None:
         return TokenFile(api.token_file)
+    if api.token_command is not None:
+        return TokenCommand(api.token_command, timeout=api.timeout)
+    lent = None if transport is None else _Lent(transport)
+    if api.oidc is not None:
+        oidc = api.oidc
+        return OidcToken(
+            oidc.token_url,
+            oidc.client_id,
+            client_secret=_plain(oidc.client_secret),
+            username=oidc.username,
+            password=_plain(oidc.password),
+            refresh_token=_plain(oidc.refresh_token),
+            scope=oidc.scope,
+            verify=identity_provider_verify(api),
+            timeout=api.timeout,
+            transport=lent,
+        )
+    if api.api_key is not None:
+        return NgcApiKey(
+            api.api_key.key.get_secret_value(),
+            api.api_key.authn_url,
+            verify=identity_provider_verify(api),
+            timeout=api.timeout,
+            transport=lent,
+        )
     if api.client_id is None or api.client_secret is None:  # validation makes this unreachable
         raise AuthError("api: no credentials configured")
     return ClientCredentials(
@@ -46,6 +83,44 @@ def token_source(
         on_request=on_request,
         timeout=api.timeout,
     )
+
+
+def identity_provider_verify(api: ApiConfig) -> bool | ssl.SSLContext:
+    """TLS verification for an identity provider outside NICo (OIDC issuer, NGC authn): the
+    system's CAs plus ``api.ca_file`` when given (an in-cluster Keycloak is often signed by the
+    cluster's CA, a public issuer by a public one), or none with ``api.insecure_skip_verify``.
+
+    Raises:
+        ConfigError: ``api.ca_file`` no longer loads.
+    """
+    if api.insecure_skip_verify:
+        return False
+    if api.ca_file is None:
+        return True
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=str(api.ca_file))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"api.ca_file: cannot load {api.ca_file}: {exc}") from None
+    return context
+
+
+class _Lent(httpx.AsyncBaseTransport):
+    """A transport lent to the identity-provider clients a source opens and closes per fetch:
+    they use it, and its owner (the NICo client) closes it."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _plain(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
 
 
 class ClientOptions(TypedDict):
@@ -94,7 +169,7 @@ def nico_client(
     return NicoClient(
         api.url,
         api.org,
-        auth=token_source(api),
+        auth=token_source(api, transport=transport),
         hooks=hooks,
         transport=transport,
         limiter=limiter,

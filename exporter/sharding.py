@@ -4,10 +4,15 @@ The scheme is kube-state-metrics': the owner of a rack is the jump consistent ha
 (Lamping and Veach, 2014) of the 64-bit FNV-1a hash of its id, over the total shard count. It is
 stable (a rack never moves while the shard count stays), needs no coordination (a StatefulSet's
 ordinal is the shard), and moves only ~1/M of the racks when M changes.
+
+The replicas may also share one request budget (``sharding.fleet_max_requests_per_second``):
+each then spends an equal share of it (:func:`replica_budget`), so one number, the shard count,
+sizes the fleet.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 _FNV64_OFFSET = 0xCBF29CE484222325
@@ -49,3 +54,28 @@ class Shard:
         if self.total == 1:
             return True
         return jump_hash(fnv1a_64(rack_id.encode()), self.total) == self.index
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One replica's request budget: a token bucket's rate (requests per second) and burst."""
+
+    rate: float
+    burst: int
+
+
+def replica_budget(fleet_rate: float, total_shards: int, *, max_rate: float, max_burst: int) -> Budget:
+    """This replica's equal share of a request budget the whole fleet of replicas shares.
+
+    The rate is ``fleet_rate / total_shards``, never above ``max_rate`` (what one client may
+    send: NICo's limiter counts requests per client address). The burst is one second of that
+    rate, rounded up, at least 1 and at most ``max_burst``: the replicas' bursts add up to about
+    one second of the fleet's budget, as a single replica's default (10 req/s, burst 10) does,
+    so replicas that reach NICo from one address do not trip its limiter together.
+    """
+    if total_shards < 1:
+        raise ValueError("total_shards must be >= 1")
+    if fleet_rate <= 0 or max_rate <= 0 or max_burst < 1:
+        raise ValueError("rates must be > 0 and max_burst >= 1")
+    rate = min(fleet_rate / total_shards, max_rate)
+    return Budget(rate=rate, burst=max(1, min(max_burst, math.ceil(rate))))

@@ -1,4 +1,4 @@
-"""The alert rules: generated from alerts/config.yml, valid, unit-tested, documented, routable."""
+"""The alert rules: generated from the mixin's variables, valid, unit-tested, documented, routable."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import dataclasses
 import re
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from exporter.mixin import alerts
 from tests.conftest import skip_or_fail
 from tests.families import unknown_families
-from tools import alerts
-from tools.paths import ROOT
+from tools.paths import PROMETHEUS_RULE_PATH, ROOT, RULES_PATH
 
 TESTS_DIR = ROOT / "alerts" / "tests"
 EXAMPLE = ROOT / "alerts" / "alertmanager.example.yml"
@@ -40,21 +39,21 @@ def _alert_rules(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _committed_groups() -> list[dict[str, Any]]:
-    return list(yaml.safe_load(alerts.RULES_PATH.read_text())["groups"])
+    return list(yaml.safe_load(RULES_PATH.read_text())["groups"])
 
 
 def test_committed_files_are_what_the_generator_renders() -> None:
     config = alerts.load_alert_config()
-    assert alerts.RULES_PATH.read_text() == alerts.render_rules(config), (
-        "alerts/nico-task-exporter.rules.yml is stale: run `python -m tools.alerts`"
+    assert RULES_PATH.read_text() == alerts.render_rules(config), (
+        "alerts/nico-task-exporter.rules.yml is stale: run `make generate`"
     )
-    assert alerts.PROMETHEUS_RULE_PATH.read_text() == alerts.render_prometheus_rule(config), (
-        "deploy/prometheusrule.yaml is stale: run `python -m tools.alerts`"
+    assert PROMETHEUS_RULE_PATH.read_text() == alerts.render_prometheus_rule(config), (
+        "deploy/kubernetes/base/prometheusrule.yaml is stale: run `make generate`"
     )
 
 
 def test_prometheus_rule_has_the_same_groups_as_the_rule_file() -> None:
-    rule = yaml.safe_load(alerts.PROMETHEUS_RULE_PATH.read_text())
+    rule = yaml.safe_load(PROMETHEUS_RULE_PATH.read_text())
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["kind"] == "PrometheusRule"
     assert rule["metadata"]["name"]
@@ -149,15 +148,8 @@ def test_bad_variables_are_named(path: tuple[str, ...], value: object, message: 
         alerts.config_from_mapping(raw)
 
 
-def test_the_generator_writes_both_files(tmp_path: Path) -> None:
-    rules, rule = tmp_path / "rules.yml", tmp_path / "deploy" / "rule.yaml"
-    assert alerts.main(["--rules", str(rules), "--prometheus-rule", str(rule)]) == 0
-    assert rules.read_text() == alerts.RULES_PATH.read_text()
-    assert rule.read_text() == alerts.PROMETHEUS_RULE_PATH.read_text()
-
-
 def test_promtool_accepts_the_rules() -> None:
-    result = _run(_tool("promtool"), "check", "rules", str(alerts.RULES_PATH))
+    result = _run(_tool("promtool"), "check", "rules", str(RULES_PATH))
     assert result.returncode == 0, result.stdout + result.stderr
 
 

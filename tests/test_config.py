@@ -29,7 +29,7 @@ PRODUCT_EXAMPLE = """\
 api:
   url: https://nico-rest-api.nico.svc.cluster.local
   org: acme
-  token_file: /var/run/secrets/nico/token    # or env NICO_TOKEN, or client_id + client_secret
+  token_file: /var/run/secrets/nico/token    # or token, token_command, oidc, api_key: credentials.md
   max_requests_per_second: 10
 sites: []                                   # site ids; empty = every Flow-enabled site
 polling:                                    # durations: 15s, 5m, 1h or plain seconds
@@ -274,7 +274,8 @@ def test_format_duration(seconds: float, text: str) -> None:
         pytest.param(
             minimal(token=None),
             "api.token: no API credentials: set api.token (or NICO_TOKEN), api.token_file, "
-            "or api.client_id + api.client_secret",
+            "api.token_command, api.oidc, api.api_key, or api.client_id + api.client_secret "
+            "(docs/credentials.md)",
             id="no-credentials",
         ),
         pytest.param(
@@ -459,7 +460,7 @@ def test_nico_token_with_token_file_is_two_sources(tmp_path: Path) -> None:
 
 def test_nico_client_secret_completes_client_credentials(tmp_path: Path) -> None:
     config = load(tmp_path, minimal(token=None, client_id="exporter"), {"NICO_CLIENT_SECRET": SECRET})
-    assert config.api.credential_kind == "client_credentials"
+    assert config.api.credential_kind == "nico_login"
 
 
 def test_nested_overrides_win_over_the_file(tmp_path: Path) -> None:

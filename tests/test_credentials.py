@@ -190,3 +190,53 @@ async def test_a_service_account_revoked_mid_run_costs_few_logins_in_90_s() -> N
     assert len(logins) - 1 <= 8 and logins[1:] == [401] * (len(logins) - 1)
     assert len(logins) - 1 == 2  # at the refusal, then 30 s later
     assert failures["CredentialsRefused"] >= 170
+
+
+@pytest.mark.parametrize(
+    ("status", "refused"),
+    [(401, True), (400, True), (503, False)],
+)
+@pytest.mark.parametrize("kind", ["oidc", "ngc"])
+async def test_an_identity_providers_4xx_is_refused_and_its_5xx_is_down(
+    kind: str, status: int, refused: bool
+) -> None:
+    """The same two schedules for nicocli's sources: a 4xx from the issuer is refused credentials
+    (30 s back-off, the alert), a 5xx is the issuer down (2 s back-off, no alert)."""
+    from exporter.ngc import NgcApiKey
+    from exporter.oidc import OidcToken
+
+    asked = 0
+
+    def issuer(request: httpx.Request) -> httpx.Response:
+        nonlocal asked
+        asked += 1
+        if status >= 500:
+            return httpx.Response(status, text="<html>upstream unavailable</html>")
+        return httpx.Response(
+            status, json={"error": "invalid_grant", "error_description": "Invalid user credentials"}
+        )
+
+    def nico(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("NICo must not be called without a token")
+
+    auth: OidcToken | NgcApiKey
+    if kind == "oidc":
+        auth = OidcToken(
+            "http://idp.test/token", "c", client_secret="s3cret-77", transport=httpx.MockTransport(issuer)
+        )
+    else:
+        auth = NgcApiKey("legacy-key-77", "http://idp.test/token", transport=httpx.MockTransport(issuer))
+    clock = Clock()
+    async with NicoClient(
+        "http://nico.test",
+        "acme",
+        auth=auth,
+        transport=httpx.MockTransport(nico),
+        max_requests_per_second=0,
+        retry=RetryPolicy(max_attempts=1),
+    ) as client:
+        client.credentials = Credentials(auth, clock=clock)
+        errors = await _serve(client, 10)
+    assert asked == 1 and set(errors[1:]) == {CredentialsRefused}
+    assert client.credentials.refused is refused
+    assert client.credentials.retry_in == (BACKOFF if refused else UNREACHABLE_BACKOFF).after(1)

@@ -15,11 +15,12 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
+from exporter.mixin import alerts, dashboards
+from exporter.mixin.dashboards import conditions
 from exporter.operations import OPERATIONS
 from tests.conftest import skip_or_fail
 from tests.families import unknown_families
-from tools import alerts, dashboards
-from tools.dashboards import conditions
+from tools.paths import DASHBOARD_DIR, RULES_PATH
 
 # The project's schema (always checked) and, when available, the full one generated from
 # @grafana/schema (NICO_GRAFANA_SCHEMA, or the design sources' copy beside the project).
@@ -111,13 +112,13 @@ def test_the_minimal_schema_allows_no_key_grafana_does_not() -> None:
 
 @pytest.mark.parametrize("name", sorted(RENDERED))
 def test_committed_json_equals_the_generators_output(name: str) -> None:
-    committed = dashboards.DASHBOARD_DIR / name
-    assert committed.exists(), f"run `python -m tools.dashboards` to write {committed}"
-    assert committed.read_text(encoding="utf-8") == RENDERED[name], "run `python -m tools.dashboards`"
+    committed = DASHBOARD_DIR / name
+    assert committed.exists(), f"run `make generate` to write {committed}"
+    assert committed.read_text(encoding="utf-8") == RENDERED[name], "run `make generate`"
 
 
 def test_no_stray_dashboard_files() -> None:
-    assert sorted(p.name for p in dashboards.DASHBOARD_DIR.glob("*.json")) == sorted(RENDERED)
+    assert sorted(p.name for p in DASHBOARD_DIR.glob("*.json")) == sorted(RENDERED)
 
 
 def test_uids_are_unique_stable_and_tagged() -> None:
@@ -221,7 +222,7 @@ def test_runbook_links_and_trace_links() -> None:
 def test_queries_that_may_be_empty_are_documented() -> None:
     """Each ``Query.may_be_empty`` panel and its reason are in docs/dashboards.md (the e2e test,
     which accepts them empty, checks the same against a live Prometheus)."""
-    doc = (dashboards.DASHBOARD_DIR.parent / "docs" / "dashboards.md").read_text(encoding="utf-8")
+    doc = (DASHBOARD_DIR.parent / "docs" / "dashboards.md").read_text(encoding="utf-8")
     for q in dashboards.panel_queries():
         if q.may_be_empty:
             assert f"| {q.dashboard} | {q.panel}" in doc and q.may_be_empty in doc, (q.dashboard, q.panel)
@@ -483,7 +484,7 @@ def _stuck_stat() -> str:
 def test_the_stuck_stat_uses_the_alerts_thresholds() -> None:
     """The stat (and the table's Stuck column) compare with NicoTaskStuck's own thresholds, every
     operation's, read from the committed rule file; its no-progress limit is the alert's too."""
-    groups = yaml.safe_load(alerts.RULES_PATH.read_text())["groups"]
+    groups = yaml.safe_load(RULES_PATH.read_text())["groups"]
     stat = _stuck_stat()
     assert _dashboard_thresholds(stat) == _alert_thresholds(groups)
     assert "stuck_after" not in json.dumps(json.loads(RENDERED["nico-fleet.json"])["templating"])
@@ -493,7 +494,7 @@ def test_the_stuck_stat_uses_the_alerts_thresholds() -> None:
     assert "nico_task_updated_timestamp_seconds" in stat and f"> {limit}) * 0 + 1" in stat
     fleet = json.loads(RENDERED["nico-fleet.json"])
     table = next(p for p in _panels(fleet) if p["title"] == "Stuck tasks (longest running first)")
-    assert any(conditions.stuck_levels() in t["expr"] for t in table["targets"])
+    assert any(conditions.stuck_levels(alerts.load_alert_config()) in t["expr"] for t in table["targets"])
 
 
 def test_a_changed_threshold_moves_the_alert_and_the_stat_together() -> None:
@@ -510,7 +511,7 @@ def test_a_changed_threshold_moves_the_alert_and_the_stat_together() -> None:
 
 _TASK = 'job="nico-task-exporter", instance="e:1", site_id="s", rack_id="r"'
 # Hand-written: Running tasks at minute 40 (time() = 2400) and which NicoTaskStuck condition holds
-# for each (thresholds of alerts/config.yml: power_on 15m/30m, firmware_update 2h/4h, any
+# for each (the shipped thresholds, exporter/mixin/config.yml: power_on 15m/30m, firmware_update 2h/4h, any
 # operation not listed 1h/2h, no progress 1h; every one held for longer than the alert's for: 5m).
 _TASKS = {
     # task: (operation, started, updated, status, condition)
@@ -579,4 +580,4 @@ def test_the_stuck_stat_counts_the_tasks_nico_task_stuck_fires_for(tmp_path: Pat
             },
         ],
     }
-    _promtool_test(tmp_path, [str(alerts.RULES_PATH)], test)
+    _promtool_test(tmp_path, [str(RULES_PATH)], test)

@@ -5,7 +5,7 @@ The demo runs in process, exactly as ``nico-task-exporter demo`` runs it (the si
 a socket, the exporter scraping it, ``/metrics`` over HTTP), on the demo's own preset; only the
 speed is raised so the test stays short. What each signal must say comes from elsewhere: the
 simulator's ground truth (which task hangs, which failed where, the run's state, the durations the
-drill's tasks really took) and the thresholds in ``alerts/config.yml``.
+drill's tasks really took) and the thresholds in ``exporter/mixin/config.yml``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.demo import DRILL_TASKS, DemoOptions, demo_scenario, demo_simulation, run_demo
+from exporter.mixin import alerts
 from exporter.models import ComponentType, ReportStatus, TaskStatus
 from exporter.simulator import ManualClock, ScenarioConfig, Simulation, SimulatorConfig
 from exporter.simulator.harness import free_port
 from exporter.simulator.taskruns import RunReason, RunStatus
-from tools import alerts
 
 SPEED = 20.0  # the demo runs at 10; the preset is the same, its workload twice as fast
 BOUND_S = 90.0

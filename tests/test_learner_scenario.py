@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from exporter.learner import Learner, predict
+from exporter.mixin import alerts
 from exporter.models import Task
 from exporter.poller import Intervals
 from exporter.simulator import ScenarioConfig
 from exporter.simulator.scenario import SLOW_NVSWITCH_AT_S, SLOW_NVSWITCH_HORIZON_S
 from tests.pollharness import Harness, simulation
-from tools import alerts
 
 ACTIVE = 15.0
 RATIO = 3.0

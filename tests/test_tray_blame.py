@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.attribution import plan
+from exporter.mixin.alerts import load_alert_config
 from exporter.models import ComponentType, Task, TaskStatus, Tray
 from exporter.persistence import SqlitePersistence
 from exporter.state import Store
@@ -27,7 +28,6 @@ from tests.test_attribution import (
     step_error,
 )
 from tests.test_metrics import World
-from tools.alerts import load_alert_config
 
 C, S, P = ComponentType.COMPUTE, ComponentType.NVSWITCH, ComponentType.POWERSHELF
 TRAYS = nvl72()

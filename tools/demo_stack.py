@@ -40,7 +40,7 @@ from tools.paths import ROOT
 
 RULES = ROOT / "alerts" / "nico-task-exporter.rules.yml"
 ALERTMANAGER_EXAMPLE = ROOT / "alerts" / "alertmanager.example.yml"
-# The job name the shipped rules select (alerts/config.yml: selector).
+# The job name the shipped rules select (exporter/mixin/config.yml: selector).
 JOB = "nico-task-exporter"
 PROMETHEUS_BINARIES = ("prometheus",)
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")

@@ -31,6 +31,7 @@ from exporter.simulator import handlers as h
 from exporter.simulator import taskrun_handlers as tr
 from exporter.simulator.control import control_routes
 from exporter.simulator.faults import BadPagination, Failure, FaultPlan
+from exporter.simulator.idp import idp_routes
 from exporter.simulator.request import ApiError, Ctx, Handler, Result
 from exporter.simulator.responses import nico_error, nico_response, read_json_object
 from exporter.simulator.simulation import Simulation
@@ -96,8 +97,9 @@ def _check_auth(sim: Simulation, request: Request) -> Response | None:
     parts = header.split()
     if len(parts) != 2 or parts[0].lower() != "bearer":
         return nico_error(401, "Invalid Authorization header format")
-    if not sim.tokens.valid(parts[1]):
-        return nico_error(401, "Invalid authorization token in request")
+    refused = sim.tokens.check(parts[1])  # invalid, expired, or a service account's when off
+    if refused is not None:
+        return nico_error(401, refused)
     return None
 
 
@@ -411,6 +413,7 @@ def create_app(sim: Simulation) -> Starlette:
         Route("/readyz", healthz),
         Route("/auth/login", auth_login, methods=["POST"]),
         Route("/auth/refresh", auth_refresh, methods=["POST"]),
+        *idp_routes(),
         *_api_routes(sim),
         *control_routes(),
     ]

@@ -24,6 +24,7 @@ import httpx
 import pytest
 import yaml
 
+from exporter.mixin import alerts
 from tests.conftest import skip_or_fail
 from tests.processes import (
     Process,
@@ -35,7 +36,6 @@ from tests.processes import (
     truth,
     wait_until,
 )
-from tools import alerts
 from tools.paths import ROOT
 
 pytestmark = pytest.mark.e2e

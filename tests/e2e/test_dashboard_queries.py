@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from exporter.mixin import dashboards
 from tests.e2e.test_prometheus import binary
 from tests.processes import (
     Process,
@@ -31,7 +32,7 @@ from tests.processes import (
     truth,
     wait_until,
 )
-from tools import dashboards
+from tools.paths import DASHBOARD_DIR
 
 pytestmark = pytest.mark.e2e
 
@@ -188,7 +189,7 @@ def test_expected_empty_queries_are_documented(prom: Prom) -> None:
 def test_variables_list_sites_and_racks_by_name(prom: Prom) -> None:
     wait_until(lambda: prom.has("nico_rack_info"), 30, "rack info")
     for name in dashboards.render_all():
-        board = json.loads((dashboards.DASHBOARD_DIR / name).read_text())
+        board = json.loads((DASHBOARD_DIR / name).read_text())
         by_name = {v["name"]: v for v in board["templating"]["list"]}
         for var in ("site", "rack"):
             promql = dashboards.substitute(

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from exporter.mixin import alerts
 from tests.e2e.test_alertmanager import Receiver, _alertmanager_config, _Handler, binary
 from tests.processes import (
     Process,
@@ -39,7 +40,6 @@ from tests.processes import (
     simulator,
     wait_until,
 )
-from tools import alerts
 
 pytestmark = pytest.mark.e2e
 

@@ -23,10 +23,11 @@ from typing import Any
 import httpx
 import pytest
 
+from exporter.mixin import dashboards
 from tests.e2e.test_prometheus import binary
 from tests.processes import start_prometheus, wait_until
 from tests.servers import serve_app
-from tools import dashboards
+from tools.paths import DASHBOARD_DIR
 
 pytestmark = pytest.mark.e2e
 
@@ -193,7 +194,7 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom]:
 def _committed_queries() -> dict[tuple[str, str, str], str]:
     """Every panel target of the committed dashboards: (uid, panel title, refId) -> expr."""
     out = {}
-    for path in sorted(dashboards.DASHBOARD_DIR.glob("*.json")):
+    for path in sorted(DASHBOARD_DIR.glob("*.json")):
         board = json.loads(path.read_text(encoding="utf-8"))
         for panel in board["panels"]:
             for target in panel.get("targets", []):

@@ -57,7 +57,8 @@ async def test_login_refresh_and_real_time_expiry() -> None:
         ticks.value += 61  # real time, not simulated time, expires tokens
         expired = await w.http.get(f"{BASE}/site", headers=bearer)
         assert expired.status_code == 401
-        assert expired.json() == nico("Invalid authorization token in request")
+        # release/v2.0 rest-api/auth/pkg/processors/keycloak.go:36-38
+        assert expired.json() == nico("Authorization token in request has expired")
 
         refreshed = await w.http.post("/auth/refresh", json={"refreshToken": tokens["refreshToken"]})
         assert refreshed.status_code == 200

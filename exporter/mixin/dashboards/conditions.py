@@ -1,18 +1,18 @@
 """What panels must count as the alert rules do: failures from the first, and stuck tasks.
 
-Both come from :mod:`tools.alerts`: a failure counter is read with the builder kept beside the
-rules (:func:`tools.alerts.increase_from_zero`), and NicoTaskStuck's per-operation thresholds come from
-``alerts/config.yml`` through the rules' own loader, so a threshold changed there moves the alert
-and the Fleet dashboard's stuck stat and table together.
+Both come from :mod:`exporter.mixin.alerts`: a failure counter is read with the builder kept
+beside the rules (:func:`exporter.mixin.alerts.increase_from_zero`), and NicoTaskStuck's
+per-operation thresholds are the ones the rules are rendered with (the same
+:class:`~exporter.mixin.alerts.AlertConfig`), so a threshold changed in the variables moves the
+alert and the Fleet dashboard's stuck stat and table together.
 """
 
 from __future__ import annotations
 
+from exporter.mixin.alerts import AlertConfig, Thresholds, increase_from_zero
+from exporter.mixin.dashboards.model import RUNNING, SR
 from exporter.operations import OPERATIONS
-from tools.alerts import AlertConfig, Thresholds, increase_from_zero, load_alert_config
-from tools.dashboards.model import RUNNING, SR
 
-ALERT_CONFIG = load_alert_config()
 TASK = "site_id, rack_id, task_id"
 # A tray's failure counter is kept in the exporter's state file across restarts: a restarted
 # exporter (a new instance address) serves it again with its history, which must not count as new.
@@ -28,7 +28,7 @@ def failures_over(series: str, window: str = "$__range", *, key: str = "") -> st
 
     The window reaches back hours: a new Prometheus (or exporter) counts whole the series it
     found at its first scrape (``fresh``), or the first failure of every label set would stay
-    hidden for that long. ``key``: see :func:`tools.alerts.increase_from_zero`.
+    hidden for that long. ``key``: see :func:`exporter.mixin.alerts.increase_from_zero`.
     """
     return increase_from_zero(series, window, key=key, fresh=True)
 
@@ -54,7 +54,7 @@ def _running_seconds(timestamp: str) -> str:
 
 def stuck_seconds(config: AlertConfig, level: str) -> dict[str, float]:
     """Every operation's NicoTaskStuck threshold at ``level`` (warning or critical), in seconds:
-    its own from ``alerts/config.yml``, or the default there."""
+    its own from the variables, or their default."""
     return {op: getattr(config.stuck.get(op, config.stuck_default), level) for op in OPERATIONS}
 
 
@@ -66,7 +66,7 @@ def _thresholds(config: AlertConfig, level: str) -> str:
     )
 
 
-def stuck_levels(config: AlertConfig = ALERT_CONFIG) -> str:
+def stuck_levels(config: AlertConfig) -> str:
     """Each Running task NicoTaskStuck holds stuck, valued by the condition that holds.
 
     :data:`STUCK_CRITICAL` past its operation's critical threshold, :data:`STUCK_WARNING` past its
@@ -84,7 +84,7 @@ def stuck_levels(config: AlertConfig = ALERT_CONFIG) -> str:
     return " or ".join(f"({expr}) * 0 + {value}" for value, expr in arms)
 
 
-def stuck_thresholds(config: AlertConfig = ALERT_CONFIG) -> str:
+def stuck_thresholds(config: AlertConfig) -> str:
     """The thresholds (warning/critical) in words, for the panels' descriptions:
     ``bring_up 3h/6h, ..., power_on 15m/30m; any other operation 1h/2h``."""
 
@@ -96,7 +96,7 @@ def stuck_thresholds(config: AlertConfig = ALERT_CONFIG) -> str:
     return f"{listed}; any other operation {rest}" if listed else f"every operation {rest}"
 
 
-def no_progress_after(config: AlertConfig = ALERT_CONFIG) -> str:
+def no_progress_after(config: AlertConfig) -> str:
     """NicoTaskStuck's ``no_progress_after`` in words (``1h``)."""
     return _duration(config.stuck_no_progress_after)
 
@@ -108,3 +108,8 @@ def _duration(seconds: float) -> str:
         if count:
             out += f"{count}{unit}"
     return out or "0s"
+
+
+def number(value: float) -> int | float:
+    """``value`` as a threshold in the JSON and the text: ``3``, not ``3.0``, when it is whole."""
+    return int(value) if value.is_integer() else value

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tools.dashboards.builder import query_variable
-from tools.dashboards.conditions import (
+from exporter.mixin.alerts import AlertConfig, load_alert_config
+from exporter.mixin.dashboards.builder import query_variable
+from exporter.mixin.dashboards.conditions import (
     STUCK_CRITICAL,
     STUCK_NO_PROGRESS,
     STUCK_WARNING,
@@ -14,10 +15,11 @@ from tools.dashboards.conditions import (
     failures_over,
     failures_per_interval,
     no_progress_after,
+    number,
     stuck_levels,
     stuck_thresholds,
 )
-from tools.dashboards.model import (
+from exporter.mixin.dashboards.model import (
     HEATMAP_COMPONENTS,
     JSON,
     RUNNING,
@@ -74,10 +76,6 @@ def _trace_link(column: str) -> JSON:
 
 
 _HIDDEN = ("Time", "__name__", "instance", "job", "site_id", "rack_id")
-# NicoTaskStuck's conditions, with the thresholds of alerts/config.yml.
-_STUCK = stuck_levels()
-_STUCK_THRESHOLDS = stuck_thresholds()
-_NO_PROGRESS = no_progress_after()
 _STUCK_MAPPINGS = (
     {
         "type": "value",
@@ -150,341 +148,349 @@ _EXPORTER_UP = PanelSpec(
     runbooks=("NicoExporterDown",),
 )
 
-FLEET = DashboardSpec(
-    uid="nico-fleet",
-    title="NICo tasks / Fleet overview",
-    description="What is running, what failed, what is stuck, where and why, across the chosen sites.",
-    runbooks=(
-        "NicoTaskFailed",
-        "NicoTaskStuck",
-        "NicoTaskOverrunning",
-        "NicoTaskWaitingTooLong",
-        "NicoTaskFailureRateHigh",
-        "NicoSiteDown",
-        "NicoExporterDataStale",
-    ),
-    rows=(
-        Row("Exporter health", (_SITE_UP, _DATA_AGE, _EXPORTER_UP)),
-        Row(
-            "Now",
-            (
-                PanelSpec(
-                    "stat",
-                    "Active tasks",
-                    "Tasks NICo reports as Pending (queued), Waiting (blocked by another task on the rack) or "
-                    "Running, now, over the chosen sites.",
-                    (Query(f"sum by (status) (nico_tasks{{{S}}})", legend="{{status}}", instant=True),),
-                    w=8,
-                    h=5,
-                    thresholds=(("blue", None),),
-                    main=True,
-                ),
-                PanelSpec(
-                    "stat",
-                    "Finished in the time range",
-                    "Tasks that became Succeeded, Failed or Terminated within the dashboard's time range "
-                    "(each counted once, also across exporter restarts).",
-                    (
-                        Query(
-                            f"round(sum by (status) (increase(nico_tasks_finished_total{{{S}}}[$__range])))",
-                            legend="{{status}}",
-                            instant=True,
-                        ),
-                    ),
-                    w=8,
-                    h=5,
-                    thresholds=(("green", None),),
-                    overrides=(
-                        {
-                            "matcher": {"id": "byName", "options": "Failed"},
-                            "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}],
-                        },
-                    ),
-                    runbooks=("NicoTaskFailed",),
-                    main=True,
-                ),
-                PanelSpec(
-                    "stat",
-                    "Stuck tasks",
-                    "Running tasks NicoTaskStuck holds stuck: running longer than their operation's "
-                    f"warning threshold ({_STUCK_THRESHOLDS}, from alerts/config.yml, the alert's own "
-                    "thresholds), or unchanged for "
-                    f"{_NO_PROGRESS}. The alert fires once that has held for its `for`. The table below lists "
-                    "them with their stage, rack and which condition holds.",
-                    (Query(f"count({_STUCK}) or vector(0)", legend="stuck", instant=True),),
-                    w=8,
-                    h=5,
-                    thresholds=(("green", None), ("red", 1)),
-                    runbooks=("NicoTaskStuck",),
-                    main=True,
-                ),
-            ),
+
+def _fleet(config: AlertConfig) -> DashboardSpec:
+    """Fleet overview; its stuck stat and table hold tasks stuck as NicoTaskStuck holds them, at
+    ``config``'s thresholds, and its overrun colours turn red at NicoTaskOverrunning's ratio."""
+    stuck, thresholds, no_progress = stuck_levels(config), stuck_thresholds(config), no_progress_after(config)
+    overrun = number(config.overrun_ratio)
+    return DashboardSpec(
+        uid="nico-fleet",
+        title="NICo tasks / Fleet overview",
+        description="What is running, what failed, what is stuck, where and why, across the chosen sites.",
+        runbooks=(
+            "NicoTaskFailed",
+            "NicoTaskStuck",
+            "NicoTaskOverrunning",
+            "NicoTaskWaitingTooLong",
+            "NicoTaskFailureRateHigh",
+            "NicoSiteDown",
+            "NicoExporterDataStale",
         ),
-        Row(
-            "Throughput and outcomes",
-            (
-                PanelSpec(
-                    "timeseries",
-                    "Active tasks by status and operation",
-                    "Pending, Waiting and Running tasks over time, stacked, by operation. A growing Pending or "
-                    "Waiting band means work is queueing behind something.",
-                    (
-                        Query(
-                            f"sum by (status, operation) (nico_tasks{{{S}}})",
-                            legend="{{status}} {{operation}}",
-                        ),
+        rows=(
+            Row("Exporter health", (_SITE_UP, _DATA_AGE, _EXPORTER_UP)),
+            Row(
+                "Now",
+                (
+                    PanelSpec(
+                        "stat",
+                        "Active tasks",
+                        "Tasks NICo reports as Pending (queued), Waiting (blocked by another task on the rack) or "
+                        "Running, now, over the chosen sites.",
+                        (Query(f"sum by (status) (nico_tasks{{{S}}})", legend="{{status}}", instant=True),),
+                        w=8,
+                        h=5,
+                        thresholds=(("blue", None),),
+                        main=True,
                     ),
-                    w=24,
-                    stacked=True,
-                    runbooks=("NicoTaskWaitingTooLong",),
-                    main=True,
-                ),
-                PanelSpec(
-                    "timeseries",
-                    "Completions by status",
-                    "Tasks finishing per minute, by final status.",
-                    (
-                        Query(
-                            f"sum by (status) (rate(nico_tasks_finished_total{{{S}}}[$__rate_interval])) * 60",
-                            legend="{{status}}",
+                    PanelSpec(
+                        "stat",
+                        "Finished in the time range",
+                        "Tasks that became Succeeded, Failed or Terminated within the dashboard's time range "
+                        "(each counted once, also across exporter restarts).",
+                        (
+                            Query(
+                                f"round(sum by (status) (increase(nico_tasks_finished_total{{{S}}}[$__range])))",
+                                legend="{{status}}",
+                                instant=True,
+                            ),
                         ),
-                    ),
-                    unit="opm",
-                    main=True,
-                ),
-                PanelSpec(
-                    "timeseries",
-                    "Failure ratio by operation",
-                    "Share of finished tasks that Failed, per operation, over a sliding window. Terminated "
-                    "(cancelled) tasks count as finished, not failed.",
-                    (
-                        Query(
-                            f'sum by (operation) (rate(nico_tasks_finished_total{{{S}, status="Failed"}}'
-                            "[$__rate_interval])) / sum by (operation) "
-                            f"(rate(nico_tasks_finished_total{{{S}}}[$__rate_interval]))",
-                            legend="{{operation}}",
-                        ),
-                    ),
-                    unit="percentunit",
-                    min=0,
-                    max=1,
-                    runbooks=("NicoTaskFailureRateHigh",),
-                    main=True,
-                ),
-            ),
-        ),
-        Row(
-            "Durations",
-            (
-                PanelSpec(
-                    "timeseries",
-                    "Task duration percentiles by operation",
-                    "p50 and p90 of task run time (started to finished) per operation. Exemplars (dots) "
-                    "carry the task's trace id: click one to open the trace in Tempo.",
-                    _quantiles("nico_task_duration_seconds", "operation", S, (0.5, 0.9)),
-                    unit="s",
-                    main=True,
-                ),
-                PanelSpec(
-                    "timeseries",
-                    "Queue wait percentiles by operation",
-                    "p50 and p90 of the time tasks waited before running (created to started): NICo's queue "
-                    "plus the per-rack lock.",
-                    _quantiles(
-                        "nico_task_queue_duration_seconds", "operation", S, (0.5, 0.9), exemplar=False
-                    ),
-                    unit="s",
-                    runbooks=("NicoTaskWaitingTooLong",),
-                    main=True,
-                ),
-            ),
-        ),
-        Row(
-            "Stuck and failed",
-            (
-                PanelSpec(
-                    "table",
-                    "Stuck tasks (longest running first)",
-                    "Running tasks by age (now minus started), with operation, rack and the stage they are "
-                    "in. Stuck says which NicoTaskStuck condition holds: critical or warning (running past "
-                    "the operation's threshold in alerts/config.yml, warning/critical: "
-                    f"{_STUCK_THRESHOLDS}) or no progress (unchanged for {_NO_PROGRESS}); empty when none "
-                    "does. Overrun is "
-                    "the current stage's elapsed time over its learned p99 (orange past 1, red past 3, where "
-                    "NicoTaskOverrunning fires); Expected finish adds the remaining stages at their learned "
-                    "p50. Both stay empty until the exporter has learned the task's stages.",
-                    (
-                        Query(
-                            f"topk(50, (time() - nico_task_started_timestamp_seconds{{{SR}}}) "
-                            f"* on (site_id, rack_id, task_id) group_left () {RUNNING}) "
-                            "* on (site_id, rack_id, task_id) group_left (operation) "
-                            f"group by (site_id, rack_id, task_id, operation) (nico_task_info{{{SR}}}) "
-                            f"{WITH_RACK_NAME} {WITH_SITE_NAME}",
-                            instant=True,
-                            table=True,
-                        ),
-                        Query(
-                            f"max by (site_id, rack_id, task_id) (nico_task_current_stage{{{SR}}})",
-                            instant=True,
-                            table=True,
-                        ),
-                        Query(
-                            "max by (site_id, rack_id, task_id) "
-                            f"(nico_task_expected_finish_timestamp_seconds{{{SR}}}) * 1000",
-                            instant=True,
-                            table=True,
-                            may_be_empty=f"{_COLD_START}: no Running task has an expected finish.",
-                        ),
-                        Query(
-                            f"max by (site_id, rack_id, task_id) (nico_task_overrun_ratio{{{SR}}})",
-                            instant=True,
-                            table=True,
-                            may_be_empty=f"{_COLD_START}: no Running task has an overrun ratio.",
-                        ),
-                        Query(
-                            f"max by (site_id, rack_id, task_id) ({_STUCK})",
-                            instant=True,
-                            table=True,
-                            may_be_empty="No Running task is stuck: none is past its operation's threshold "
-                            "or unchanged for long.",
-                        ),
-                    ),
-                    w=24,
-                    h=8,
-                    unit="s",
-                    sort_by="Age",
-                    transformations=(
-                        {"id": "merge", "options": {}},
-                        {
-                            "id": "filterByValue",
-                            "options": {
-                                "type": "include",
-                                "match": "all",
-                                "filters": [
-                                    {
-                                        "fieldName": "Value #A",
-                                        "config": {"id": "greater", "options": {"value": 0}},
-                                    }
+                        w=8,
+                        h=5,
+                        thresholds=(("green", None),),
+                        overrides=(
+                            {
+                                "matcher": {"id": "byName", "options": "Failed"},
+                                "properties": [
+                                    {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}
                                 ],
                             },
-                        },
-                        _organize(
-                            _HIDDEN,
-                            {
-                                "Value #A": "Age",
-                                "Value #B": "Stage",
-                                "Value #C": "Expected finish",
-                                "Value #D": "Overrun",
-                                "Value #E": "Stuck",
-                                "site_name": "Site",
-                                "rack_name": "Rack",
-                                "operation": "Operation",
-                                "task_id": "Task",
-                            },
-                            (
-                                "Value #A",
-                                "Value #E",
-                                "operation",
-                                "Value #B",
-                                "Value #D",
-                                "Value #C",
-                                "site_name",
-                                "rack_name",
-                                "task_id",
+                        ),
+                        runbooks=("NicoTaskFailed",),
+                        main=True,
+                    ),
+                    PanelSpec(
+                        "stat",
+                        "Stuck tasks",
+                        "Running tasks NicoTaskStuck holds stuck: running longer than their operation's "
+                        f"warning threshold ({thresholds}, the alert's own thresholds), or unchanged for "
+                        f"{no_progress}. The alert fires once that has held for its `for`. The table below lists "
+                        "them with their stage, rack and which condition holds.",
+                        (Query(f"count({stuck}) or vector(0)", legend="stuck", instant=True),),
+                        w=8,
+                        h=5,
+                        thresholds=(("green", None), ("red", 1)),
+                        runbooks=("NicoTaskStuck",),
+                        main=True,
+                    ),
+                ),
+            ),
+            Row(
+                "Throughput and outcomes",
+                (
+                    PanelSpec(
+                        "timeseries",
+                        "Active tasks by status and operation",
+                        "Pending, Waiting and Running tasks over time, stacked, by operation. A growing Pending or "
+                        "Waiting band means work is queueing behind something.",
+                        (
+                            Query(
+                                f"sum by (status, operation) (nico_tasks{{{S}}})",
+                                legend="{{status}} {{operation}}",
                             ),
                         ),
+                        w=24,
+                        stacked=True,
+                        runbooks=("NicoTaskWaitingTooLong",),
+                        main=True,
                     ),
-                    overrides=(
-                        _by_name(
-                            "Stuck",
-                            ("mappings", list(_STUCK_MAPPINGS)),
-                            ("custom.cellOptions", {"type": "color-background"}),
+                    PanelSpec(
+                        "timeseries",
+                        "Completions by status",
+                        "Tasks finishing per minute, by final status.",
+                        (
+                            Query(
+                                f"sum by (status) (rate(nico_tasks_finished_total{{{S}}}[$__rate_interval])) * 60",
+                                legend="{{status}}",
+                            ),
                         ),
-                        _by_name("Stage", ("unit", "none"), ("decimals", 0)),
-                        _by_name("Expected finish", ("unit", "dateTimeAsIso")),
-                        _by_name(
-                            "Overrun",
-                            ("unit", "none"),
-                            ("decimals", 1),
-                            (
-                                "thresholds",
-                                {
-                                    "mode": "absolute",
-                                    "steps": [
-                                        {"color": "green", "value": None},
-                                        {"color": "orange", "value": 1},
-                                        {"color": "red", "value": 3},
+                        unit="opm",
+                        main=True,
+                    ),
+                    PanelSpec(
+                        "timeseries",
+                        "Failure ratio by operation",
+                        "Share of finished tasks that Failed, per operation, over a sliding window. Terminated "
+                        "(cancelled) tasks count as finished, not failed.",
+                        (
+                            Query(
+                                f'sum by (operation) (rate(nico_tasks_finished_total{{{S}, status="Failed"}}'
+                                "[$__rate_interval])) / sum by (operation) "
+                                f"(rate(nico_tasks_finished_total{{{S}}}[$__rate_interval]))",
+                                legend="{{operation}}",
+                            ),
+                        ),
+                        unit="percentunit",
+                        min=0,
+                        max=1,
+                        runbooks=("NicoTaskFailureRateHigh",),
+                        main=True,
+                    ),
+                ),
+            ),
+            Row(
+                "Durations",
+                (
+                    PanelSpec(
+                        "timeseries",
+                        "Task duration percentiles by operation",
+                        "p50 and p90 of task run time (started to finished) per operation. Exemplars (dots) "
+                        "carry the task's trace id: click one to open the trace in Tempo.",
+                        _quantiles("nico_task_duration_seconds", "operation", S, (0.5, 0.9)),
+                        unit="s",
+                        main=True,
+                    ),
+                    PanelSpec(
+                        "timeseries",
+                        "Queue wait percentiles by operation",
+                        "p50 and p90 of the time tasks waited before running (created to started): NICo's queue "
+                        "plus the per-rack lock.",
+                        _quantiles(
+                            "nico_task_queue_duration_seconds", "operation", S, (0.5, 0.9), exemplar=False
+                        ),
+                        unit="s",
+                        runbooks=("NicoTaskWaitingTooLong",),
+                        main=True,
+                    ),
+                ),
+            ),
+            Row(
+                "Stuck and failed",
+                (
+                    PanelSpec(
+                        "table",
+                        "Stuck tasks (longest running first)",
+                        "Running tasks by age (now minus started), with operation, rack and the stage they are "
+                        "in. Stuck says which NicoTaskStuck condition holds: critical or warning (running past "
+                        "the operation's threshold, warning/critical: "
+                        f"{thresholds}) or no progress (unchanged for {no_progress}); empty when none "
+                        "does. Overrun is "
+                        f"the current stage's elapsed time over its learned p99 (orange past 1, red past {overrun}, where "
+                        "NicoTaskOverrunning fires); Expected finish adds the remaining stages at their learned "
+                        "p50. Both stay empty until the exporter has learned the task's stages.",
+                        (
+                            Query(
+                                f"topk(50, (time() - nico_task_started_timestamp_seconds{{{SR}}}) "
+                                f"* on (site_id, rack_id, task_id) group_left () {RUNNING}) "
+                                "* on (site_id, rack_id, task_id) group_left (operation) "
+                                f"group by (site_id, rack_id, task_id, operation) (nico_task_info{{{SR}}}) "
+                                f"{WITH_RACK_NAME} {WITH_SITE_NAME}",
+                                instant=True,
+                                table=True,
+                            ),
+                            Query(
+                                f"max by (site_id, rack_id, task_id) (nico_task_current_stage{{{SR}}})",
+                                instant=True,
+                                table=True,
+                            ),
+                            Query(
+                                "max by (site_id, rack_id, task_id) "
+                                f"(nico_task_expected_finish_timestamp_seconds{{{SR}}}) * 1000",
+                                instant=True,
+                                table=True,
+                                may_be_empty=f"{_COLD_START}: no Running task has an expected finish.",
+                            ),
+                            Query(
+                                f"max by (site_id, rack_id, task_id) (nico_task_overrun_ratio{{{SR}}})",
+                                instant=True,
+                                table=True,
+                                may_be_empty=f"{_COLD_START}: no Running task has an overrun ratio.",
+                            ),
+                            Query(
+                                f"max by (site_id, rack_id, task_id) ({stuck})",
+                                instant=True,
+                                table=True,
+                                may_be_empty="No Running task is stuck: none is past its operation's threshold "
+                                "or unchanged for long.",
+                            ),
+                        ),
+                        w=24,
+                        h=8,
+                        unit="s",
+                        sort_by="Age",
+                        transformations=(
+                            {"id": "merge", "options": {}},
+                            {
+                                "id": "filterByValue",
+                                "options": {
+                                    "type": "include",
+                                    "match": "all",
+                                    "filters": [
+                                        {
+                                            "fieldName": "Value #A",
+                                            "config": {"id": "greater", "options": {"value": 0}},
+                                        }
                                     ],
                                 },
-                            ),
-                            ("custom.cellOptions", {"type": "color-background"}),
-                        ),
-                    ),
-                    runbooks=("NicoTaskStuck", "NicoTaskOverrunning"),
-                    main=True,
-                ),
-                PanelSpec(
-                    "table",
-                    "Recent failures",
-                    "Failed tasks the exporter still tracks (finished within state.finished_task_ttl, 1 h by "
-                    "default), newest first: the stage and component type that failed and the cause of NICo's "
-                    "error (cut to 200 characters). Click the task id to open its trace in Tempo.",
-                    (
-                        Query(
-                            WITH_TRACE_ID.format(
-                                expr=f"max by (site_id, rack_id, task_id) "
-                                f"(nico_task_finished_timestamp_seconds{{{SR}}}) * 1000 "
-                                "* on (site_id, rack_id, task_id) group_left (operation, stage_number, "
-                                "component_type, reason, error) group by (site_id, rack_id, task_id, operation, "
-                                f"stage_number, component_type, reason, error) (nico_task_failure_info{{{SR}}}) "
-                                f"{WITH_RACK_NAME} {WITH_SITE_NAME}"
-                            ),
-                            instant=True,
-                            table=True,
-                        ),
-                    ),
-                    w=24,
-                    h=9,
-                    unit="dateTimeAsIso",
-                    sort_by="Finished",
-                    transformations=(
-                        _organize(
-                            (*_HIDDEN, "trace_id"),
-                            {
-                                "Value": "Finished",
-                                "site_name": "Site",
-                                "rack_name": "Rack",
-                                "operation": "Operation",
-                                "stage_number": "Stage",
-                                "component_type": "Component type",
-                                "reason": "Reason",
-                                "error": "Error",
-                                "task_id": "Task",
                             },
-                            (
-                                "Value",
-                                "operation",
-                                "stage_number",
-                                "component_type",
-                                "reason",
-                                "error",
-                                "site_name",
-                                "rack_name",
-                                "task_id",
+                            _organize(
+                                _HIDDEN,
+                                {
+                                    "Value #A": "Age",
+                                    "Value #B": "Stage",
+                                    "Value #C": "Expected finish",
+                                    "Value #D": "Overrun",
+                                    "Value #E": "Stuck",
+                                    "site_name": "Site",
+                                    "rack_name": "Rack",
+                                    "operation": "Operation",
+                                    "task_id": "Task",
+                                },
+                                (
+                                    "Value #A",
+                                    "Value #E",
+                                    "operation",
+                                    "Value #B",
+                                    "Value #D",
+                                    "Value #C",
+                                    "site_name",
+                                    "rack_name",
+                                    "task_id",
+                                ),
                             ),
                         ),
+                        overrides=(
+                            _by_name(
+                                "Stuck",
+                                ("mappings", list(_STUCK_MAPPINGS)),
+                                ("custom.cellOptions", {"type": "color-background"}),
+                            ),
+                            _by_name("Stage", ("unit", "none"), ("decimals", 0)),
+                            _by_name("Expected finish", ("unit", "dateTimeAsIso")),
+                            _by_name(
+                                "Overrun",
+                                ("unit", "none"),
+                                ("decimals", 1),
+                                (
+                                    "thresholds",
+                                    {
+                                        "mode": "absolute",
+                                        "steps": [
+                                            {"color": "green", "value": None},
+                                            {"color": "orange", "value": 1},
+                                            {"color": "red", "value": overrun},
+                                        ],
+                                    },
+                                ),
+                                ("custom.cellOptions", {"type": "color-background"}),
+                            ),
+                        ),
+                        runbooks=("NicoTaskStuck", "NicoTaskOverrunning"),
+                        main=True,
                     ),
-                    overrides=(
-                        _trace_link("Task"),
-                        _by_name("Error", ("custom.width", 520)),
+                    PanelSpec(
+                        "table",
+                        "Recent failures",
+                        "Failed tasks the exporter still tracks (finished within state.finished_task_ttl, 1 h by "
+                        "default), newest first: the stage and component type that failed and the cause of NICo's "
+                        "error (cut to 200 characters). Click the task id to open its trace in Tempo.",
+                        (
+                            Query(
+                                WITH_TRACE_ID.format(
+                                    expr=f"max by (site_id, rack_id, task_id) "
+                                    f"(nico_task_finished_timestamp_seconds{{{SR}}}) * 1000 "
+                                    "* on (site_id, rack_id, task_id) group_left (operation, stage_number, "
+                                    "component_type, reason, error) group by (site_id, rack_id, task_id, operation, "
+                                    f"stage_number, component_type, reason, error) (nico_task_failure_info{{{SR}}}) "
+                                    f"{WITH_RACK_NAME} {WITH_SITE_NAME}"
+                                ),
+                                instant=True,
+                                table=True,
+                            ),
+                        ),
+                        w=24,
+                        h=9,
+                        unit="dateTimeAsIso",
+                        sort_by="Finished",
+                        transformations=(
+                            _organize(
+                                (*_HIDDEN, "trace_id"),
+                                {
+                                    "Value": "Finished",
+                                    "site_name": "Site",
+                                    "rack_name": "Rack",
+                                    "operation": "Operation",
+                                    "stage_number": "Stage",
+                                    "component_type": "Component type",
+                                    "reason": "Reason",
+                                    "error": "Error",
+                                    "task_id": "Task",
+                                },
+                                (
+                                    "Value",
+                                    "operation",
+                                    "stage_number",
+                                    "component_type",
+                                    "reason",
+                                    "error",
+                                    "site_name",
+                                    "rack_name",
+                                    "task_id",
+                                ),
+                            ),
+                        ),
+                        overrides=(
+                            _trace_link("Task"),
+                            _by_name("Error", ("custom.width", 520)),
+                        ),
+                        runbooks=("NicoTaskFailed",),
+                        main=True,
                     ),
-                    runbooks=("NicoTaskFailed",),
-                    main=True,
                 ),
             ),
         ),
-    ),
-)
+    )
+
 
 _OPERATION_VARIABLE = query_variable(
     "operation",
@@ -528,198 +534,202 @@ def _step_heatmap(component: str) -> PanelSpec:
     )
 
 
-STAGES = DashboardSpec(
-    uid="nico-stages",
-    title="NICo tasks / Stages and steps",
-    description="Where inside a task time goes and where it fails: stages by operation, steps by component type.",
-    runbooks=("NicoTaskFailed", "NicoTaskStuck", "NicoTaskOverrunning", "NicoTaskFailureRateHigh"),
-    extra_variables=(_OPERATION_VARIABLE,),
-    rows=(
-        Row("Step durations by component type", tuple(_step_heatmap(c) for c in HEATMAP_COMPONENTS)),
-        Row(
-            "Stage durations",
-            (
-                PanelSpec(
-                    "timeseries",
-                    "Stage duration p90 by operation and stage",
-                    "90th percentile of each stage's run time, per operation and stage number, from the "
-                    "task reports. Exemplars link to the task's trace.",
-                    _quantiles("nico_task_stage_duration_seconds", "operation, stage_number", SO, (0.9,)),
-                    unit="s",
-                    main=True,
-                ),
-                PanelSpec(
-                    "timeseries",
-                    "Learned stage duration p50 and p99 by operation and stage",
-                    "What the exporter learned each stage takes, per operation and stage number (the "
-                    "slowest component type and site): compare with the observed p90 beside it. "
-                    "NicoTaskOverrunning fires when a running stage passes 3x its p99. Empty until the "
-                    "learner has enough finished stages (cold start).",
-                    tuple(
-                        Query(
-                            _learned(quantile, "operation, stage_number"),
-                            legend=f"{label} {{{{operation}}}} stage {{{{stage_number}}}}",
-                            may_be_empty=_LEARNED_EMPTY,
-                        )
-                        for quantile, label in (("0.5", "p50"), ("0.99", "p99"))
+def _stages(config: AlertConfig) -> DashboardSpec:
+    """Stages and steps; its learned-duration panel names NicoTaskOverrunning's ratio from ``config``."""
+    return DashboardSpec(
+        uid="nico-stages",
+        title="NICo tasks / Stages and steps",
+        description="Where inside a task time goes and where it fails: stages by operation, steps by component type.",
+        runbooks=("NicoTaskFailed", "NicoTaskStuck", "NicoTaskOverrunning", "NicoTaskFailureRateHigh"),
+        extra_variables=(_OPERATION_VARIABLE,),
+        rows=(
+            Row("Step durations by component type", tuple(_step_heatmap(c) for c in HEATMAP_COMPONENTS)),
+            Row(
+                "Stage durations",
+                (
+                    PanelSpec(
+                        "timeseries",
+                        "Stage duration p90 by operation and stage",
+                        "90th percentile of each stage's run time, per operation and stage number, from the "
+                        "task reports. Exemplars link to the task's trace.",
+                        _quantiles("nico_task_stage_duration_seconds", "operation, stage_number", SO, (0.9,)),
+                        unit="s",
+                        main=True,
                     ),
-                    unit="s",
-                    runbooks=("NicoTaskOverrunning",),
-                ),
-                PanelSpec(
-                    "bargauge",
-                    "Mean stage duration over the time range",
-                    "Average run time of each stage number per operation over the dashboard's time range: "
-                    "which stage dominates an operation.",
-                    (
-                        Query(
-                            f"sum by (operation, stage_number) (increase(nico_task_stage_duration_seconds_sum{{{SO}}}"
-                            "[$__range])) / sum by (operation, stage_number) "
-                            f"(increase(nico_task_stage_duration_seconds_count{{{SO}}}[$__range]))",
-                            legend="{{operation}} stage {{stage_number}}",
-                            instant=True,
+                    PanelSpec(
+                        "timeseries",
+                        "Learned stage duration p50 and p99 by operation and stage",
+                        "What the exporter learned each stage takes, per operation and stage number (the "
+                        "slowest component type and site): compare with the observed p90 beside it. "
+                        f"NicoTaskOverrunning fires when a running stage passes {number(config.overrun_ratio)}x "
+                        "its p99. Empty until the "
+                        "learner has enough finished stages (cold start).",
+                        tuple(
+                            Query(
+                                _learned(quantile, "operation, stage_number"),
+                                legend=f"{label} {{{{operation}}}} stage {{{{stage_number}}}}",
+                                may_be_empty=_LEARNED_EMPTY,
+                            )
+                            for quantile, label in (("0.5", "p50"), ("0.99", "p99"))
                         ),
+                        unit="s",
+                        runbooks=("NicoTaskOverrunning",),
                     ),
-                    unit="s",
-                    thresholds=(("blue", None),),
-                    main=True,
-                ),
-                PanelSpec(
-                    "timeseries",
-                    "Step duration p90 by component type",
-                    "90th percentile of step run time per component type (a step is one component type "
-                    "within a stage).",
-                    _quantiles("nico_task_step_duration_seconds", "component_type", SO, (0.9,)),
-                    unit="s",
-                ),
-            ),
-        ),
-        Row(
-            "Learned durations",
-            (
-                PanelSpec(
-                    "table",
-                    "Learned stage durations by component type",
-                    "The exporter's learned duration of each stage per site, operation, stage number and "
-                    "component type (p50, p90, p99). A task's expected finish adds its remaining stages "
-                    "at their p50; its overrun ratio divides the current stage's elapsed time by the p99 "
-                    "of the stage's slowest component type. Empty until the learner has enough finished "
-                    "stages (cold start).",
-                    tuple(
-                        Query(
-                            f"{_learned(quantile, 'site_id, operation, stage_number, component_type')} "
-                            f"{WITH_SITE_NAME}",
-                            instant=True,
-                            table=True,
-                            may_be_empty=_LEARNED_EMPTY,
-                        )
-                        for quantile in ("0.5", "0.9", "0.99")
-                    ),
-                    w=24,
-                    h=8,
-                    unit="s",
-                    sort_by="p99",
-                    transformations=(
-                        {"id": "merge", "options": {}},
-                        _organize(
-                            _HIDDEN,
-                            {
-                                "site_name": "Site",
-                                "operation": "Operation",
-                                "stage_number": "Stage",
-                                "component_type": "Component type",
-                                "Value #A": "p50",
-                                "Value #B": "p90",
-                                "Value #C": "p99",
-                            },
-                            (
-                                "site_name",
-                                "operation",
-                                "stage_number",
-                                "component_type",
-                                "Value #A",
-                                "Value #B",
-                                "Value #C",
+                    PanelSpec(
+                        "bargauge",
+                        "Mean stage duration over the time range",
+                        "Average run time of each stage number per operation over the dashboard's time range: "
+                        "which stage dominates an operation.",
+                        (
+                            Query(
+                                f"sum by (operation, stage_number) (increase(nico_task_stage_duration_seconds_sum{{{SO}}}"
+                                "[$__range])) / sum by (operation, stage_number) "
+                                f"(increase(nico_task_stage_duration_seconds_count{{{SO}}}[$__range]))",
+                                legend="{{operation}} stage {{stage_number}}",
+                                instant=True,
                             ),
                         ),
+                        unit="s",
+                        thresholds=(("blue", None),),
+                        main=True,
                     ),
-                    runbooks=("NicoTaskOverrunning",),
+                    PanelSpec(
+                        "timeseries",
+                        "Step duration p90 by component type",
+                        "90th percentile of step run time per component type (a step is one component type "
+                        "within a stage).",
+                        _quantiles("nico_task_step_duration_seconds", "component_type", SO, (0.9,)),
+                        unit="s",
+                    ),
+                ),
+            ),
+            Row(
+                "Learned durations",
+                (
+                    PanelSpec(
+                        "table",
+                        "Learned stage durations by component type",
+                        "The exporter's learned duration of each stage per site, operation, stage number and "
+                        "component type (p50, p90, p99). A task's expected finish adds its remaining stages "
+                        "at their p50; its overrun ratio divides the current stage's elapsed time by the p99 "
+                        "of the stage's slowest component type. Empty until the learner has enough finished "
+                        "stages (cold start).",
+                        tuple(
+                            Query(
+                                f"{_learned(quantile, 'site_id, operation, stage_number, component_type')} "
+                                f"{WITH_SITE_NAME}",
+                                instant=True,
+                                table=True,
+                                may_be_empty=_LEARNED_EMPTY,
+                            )
+                            for quantile in ("0.5", "0.9", "0.99")
+                        ),
+                        w=24,
+                        h=8,
+                        unit="s",
+                        sort_by="p99",
+                        transformations=(
+                            {"id": "merge", "options": {}},
+                            _organize(
+                                _HIDDEN,
+                                {
+                                    "site_name": "Site",
+                                    "operation": "Operation",
+                                    "stage_number": "Stage",
+                                    "component_type": "Component type",
+                                    "Value #A": "p50",
+                                    "Value #B": "p90",
+                                    "Value #C": "p99",
+                                },
+                                (
+                                    "site_name",
+                                    "operation",
+                                    "stage_number",
+                                    "component_type",
+                                    "Value #A",
+                                    "Value #B",
+                                    "Value #C",
+                                ),
+                            ),
+                        ),
+                        runbooks=("NicoTaskOverrunning",),
+                    ),
+                ),
+            ),
+            Row(
+                "Failures",
+                (
+                    PanelSpec(
+                        "bargauge",
+                        "Failed steps by component type",
+                        "Steps that failed within the time range, per component type: which kind of tray breaks. "
+                        "A component type's first failed step counts too.",
+                        (
+                            Query(
+                                "round(sum by (component_type) "
+                                f"{failures_over(_failed('nico_task_step_duration_seconds_count'))})",
+                                legend="{{component_type}}",
+                                instant=True,
+                            ),
+                        ),
+                        w=8,
+                        thresholds=(("orange", None), ("red", 5)),
+                        runbooks=("NicoTaskFailed",),
+                        main=True,
+                    ),
+                    PanelSpec(
+                        "bargauge",
+                        "Failed stages by operation and stage number",
+                        "Stages that failed within the time range, per operation and stage number: where in a "
+                        "rule tasks break. A stage's first failure counts too.",
+                        (
+                            Query(
+                                "round(sum by (operation, stage_number) "
+                                f"{failures_over(_failed('nico_task_stage_duration_seconds_count'))})",
+                                legend="{{operation}} stage {{stage_number}}",
+                                instant=True,
+                            ),
+                        ),
+                        w=8,
+                        thresholds=(("orange", None), ("red", 5)),
+                        main=True,
+                    ),
+                    PanelSpec(
+                        "table",
+                        "Recent failures by component type and stage",
+                        "Failed tasks still tracked (within the finished-task TTL), counted by operation, stage "
+                        "number, component type and reason.",
+                        (
+                            Query(
+                                "count by (operation, stage_number, component_type, reason) "
+                                f'(nico_task_failure_info{{{SR}, operation=~"$operation"}})',
+                                instant=True,
+                                table=True,
+                            ),
+                        ),
+                        w=8,
+                        sort_by="Failed tasks",
+                        thresholds=(("orange", None), ("red", 3)),
+                        transformations=(
+                            _organize(
+                                ("Time",),
+                                {
+                                    "Value": "Failed tasks",
+                                    "operation": "Operation",
+                                    "stage_number": "Stage",
+                                    "component_type": "Component type",
+                                    "reason": "Reason",
+                                },
+                                ("operation", "stage_number", "component_type", "reason", "Value"),
+                            ),
+                        ),
+                        runbooks=("NicoTaskFailed",),
+                    ),
                 ),
             ),
         ),
-        Row(
-            "Failures",
-            (
-                PanelSpec(
-                    "bargauge",
-                    "Failed steps by component type",
-                    "Steps that failed within the time range, per component type: which kind of tray breaks. "
-                    "A component type's first failed step counts too.",
-                    (
-                        Query(
-                            "round(sum by (component_type) "
-                            f"{failures_over(_failed('nico_task_step_duration_seconds_count'))})",
-                            legend="{{component_type}}",
-                            instant=True,
-                        ),
-                    ),
-                    w=8,
-                    thresholds=(("orange", None), ("red", 5)),
-                    runbooks=("NicoTaskFailed",),
-                    main=True,
-                ),
-                PanelSpec(
-                    "bargauge",
-                    "Failed stages by operation and stage number",
-                    "Stages that failed within the time range, per operation and stage number: where in a "
-                    "rule tasks break. A stage's first failure counts too.",
-                    (
-                        Query(
-                            "round(sum by (operation, stage_number) "
-                            f"{failures_over(_failed('nico_task_stage_duration_seconds_count'))})",
-                            legend="{{operation}} stage {{stage_number}}",
-                            instant=True,
-                        ),
-                    ),
-                    w=8,
-                    thresholds=(("orange", None), ("red", 5)),
-                    main=True,
-                ),
-                PanelSpec(
-                    "table",
-                    "Recent failures by component type and stage",
-                    "Failed tasks still tracked (within the finished-task TTL), counted by operation, stage "
-                    "number, component type and reason.",
-                    (
-                        Query(
-                            "count by (operation, stage_number, component_type, reason) "
-                            f'(nico_task_failure_info{{{SR}, operation=~"$operation"}})',
-                            instant=True,
-                            table=True,
-                        ),
-                    ),
-                    w=8,
-                    sort_by="Failed tasks",
-                    thresholds=(("orange", None), ("red", 3)),
-                    transformations=(
-                        _organize(
-                            ("Time",),
-                            {
-                                "Value": "Failed tasks",
-                                "operation": "Operation",
-                                "stage_number": "Stage",
-                                "component_type": "Component type",
-                                "reason": "Reason",
-                            },
-                            ("operation", "stage_number", "component_type", "reason", "Value"),
-                        ),
-                    ),
-                    runbooks=("NicoTaskFailed",),
-                ),
-            ),
-        ),
-    ),
-)
+    )
+
 
 _TRAY_FAILURES = f"nico_tray_task_failures_total{{{SR}}}"
 _TRAY_FAILURES_24H = failures_over(_TRAY_FAILURES, "24h", key=TRAY_KEY)
@@ -1549,4 +1559,12 @@ EXPORTER = DashboardSpec(
     ),
 )
 
-DASHBOARDS: tuple[DashboardSpec, ...] = (FLEET, STAGES, RACKS, ROLLOUTS, EXPORTER)
+
+def dashboards(config: AlertConfig) -> tuple[DashboardSpec, ...]:
+    """The five dashboards, with the alerts' variables ``config`` where their panels show an
+    alert's threshold (NicoTaskStuck's, NicoTaskOverrunning's)."""
+    return (_fleet(config), _stages(config), RACKS, ROLLOUTS, EXPORTER)
+
+
+DASHBOARDS: tuple[DashboardSpec, ...] = dashboards(load_alert_config())
+"""The dashboards with the shipped variables: what ``dashboards/*.json`` holds."""

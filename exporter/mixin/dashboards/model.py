@@ -6,9 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 39  # Grafana 11.0; Grafana 12 migrates it on load.
-# Relative to the repository root; point it at where the docs are served (--runbook-base-url, or the
-# ``runbook_base`` URL parameter, ``?var-runbook_base=https://...``).
-DEFAULT_RUNBOOK_BASE = "docs/runbooks"
 TAGS = ("nico", "nico-task-exporter")
 
 JSON = dict[str, Any]

@@ -7,8 +7,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tools.dashboards.model import DashboardSpec
-from tools.dashboards.specs import DASHBOARDS
+from exporter.mixin.dashboards.model import DashboardSpec
+from exporter.mixin.dashboards.specs import DASHBOARDS
 
 # --- queries, for tests and rendering --------------------------------------------------------
 

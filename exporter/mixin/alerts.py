@@ -1,10 +1,11 @@
 """Alert and recording rules, rendered from one file of thresholds and selectors.
 
-``python -m tools.alerts`` reads ``alerts/config.yml`` (every variable, documented there) and
-writes ``alerts/nico-task-exporter.rules.yml`` and ``deploy/prometheusrule.yaml``, the same
-groups as a Prometheus rule file and as a Kubernetes ``PrometheusRule``. This is the monitoring
-mixin way: change a threshold in the variables, re-render, commit both outputs
-(``tests/test_alerts.py`` fails when the committed files differ from what the generator renders).
+The variables are ``config.yml`` beside this module (every variable, documented there), or a
+user's file over them (:func:`load_alert_config`). :func:`render_rules` and
+:func:`render_prometheus_rule` give the same groups as a Prometheus rule file and as a Kubernetes
+``PrometheusRule``; ``nico-task-exporter mixin`` writes both (and the dashboards), and the
+repository's ``make generate`` commits them with the shipped variables (``tests/test_alerts.py``
+fails when the committed files differ from what this renders).
 
 Rule shapes:
 
@@ -33,9 +34,7 @@ Rule shapes:
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,11 +44,9 @@ import yaml
 from exporter import yamlfile
 from exporter.durations import parse_duration
 from exporter.operations import OPERATIONS
-from tools.paths import ROOT
 
-CONFIG_PATH = ROOT / "alerts" / "config.yml"
-RULES_PATH = ROOT / "alerts" / "nico-task-exporter.rules.yml"
-PROMETHEUS_RULE_PATH = ROOT / "deploy" / "prometheusrule.yaml"
+# The shipped variables: package data of the wheel, and the only copy in the repository.
+CONFIG_PATH = Path(__file__).with_name("config.yml")
 
 ALERTS = (
     "NicoTaskFailed",
@@ -89,7 +86,7 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class AlertConfig:
-    """Every threshold and selector the rules use; ``alerts/config.yml`` documents each one."""
+    """Every threshold and selector the rules use; the shipped ``config.yml`` documents each one."""
 
     selector: str
     up_selector: str
@@ -134,17 +131,25 @@ def _positive(seconds: float, where: str) -> float:
     return seconds
 
 
-def _positive_number(value: Any, where: str) -> float:
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: {value!r} is not a number")
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: {value!r} is not a number") from None
+
+
+def _positive_number(value: Any, where: str) -> float:
+    number = _number(value, where)
     if number <= 0:
         raise ValueError(f"{where}: must be greater than 0")
     return number
 
 
 def _thresholds(raw: Mapping[str, Any], where: str) -> Thresholds:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: want {{warning: ..., critical: ...}}")
     t = Thresholds(
         _seconds(raw["warning"], f"{where}.warning"), _seconds(raw["critical"], f"{where}.critical")
     )
@@ -185,12 +190,13 @@ def config_from_mapping(raw: Mapping[str, Any]) -> AlertConfig:
         overrun = alerts["NicoTaskOverrunning"]
         rate, tray = alerts["NicoTaskFailureRateHigh"], alerts["NicoTrayRepeatedFailures"]
         stale, throttled = alerts["NicoExporterDataStale"], alerts["NicoAPIThrottled"]
-        per_op = {
-            str(op): _thresholds(t, f"NicoTaskStuck.operations.{op}") for op, t in stuck["operations"].items()
-        }
-        bad_ops = set(per_op) - set(OPERATIONS)
+        bad_ops = {str(op) for op in stuck["operations"]} - set(OPERATIONS)
         if bad_ops:
-            raise ValueError(f"NicoTaskStuck.operations: unknown operation(s) {sorted(bad_ops)}")
+            raise ValueError(f"alerts.NicoTaskStuck.operations: unknown operation(s) {sorted(bad_ops)}")
+        per_op = {
+            str(op): _thresholds(t, f"alerts.NicoTaskStuck.operations.{op}")
+            for op, t in stuck["operations"].items()
+        }
         return AlertConfig(
             selector=str(raw["selector"]),
             up_selector=str(raw["up_selector"]),
@@ -200,43 +206,97 @@ def config_from_mapping(raw: Mapping[str, Any]) -> AlertConfig:
             prometheus_rule_labels={str(k): str(v) for k, v in raw["prometheus_rule"]["labels"].items()},
             severity=severity,
             for_=for_,
-            task_failed_keep_firing_for=_seconds(failed.get("keep_firing_for", 0), "keep_firing_for"),
-            stuck_default=_thresholds(stuck["default"], "NicoTaskStuck.default"),
+            task_failed_keep_firing_for=_seconds(
+                failed.get("keep_firing_for", 0), "alerts.NicoTaskFailed.keep_firing_for"
+            ),
+            stuck_default=_thresholds(stuck["default"], "alerts.NicoTaskStuck.default"),
             stuck=per_op,
-            stuck_no_progress_after=_seconds(stuck["no_progress_after"], "NicoTaskStuck.no_progress_after"),
-            overrun_ratio=_positive_number(overrun["ratio"], "NicoTaskOverrunning.ratio"),
-            waiting_after=_seconds(waiting["after"], "NicoTaskWaitingTooLong.after"),
-            failure_ratio=float(rate["ratio"]),
-            failure_ratio_window=_seconds(rate["window"], "NicoTaskFailureRateHigh.window"),
-            failure_ratio_min_tasks=float(rate["min_tasks"]),
-            tray_failures=int(tray["failures"]),
-            tray_failures_window=_seconds(tray["window"], "NicoTrayRepeatedFailures.window"),
+            stuck_no_progress_after=_seconds(
+                stuck["no_progress_after"], "alerts.NicoTaskStuck.no_progress_after"
+            ),
+            overrun_ratio=_positive_number(overrun["ratio"], "alerts.NicoTaskOverrunning.ratio"),
+            waiting_after=_seconds(waiting["after"], "alerts.NicoTaskWaitingTooLong.after"),
+            failure_ratio=_number(rate["ratio"], "alerts.NicoTaskFailureRateHigh.ratio"),
+            failure_ratio_window=_seconds(rate["window"], "alerts.NicoTaskFailureRateHigh.window"),
+            failure_ratio_min_tasks=_number(rate["min_tasks"], "alerts.NicoTaskFailureRateHigh.min_tasks"),
+            tray_failures=int(_positive_number(tray["failures"], "alerts.NicoTrayRepeatedFailures.failures")),
+            tray_failures_window=_seconds(tray["window"], "alerts.NicoTrayRepeatedFailures.window"),
             run_paused_safety_gate_severity=extra_severity["NicoTaskRunPaused.safety_gate_severity"],
             run_failed_keep_firing_for=_seconds(
-                run_failed.get("keep_firing_for", 0), "NicoTaskRunFailed.keep_firing_for"
+                run_failed.get("keep_firing_for", 0), "alerts.NicoTaskRunFailed.keep_firing_for"
             ),
             run_completed_with_failures_severity=extra_severity[
                 "NicoTaskRunFailed.completed_with_failures_severity"
             ],
             run_stalled_window=_positive(
-                _seconds(run_stalled["window"], "NicoTaskRunStalled.window"), "NicoTaskRunStalled.window"
+                _seconds(run_stalled["window"], "alerts.NicoTaskRunStalled.window"),
+                "alerts.NicoTaskRunStalled.window",
             ),
-            run_failure_ratio=float(run_rate["ratio"]),
-            run_failure_ratio_min_targets=float(run_rate["min_targets"]),
-            stale_after=_seconds(stale["after"], "NicoExporterDataStale.after"),
-            throttled_rate=float(throttled["rate"]),
-            throttled_window=_seconds(throttled["window"], "NicoAPIThrottled.window"),
+            run_failure_ratio=_number(run_rate["ratio"], "alerts.NicoTaskRunFailureRateHigh.ratio"),
+            run_failure_ratio_min_targets=_number(
+                run_rate["min_targets"], "alerts.NicoTaskRunFailureRateHigh.min_targets"
+            ),
+            stale_after=_seconds(stale["after"], "alerts.NicoExporterDataStale.after"),
+            throttled_rate=_number(throttled["rate"], "alerts.NicoAPIThrottled.rate"),
+            throttled_window=_seconds(throttled["window"], "alerts.NicoAPIThrottled.window"),
         )
     except KeyError as exc:
         raise ValueError(f"missing variable {exc.args[0]!r}") from None
 
 
-def load_alert_config(path: Path = CONFIG_PATH) -> AlertConfig:
-    """The variables file, parsed and checked."""
-    raw = yamlfile.loads(path.read_text(encoding="utf-8"))  # a duplicate key is an error
+def _read(path: Path, *, empty_ok: bool = False) -> dict[str, Any]:
+    try:
+        raw = yamlfile.loads(path.read_text(encoding="utf-8"))  # a duplicate key is an error
+    except yaml.YAMLError as exc:
+        raise ValueError(yamlfile.describe_error(exc, str(path))) from None
+    if raw is None and empty_ok:
+        return {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: want a YAML mapping")
-    return config_from_mapping(raw)
+    return raw
+
+
+def shipped_variables() -> dict[str, Any]:
+    """The shipped variables file, parsed."""
+    return _read(CONFIG_PATH)
+
+
+# Mappings whose keys are the user's to choose (extra labels) or checked on their own (operations).
+_OPEN_KEYS = {"prometheus_rule.labels", "alerts.NicoTaskStuck.operations"}
+
+
+def _over(defaults: Mapping[str, Any], raw: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """``raw`` over ``defaults``, mappings merged key by key; a key the defaults lack is an error
+    (a misspelt variable would otherwise be ignored in silence)."""
+    merged = dict(defaults)
+    for key, value in raw.items():
+        name = f"{where}{key}"
+        if key not in defaults and where.removesuffix(".") not in _OPEN_KEYS:
+            raise ValueError(f"{name}: unknown variable (nico-task-exporter mixin --print-config lists them)")
+        default = defaults.get(key)
+        if isinstance(default, Mapping) and not isinstance(value, Mapping):
+            raise ValueError(f"{name}: want a mapping, like the shipped file's")
+        if isinstance(default, Mapping) and isinstance(value, Mapping):
+            merged[key] = _over(default, value, f"{name}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_alert_config(path: Path | None = None) -> AlertConfig:
+    """The shipped variables, or ``path``'s over them, parsed and checked.
+
+    A user's file holds only what it changes; everything else keeps the shipped value of the
+    installed version. Raises ``ValueError`` naming the variable that is wrong or unknown.
+    """
+    shipped = shipped_variables()
+    if path is None:
+        return config_from_mapping(shipped)
+    raw = _read(path, empty_ok=True)
+    try:
+        return config_from_mapping(_over(shipped, raw))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 # -- PromQL helpers ------------------------------------------------------------------------------
@@ -950,7 +1010,7 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 _HEADER = (
-    "# Generated by `python -m tools.alerts` from alerts/config.yml; do not edit by hand.\n"
+    "# Generated by `nico-task-exporter mixin` from its variables (`--print-config`); do not edit by hand.\n"
     "# Alerts, thresholds and routing: docs/alerts.md. Runbooks: docs/runbooks/<AlertName>.md.\n"
 )
 
@@ -975,7 +1035,7 @@ def render_prometheus_rule(config: AlertConfig) -> str:
     return _HEADER + _dump(doc)
 
 
-def write(config: AlertConfig, rules_path: Path = RULES_PATH, rule_path: Path | None = None) -> list[Path]:
+def write(config: AlertConfig, rules_path: Path, rule_path: Path | None = None) -> list[Path]:
     """Write the rule file (and the PrometheusRule, when ``rule_path`` is given); returns the paths."""
     rules_path.parent.mkdir(parents=True, exist_ok=True)
     rules_path.write_text(render_rules(config), encoding="utf-8")
@@ -985,27 +1045,3 @@ def write(config: AlertConfig, rules_path: Path = RULES_PATH, rule_path: Path | 
         rule_path.write_text(render_prometheus_rule(config), encoding="utf-8")
         written.append(rule_path)
     return written
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.alerts", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config", type=Path, default=CONFIG_PATH, help="the variables file (alerts/config.yml)"
-    )
-    parser.add_argument("--rules", type=Path, default=RULES_PATH, help="where to write the rule file")
-    parser.add_argument(
-        "--prometheus-rule", type=Path, default=PROMETHEUS_RULE_PATH, help="where to write the PrometheusRule"
-    )
-    args = parser.parse_args(argv)
-    try:
-        config = load_alert_config(args.config)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for path in write(config, args.rules, args.prometheus_rule):
-        print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tools.dashboards.model import (
-    DEFAULT_RUNBOOK_BASE,
+from exporter.mixin.dashboards.model import (
     JSON,
     PROMETHEUS,
     SCHEMA_VERSION,
@@ -259,8 +258,11 @@ def variables(runbook_base: str) -> list[JSON]:
     ]
 
 
-def build(spec: DashboardSpec, runbook_base: str = DEFAULT_RUNBOOK_BASE) -> JSON:
-    """The dashboard JSON for ``spec``: importable by hand, by file provisioning or by the sidecar."""
+def build(spec: DashboardSpec, runbook_base: str) -> JSON:
+    """The dashboard JSON for ``spec``: importable by hand, by file provisioning or by the sidecar.
+
+    ``runbook_base`` is the hidden ``runbook_base`` variable's value, the alerts' ``runbook_url_base``.
+    """
     links = [
         {
             "asDropdown": True,

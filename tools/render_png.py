@@ -1,15 +1,21 @@
-"""PNG pictures of the dashboards' main panels, drawn from a live Prometheus with matplotlib (the ``docs`` extra)."""
+"""PNG pictures of the dashboards' main panels, drawn from a live Prometheus with matplotlib (the ``docs`` extra).
+
+``python -m tools.render_png PROMETHEUS_URL`` draws ``docs/img/<uid>.png`` for docs/dashboards.md,
+from the dashboards with the shipped variables.
+"""
 
 from __future__ import annotations
 
+import argparse
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tools.dashboards.model import DashboardSpec, PanelSpec, Query
-from tools.dashboards.queries import example_values, substitute
-from tools.dashboards.specs import DASHBOARDS
+from exporter.mixin.dashboards.model import DashboardSpec, PanelSpec, Query
+from exporter.mixin.dashboards.queries import example_values, substitute
+from exporter.mixin.dashboards.specs import DASHBOARDS
 from tools.paths import ROOT
 
 IMG_DIR = ROOT / "docs" / "img"
@@ -366,3 +372,17 @@ def render_pngs(prometheus_url: str, window_s: float = 900.0, out_dir: Path = IM
         _render_png(spec, prom, values, path)
         written.append(path)
     return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.render_png", description=__doc__.split("\n")[0])
+    parser.add_argument("prometheus_url", metavar="PROMETHEUS_URL", help="the Prometheus to query")
+    parser.add_argument("--window", type=float, default=900.0, help="seconds of history the PNGs show")
+    args = parser.parse_args(argv)
+    for path in render_pngs(args.prometheus_url, args.window):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
