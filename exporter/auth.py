@@ -58,6 +58,18 @@ def jwt_lifetime(token: str, now: float) -> float | None:
     return float(exp) - now
 
 
+def renew_at(token: str, expires_in: object, now: float, wall: float) -> float:
+    """When, on the ``now`` clock, to fetch the token after ``token``: at :func:`refresh_after` of
+    its lifetime, which is ``expires_in`` when the issuer said it (seconds), else the JWT's ``exp``
+    (``wall``: Unix time now); never (infinity) for an opaque token without ``expires_in``: it is
+    kept until NICo refuses it."""
+    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
+        lifetime: float | None = float(expires_in)
+    else:
+        lifetime = jwt_lifetime(token, wall)
+    return float("inf") if lifetime is None else now + refresh_after(max(lifetime, 0.0))
+
+
 def refusal_text(resp: httpx.Response, *secrets: str) -> str:
     """What an identity provider said when it refused, in at most 200 characters and without any
     of ``secrets`` (a server may echo a key back): an OAuth ``error_description`` or ``error``,

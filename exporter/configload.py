@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from exporter import nicocli, yamlfile
@@ -174,28 +173,9 @@ def _apply(tree: dict[str, Any], sources: dict[str, str], settings: Iterable[Set
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yamlfile.loads(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(yamlfile.describe_error(exc, str(path))) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: the top level must be a mapping (api:, sites:, ...), not a {_yaml_kind(data)}"
-        )
-    return data
-
-
-def _yaml_kind(value: object) -> str:
-    return "list" if isinstance(value, list) else "scalar"
+        return yamlfile.read_mapping(path, "config file", "api:, sites:, ...")
+    except yamlfile.FileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _generic_env(env: Mapping[str, str]) -> list[Setting]:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from exporter import logs
-from exporter.auth import jwt_lifetime, refresh_after, refusal_text
+from exporter.auth import refusal_text, renew_at
 from exporter.errors import AuthError, TransportError
 
 BEARER_PREFIX = "nvapi-"
@@ -123,15 +123,7 @@ class NgcApiKey:
         token = _token_of(body)
         if token is None:
             raise AuthError(f"NGC key exchange at {host}: the response has no token", endpoint=ENDPOINT)
-        expires_in = body.get("expires_in")
-        lifetime: float | None
-        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
-            lifetime = float(expires_in)
-        else:
-            lifetime = jwt_lifetime(token, self._wall())
-        self._renew_at = (
-            float("inf") if lifetime is None else self._clock() + refresh_after(max(lifetime, 0.0))
-        )
+        self._renew_at = renew_at(token, body.get("expires_in"), self._clock(), self._wall())
         self._token = token
         return token
 

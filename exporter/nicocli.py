@@ -18,8 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from exporter import yamlfile
 from exporter.config import CLIENT_SECRET_ENV, ConfigError
 
@@ -72,24 +70,9 @@ def read_file(path: Path, *, required: bool) -> dict[str, Any]:
     Keys nicocli does not know are ignored, as nicocli keeps them without reading them.
     """
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(f"nicocli config file not found: {path}") from None
-        return {}
-    except UnicodeDecodeError:
-        raise ConfigError(f"nicocli config file {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read nicocli config file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yamlfile.loads(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(yamlfile.describe_error(exc, str(path))) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping (api:, auth:)")
-    return data
+        return yamlfile.read_mapping(path, "nicocli config file", "api:, auth:", missing_ok=not required)
+    except yamlfile.FileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def file_settings(

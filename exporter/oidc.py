@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from exporter import logs
-from exporter.auth import jwt_lifetime, refresh_after
+from exporter.auth import renew_at
 from exporter.errors import AuthError, TransportError
 
 ENDPOINT = "oidc token_url"
@@ -221,15 +221,7 @@ class OidcToken:
         refresh = result.get("refresh_token")
         if isinstance(refresh, str) and refresh:
             self._refresh = refresh
-        expires_in = result.get("expires_in")
-        lifetime: float | None
-        if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0:
-            lifetime = float(expires_in)
-        else:
-            lifetime = jwt_lifetime(access, self._wall())
-        self._renew_at = (
-            float("inf") if lifetime is None else self._clock() + refresh_after(max(lifetime, 0.0))
-        )
+        self._renew_at = renew_at(access, result.get("expires_in"), self._clock(), self._wall())
         self._access = access
         return access
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import httpx
 
 from exporter import logs
-from exporter.auth import jwt_lifetime, refresh_after
+from exporter.auth import renew_at
 from exporter.errors import AuthError
 
 ENDPOINT = "token_command"
@@ -65,11 +65,8 @@ class TokenCommand:
             if self._token is not None and self._clock() < self._renew_at:
                 return self._token
             token = await self._run()
-            lifetime = jwt_lifetime(token, self._wall())
             # An opaque token is kept until NICo refuses it; a JWT is renewed before its exp.
-            self._renew_at = (
-                float("inf") if lifetime is None else self._clock() + refresh_after(max(lifetime, 0.0))
-            )
+            self._renew_at = renew_at(token, None, self._clock(), self._wall())
             self._token = token
             return token
 

@@ -7,6 +7,7 @@ second key. YAML merge keys (``<<:``) are not duplicates: a key after a merge re
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -49,3 +50,33 @@ def describe_error(exc: yaml.YAMLError, source: str) -> str:
             problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
         return f"{where}: invalid YAML: {problem}"
     return f"{source}: invalid YAML ({type(exc).__name__})"
+
+
+class FileError(ValueError):
+    """A YAML file that cannot be read as a mapping; the message names the file and why."""
+
+
+def read_mapping(path: Path, what: str, keys: str, *, missing_ok: bool = False) -> dict[str, Any]:
+    """The mapping in the YAML file at ``path`` (``what`` names the file in errors, ``keys`` hints
+    at its top-level keys); an empty file is ``{}``, and so is a missing one when ``missing_ok``.
+    Raises :class:`FileError`, never quoting the file's text (it may hold a credential)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing_ok:
+            return {}
+        raise FileError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError:
+        raise FileError(f"{what} {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise FileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        data = loads(text)
+    except yaml.YAMLError as exc:
+        raise FileError(describe_error(exc, str(path))) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = "list" if isinstance(data, list) else "scalar"
+        raise FileError(f"{path}: the top level must be a mapping ({keys}), not a {kind}")
+    return data
