@@ -361,7 +361,8 @@ class Poller(RackPolls):
             log.warning(
                 "request budget too small for the racks polled: rack data will be older than the "
                 "active interval and low-priority jobs will be shed; raise api.max_requests_per_second "
-                "if NICo allows, lengthen polling.active_interval, or shard",
+                "(or sharding.fleet_max_requests_per_second, the budget split across the shards) if NICo "
+                "allows, lengthen polling.active_interval, or shard",
                 extra={
                     "racks": racks,
                     "active_interval_s": iv.active,

@@ -909,6 +909,7 @@ class Store:
             if ids is not None:
                 ids.discard(task_id)
         self._delivered.pop(task_id, None)
+        self._uncharged.pop(task_id, None)
         self._batch.untracked.add(task_id)
         self._batch.forget_delivered.add(task_id)
         self._batch.forget_finished.add(task_id)
