@@ -433,16 +433,19 @@ class Poller(RackPolls):
         calls when its rack then stayed idle: in the baseline's count, never listed active, it
         finished unseen. The active list goes out at the most urgent priority, so the two calls
         stay close under a saturated budget. The baseline's time is the total's (NICo's ``Date``).
-        When the total cannot be read, nothing is baselined and the next poll starts again; when
-        the active list cannot, the next poll reads it (see ``RackEntry.active_listed``).
+        The baseline counts only once both calls were read: its total is recorded after the
+        active list. A task active at the read that finished before an active list could show it
+        would otherwise be in the baseline's count, never seen, never counted. So when either call
+        fails (or the process dies between them, the total never reaching the state file), the
+        next poll starts the baseline again.
         """
         totals = await self._total_listing(rack_id, entry, deadline)
+        read_at = self.monotonic()
         self.store.begin_baseline(rack_id, entry.site_id, totals.server_date or self.clock())
-        if totals.total is not None:
-            self.store.observe_total(rack_id, totals.total, totals.server_date, local=self.monotonic())
         self._apply_rows(rack_id, entry, totals.items, in_baseline=True)
-        self.store.commit()
         listing = await self._active_list(rack_id, entry, deadline, priority=Priority.FINAL_FETCH)
+        if totals.total is not None:
+            self.store.observe_total(rack_id, totals.total, totals.server_date, local=read_at)
         fetch = self._apply_active(rack_id, entry, listing)
         await self._fetch_now(fetch, deadline)
 
