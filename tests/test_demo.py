@@ -138,11 +138,13 @@ def _overrunning(sim: Simulation, page: Page) -> bool:
     ]
     assert len(durations) >= 20 and min(durations) * 0.99 <= p99 <= max(durations) * 1.01
     # The ratio is the stage's elapsed time (NICo's report) over the p99 the task was measured
-    # against, computed a moment (at most one prediction interval) before the scrape.
+    # against, computed a moment (at most one prediction interval) before the scrape. The report's
+    # times are whole seconds (Flow truncates them: the simulator's wire.py), so the start the
+    # exporter knows may be up to a second before the true one.
     measured = page.value("nico_task_current_stage_expected_seconds", task_id=task_id, quantile="0.99")
     assert measured is not None and truth.report is not None and truth.report.stages[0].started_at
     elapsed = page.at - truth.report.stages[0].started_at.timestamp()
-    assert elapsed / measured - 10 / measured <= ratio <= elapsed / measured * 1.01, (
+    assert elapsed / measured - 10 / measured <= ratio <= (elapsed + 1) / measured * 1.01, (
         ratio,
         elapsed,
         measured,
