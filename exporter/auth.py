@@ -70,6 +70,41 @@ def renew_at(token: str, expires_in: object, now: float, wall: float) -> float:
     return float("inf") if lifetime is None else now + refresh_after(max(lifetime, 0.0))
 
 
+class RenewedToken:
+    """A token fetched when needed and kept until :func:`renew_at` says to renew it, or NICo
+    refuses it; one fetch at a time. Subclasses say how to fetch one (:meth:`_fetch`)."""
+
+    def __init__(self, clock: Callable[[], float], wall: Callable[[], float]) -> None:
+        self._clock = clock
+        self._wall = wall
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def _fresh(self) -> bool:
+        return self._token is not None and self._clock() < self._renew_at
+
+    async def token(self, http: httpx.AsyncClient) -> str | None:
+        if self._fresh():
+            return self._token
+        async with self._lock:
+            if self._fresh():
+                return self._token
+            token, expires_in = await self._fetch()
+            self._renew_at = renew_at(token, expires_in, self._clock(), self._wall())
+            self._token = token
+            return token
+
+    def invalidate(self, token: str | None) -> None:
+        if token is not None and token == self._token:
+            self._token = None
+            self._renew_at = 0.0
+
+    async def _fetch(self) -> tuple[str, object]:
+        """A new token, and the issuer's ``expires_in`` for it (``None``: it said nothing)."""
+        raise NotImplementedError
+
+
 def refusal_text(resp: httpx.Response, *secrets: str) -> str:
     """What an identity provider said when it refused, in at most 200 characters and without any
     of ``secrets`` (a server may echo a key back): an OAuth ``error_description`` or ``error``,

@@ -10,7 +10,6 @@ legacy key is exchanged for a token with ``GET <authn_url>``, headers ``Authoriz
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import time
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from exporter import logs
-from exporter.auth import refusal_text, renew_at
+from exporter.auth import RenewedToken, refusal_text
 from exporter.errors import AuthError, TransportError
 
 BEARER_PREFIX = "nvapi-"
@@ -33,7 +32,7 @@ def is_bearer_key(key: str) -> bool:
     return key.startswith(BEARER_PREFIX)
 
 
-class NgcApiKey:
+class NgcApiKey(RenewedToken):
     """The token for an NGC API key: the key itself, or what ``authn_url`` exchanges it for.
 
     Args:
@@ -60,16 +59,12 @@ class NgcApiKey:
             raise AuthError("api.api_key.key is empty")
         if not is_bearer_key(key) and not authn_url:
             raise AuthError("api.api_key.authn_url is required for a legacy NGC key (one without nvapi-)")
+        super().__init__(clock, wall)
         self._key = key
         self.authn_url = authn_url
         self._verify = verify
         self._timeout = timeout
         self._transport = transport
-        self._clock = clock
-        self._wall = wall
-        self._token: str | None = None
-        self._renew_at = 0.0
-        self._lock = asyncio.Lock()
         logs.register_secret(key)
 
     def __repr__(self) -> str:
@@ -79,18 +74,9 @@ class NgcApiKey:
     async def token(self, http: httpx.AsyncClient) -> str | None:
         if is_bearer_key(self._key):
             return self._key
-        if self._token is not None and self._clock() < self._renew_at:
-            return self._token
-        async with self._lock:
-            if self._token is not None and self._clock() < self._renew_at:
-                return self._token
-            return await self._exchange()
+        return await super().token(http)
 
-    def invalidate(self, token: str | None) -> None:
-        if token is not None and token == self._token:
-            self._token = None
-
-    async def _exchange(self) -> str:
+    async def _fetch(self) -> tuple[str, object]:
         assert self.authn_url is not None  # checked in __init__ for legacy keys
         host = urlsplit(self.authn_url).netloc
         try:
@@ -123,9 +109,7 @@ class NgcApiKey:
         token = _token_of(body)
         if token is None:
             raise AuthError(f"NGC key exchange at {host}: the response has no token", endpoint=ENDPOINT)
-        self._renew_at = renew_at(token, body.get("expires_in"), self._clock(), self._wall())
-        self._token = token
-        return token
+        return token, body.get("expires_in")
 
 
 def _token_of(body: Any) -> str | None:

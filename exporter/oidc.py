@@ -20,7 +20,6 @@ issuer that is down: :mod:`exporter.credentials` backs them off differently).
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import time
 import warnings
@@ -31,7 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from exporter import logs
-from exporter.auth import renew_at
+from exporter.auth import RenewedToken
 from exporter.errors import AuthError, TransportError
 
 ENDPOINT = "oidc token_url"
@@ -52,7 +51,7 @@ def _authlib() -> tuple[Any, type[Exception]]:
     return AsyncOAuth2Client, OAuthError
 
 
-class OidcToken:
+class OidcToken(RenewedToken):
     """Access tokens from ``token_url`` for ``client_id``, renewed before they expire.
 
     Args:
@@ -92,6 +91,7 @@ class OidcToken:
         if username is None and not client_secret and not refresh_token:
             raise AuthError("api.oidc needs a client_secret, a username and password, or a refresh_token")
         self.token_url = token_url
+        super().__init__(clock, wall)
         self._host = urlsplit(token_url).netloc
         self._client_id = client_id
         self._secret = client_secret or None
@@ -102,11 +102,6 @@ class OidcToken:
         self._verify = verify
         self._timeout = timeout
         self._transport = transport
-        self._clock = clock
-        self._wall = wall
-        self._access: str | None = None
-        self._renew_at = 0.0
-        self._lock = asyncio.Lock()
         # The configured secrets join the log redaction filter; the tokens fetched with them do
         # not (they rotate, and the filter would grow with each): no code path formats them.
         for secret in (client_secret, password, refresh_token):
@@ -122,29 +117,19 @@ class OidcToken:
             return "password"
         return "client_credentials" if self._secret else "refresh_token"
 
-    async def token(self, http: httpx.AsyncClient) -> str | None:
-        if self._access is not None and self._clock() < self._renew_at:
-            return self._access
-        async with self._lock:
-            if self._access is not None and self._clock() < self._renew_at:
-                return self._access
-            if self._refresh is not None:
-                try:
-                    return await self._fetch("refresh_token")
-                except AuthError as exc:
-                    # An expired or revoked refresh token is normal after a long outage: the
-                    # configured grant runs again. Without one, the refusal stands.
-                    if self.grant == "refresh_token" or exc.status is None or exc.status >= 500:
-                        raise
-                    self._refresh = None
-            return await self._fetch(self.grant)
+    async def _fetch(self) -> tuple[str, object]:
+        if self._refresh is not None:
+            try:
+                return await self._grant("refresh_token")
+            except AuthError as exc:
+                # An expired or revoked refresh token is normal after a long outage: the
+                # configured grant runs again. Without one, the refusal stands.
+                if self.grant == "refresh_token" or exc.status is None or exc.status >= 500:
+                    raise
+                self._refresh = None
+        return await self._grant(self.grant)
 
-    def invalidate(self, token: str | None) -> None:
-        if token is not None and token == self._access:
-            self._access = None
-            self._renew_at = 0.0
-
-    async def _fetch(self, grant: str) -> str:
+    async def _grant(self, grant: str) -> tuple[str, object]:
         statuses: list[int] = []
 
         async def status(response: httpx.Response) -> None:
@@ -210,7 +195,7 @@ class OidcToken:
             ) from None
         return self._accept(result, grant)
 
-    def _accept(self, result: Any, grant: str) -> str:
+    def _accept(self, result: Any, grant: str) -> tuple[str, object]:
         access = result.get("access_token") if isinstance(result, dict) else None
         if not isinstance(access, str) or not access.strip() or any(c.isspace() for c in access.strip()):
             # nicocli refuses a response without an access token too (auth.go:570-573).
@@ -221,9 +206,7 @@ class OidcToken:
         refresh = result.get("refresh_token")
         if isinstance(refresh, str) and refresh:
             self._refresh = refresh
-        self._renew_at = renew_at(access, result.get("expires_in"), self._clock(), self._wall())
-        self._access = access
-        return access
+        return access, result.get("expires_in")
 
     def _clean(self, text: str) -> str:
         """An issuer's words without the client secret, password or refresh token in them."""

@@ -18,16 +18,14 @@ import signal
 import time
 from collections.abc import Callable
 
-import httpx
-
 from exporter import logs
-from exporter.auth import renew_at
+from exporter.auth import RenewedToken
 from exporter.errors import AuthError
 
 ENDPOINT = "token_command"
 
 
-class TokenCommand:
+class TokenCommand(RenewedToken):
     """Runs ``command`` with ``sh -c`` for a token; one run at a time, however many callers wait.
 
     Args:
@@ -46,33 +44,17 @@ class TokenCommand:
     ) -> None:
         if not command.strip():
             raise AuthError("api.token_command is empty")
+        super().__init__(clock, wall)
         self._command = command
         self._timeout = timeout
-        self._clock = clock
-        self._wall = wall
-        self._token: str | None = None
-        self._renew_at = 0.0
-        self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         # The command line stays out too: it may carry a password.
         return "TokenCommand(<command>)"
 
-    async def token(self, http: httpx.AsyncClient) -> str | None:
-        if self._token is not None and self._clock() < self._renew_at:
-            return self._token
-        async with self._lock:
-            if self._token is not None and self._clock() < self._renew_at:
-                return self._token
-            token = await self._run()
-            # An opaque token is kept until NICo refuses it; a JWT is renewed before its exp.
-            self._renew_at = renew_at(token, None, self._clock(), self._wall())
-            self._token = token
-            return token
-
-    def invalidate(self, token: str | None) -> None:
-        if token is not None and token == self._token:
-            self._token = None
+    async def _fetch(self) -> tuple[str, object]:
+        # An opaque token is kept until NICo refuses it; a JWT is renewed before its exp.
+        return await self._run(), None
 
     async def _run(self) -> str:
         try:
