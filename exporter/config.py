@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -184,6 +184,18 @@ Secret = Annotated[SecretStr, AfterValidator(_stripped_secret)]
 Text = Annotated[str, AfterValidator(_stripped)]
 
 
+def _namer(info: ValidationInfo, prefix: str) -> Callable[[str], str]:
+    """``named(key)``: ``<prefix><key>``, with where its value came from when that is known (the
+    environment variable, flag or nicocli file exporter.configload records in the context)."""
+    origins: Mapping[str, str] = (info.context or {}).get("sources", {})
+
+    def named(key: str) -> str:
+        source = origins.get(prefix + key)
+        return f"{prefix}{key} (from {source})" if source else f"{prefix}{key}"
+
+    return named
+
+
 class OidcConfig(_Section):
     """An OpenID Connect token endpoint, as nicocli's ``auth.oidc`` (docs/credentials.md).
 
@@ -202,11 +214,7 @@ class OidcConfig(_Section):
 
     @model_validator(mode="after")
     def _a_grant(self, info: ValidationInfo) -> OidcConfig:
-        origins: Mapping[str, str] = (info.context or {}).get("sources", {})
-
-        def named(key: str) -> str:
-            source = origins.get(f"api.oidc.{key}")
-            return f"api.oidc.{key} (from {source})" if source else f"api.oidc.{key}"
+        named = _namer(info, "api.oidc.")
 
         if self.username is not None and self.password is None:
             raise _field_error("password", f"required with {named('username')} (or set {OIDC_PASSWORD_ENV})")
@@ -305,12 +313,7 @@ class ApiConfig(_Section):
 
     @model_validator(mode="after")
     def _credentials(self, info: ValidationInfo) -> ApiConfig:
-        # Which environment variable, flag or nicocli file set a key (exporter.configload).
-        origins: Mapping[str, str] = (info.context or {}).get("sources", {})
-
-        def named(key: str) -> str:
-            source = origins.get(f"api.{key}")
-            return f"api.{key} (from {source})" if source else f"api.{key}"
+        named = _namer(info, "api.")
 
         if self.client_id is not None and self.client_secret is None:
             raise _field_error("client_secret", f"required with api.client_id (or set {CLIENT_SECRET_ENV})")
