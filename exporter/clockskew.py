@@ -20,7 +20,8 @@ Over a sliding window the highest lower bound and the lowest upper bound close i
 (a busy site moves its tasks every few seconds). The offset applied is the value of that bracket
 nearest to zero, and none below a second: a site whose bracket holds 0 is compared exactly as
 before, a site clearly ahead or behind is corrected by no more than the evidence shows (within
-a second or two of its true offset, inside the counter's 2 s margin; closer the busier the site), and stale
+a second or two of its true offset, inside the counter's 2 s margin, closer the busier the site;
+up to 3 s on a loaded machine whose polls of a rack are seconds apart), and stale
 evidence (a quiet site whose newest update is old) widens the bracket instead of inventing a skew.
 """
 

@@ -294,9 +294,10 @@ def test_the_silent_sites_get_a_bounded_number_of_calls(fleet: Fleet) -> None:
 def test_each_sites_clock_offset_is_found_and_optional_capabilities_are_switched_off(fleet: Fleet) -> None:
     offsets = fleet.by_site("nico_site_clock_offset_seconds")
     # About the counter's 2 s margin: under CPU load (both test workers busy) the answers' latency
-    # widens the bracket, and the offset found stays on the side of zero (corrected less, never more).
-    assert 8 - 2.5 <= offsets[fleet.sites[AHEAD]] <= 8 + 0.5, offsets
-    assert -8 - 0.5 <= offsets[fleet.sites[BEHIND]] <= -8 + 2.5, offsets
+    # and the gaps between a rack's polls widen the bracket, and the offset found stays on the side
+    # of zero (corrected less, never more). CI measured -5.47 for the site 8 s behind once: 3 s.
+    assert 8 - 3.0 <= offsets[fleet.sites[AHEAD]] <= 8 + 0.5, offsets
+    assert -8 - 0.5 <= offsets[fleet.sites[BEHIND]] <= -8 + 3.0, offsets
     assert offsets[fleet.sites[HEALTHY]] == 0
     runs = fleet.by_site("nico_exporter_task_runs_supported")
     rules = fleet.by_site("nico_exporter_operation_rules_supported")
