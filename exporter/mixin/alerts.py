@@ -970,7 +970,10 @@ def _exporter_alerts(r: _Rules, q: _Promql) -> None:
     r.alert(
         g,
         "NicoAPIThrottled",
-        f"sum by (job, instance) (\n  rate({throttled}[{tw}])\n) > {_n(c.throttled_rate)}",
+        # Per second over the window; the 429 series appears with the first refusal, which rate()
+        # cannot see: a short storm would go unnoticed (increase_from_zero counts it).
+        f"sum by (job, instance) (\n  {increase_from_zero(throttled, tw, up=up)}\n) / {_n(c.throttled_window)} "
+        f"> {_n(c.throttled_rate)}",
         "NICo is throttling the exporter (HTTP 429)",
         (
             '{{ $value | printf "%.2f" }} requests/s from {{ $labels.instance }} were answered 429 Too Many Requests '
