@@ -47,11 +47,21 @@ def _persisted(db: Path) -> tuple[Counter[str], dict[str, float]]:
     return totals, baselines
 
 
+# A task active at a rack's baseline counter read that finished before the active list right after
+# it (moments later, in real time) is in the baseline's count and never listed: history
+# (docs/polling.md). At --speed 20, 2 s between the two calls on a loaded machine is 40 s of NICo time.
+BASELINE_GAP_S = 40.0
+
+
 def _matches(totals: Counter[str], expected: Counter[str]) -> bool:
-    """Every finished task once: by its status, or else as unobserved; never twice."""
+    """Every finished task once: by its status, or else as unobserved; never twice. Tasks in
+    ``expected["doubtful"]`` (see BASELINE_GAP_S) may be counted or not."""
     named = {status: n for status, n in totals.items() if status != "unobserved"}
-    fits = all(n <= expected.get(status, 0) for status, n in named.items())
-    return fits and sum(named.values()) + totals["unobserved"] == sum(expected.values())
+    doubtful = expected.get("doubtful", 0)
+    sure = {status: n for status, n in expected.items() if status != "doubtful"}
+    fits = all(n <= sure.get(status, 0) for status, n in named.items())
+    counted = sum(named.values()) + totals["unobserved"]
+    return fits and sum(sure.values()) - doubtful <= counted <= sum(sure.values())
 
 
 def _expected(url: str, baselines: dict[str, float]) -> Counter[str]:
@@ -60,8 +70,12 @@ def _expected(url: str, baselines: dict[str, float]) -> Counter[str]:
         if task["finished"] is None or task["rackId"] not in baselines:
             continue
         finished = datetime.fromisoformat(task["finished"].replace("Z", "+00:00")).timestamp()
-        if finished > baselines[task["rackId"]]:
+        created = datetime.fromisoformat(task["created"].replace("Z", "+00:00")).timestamp()
+        base = baselines[task["rackId"]]
+        if finished > base:
             out[task["status"]] += 1
+            if created <= base and finished <= base + BASELINE_GAP_S:
+                out["doubtful"] += 1
     return out
 
 
